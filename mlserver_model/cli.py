@@ -1,0 +1,149 @@
+"""The `pixelring2nmf` command line: one subcommand per job, each implemented in its own module.
+
+argparse (standard library) rather than typer: the CLI lives inside the deployed folder, and a
+parser that needs no third-party package can never break an import there. Each subcommand's
+module is imported only when that subcommand runs, so `pixelring2nmf --help` stays instant and
+heavy libraries (pyarrow, matplotlib, scikit-learn, mlserver) load only where needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+# subcommand -> (module inside this package, function taking the parsed arguments)
+_COMMANDS = {
+    "simulate": ("simulator", "run_simulate"),
+    "train": ("training", "run_train"),
+    "predict": ("predict_cli", "run_predict"),
+    "build": ("dism_build", "run_build"),
+    "serve": ("dism_build", "run_serve"),
+    "make-test-data": ("testdata", "run_make_test_data"),
+    "fetch-oms": ("omstools", "run_fetch_oms"),
+}
+
+
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "simulate",
+        help="write a realistic DIALS parquet, OMS JSON and truth table of simulated runs",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    p.add_argument("--runs", type=int, default=5, help="number of runs (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--ls-per-run", type=int, default=None, help="LS per run (default: random, 400-1200)"
+    )
+    p.add_argument("--first-run", type=int, default=390000, help="first run number")
+    p.add_argument(
+        "--anomaly-rate",
+        type=float,
+        default=None,
+        help="injected anomalies per LS (default: a few per run, of every kind)",
+    )
+    p.add_argument("--clean", action="store_true", help="inject no anomaly (training data)")
+    p.add_argument("--era", default="Run2025Z", help="era used in the file name (default Run2025Z)")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the NMF on good LS of DIALS parquet files")
+    p.add_argument("--parquet", type=Path, nargs="+", required=True, help="DIALS parquet file(s)")
+    p.add_argument("--oms", type=Path, default=None, help="OMS JSON for the DCS filter")
+    p.add_argument(
+        "--exclude",
+        type=Path,
+        default=None,
+        help="CSV of (run, ls_first, ls_last) ranges to leave out of training",
+    )
+    p.add_argument("--out", type=Path, required=True, help="model file to write (.joblib)")
+    p.add_argument("--components", type=int, default=5, help="NMF components (default 5)")
+    p.add_argument("--alpha-h", type=float, default=0.1, help="L2 regularisation of H (default 0.1)")
+    p.add_argument("--passes", type=int, default=30, help="passes over the data (default 30)")
+    p.add_argument("--max-ls", type=int, default=None, help="use at most this many good LS")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="flag the LS of a DIALS parquet file")
+    p.add_argument("--parquet", type=Path, required=True, help="DIALS parquet file")
+    p.add_argument("--oms", type=Path, default=None, help="OMS JSON for the DCS filter")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    p.add_argument("--out", type=Path, default=None, help="CSV of per-LS results")
+    p.add_argument(
+        "--rule",
+        choices=("significance", "original"),
+        default="significance",
+        help="bad-ROC rule: ours (default) or the original loss > 1e5",
+    )
+
+
+def _add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="validate template.yaml and write the DISM build folder")
+    p.add_argument("-f", "--template", type=Path, default=Path("template.yaml"))
+    p.add_argument("--host", default="127.0.0.1", help="host written to settings.json")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port written to settings.json")
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="build when needed and serve with MLServer (no Docker)")
+    p.add_argument("-f", "--template", type=Path, default=Path("template.yaml"))
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+
+
+def _add_make_test_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("make-test-data", help="write test_data.pkl for test_predictions.py")
+    p.add_argument("--parquet", type=Path, required=True, help="DIALS parquet file")
+    p.add_argument("--oms", type=Path, default=None, help="OMS JSON to add its columns")
+    p.add_argument("--batch-size", type=int, default=750, help="LS per batch (default 750)")
+    p.add_argument("--batch-id", type=int, default=0, help="which batch (default 0)")
+    p.add_argument("--out", type=Path, default=Path("test_data.pkl"))
+
+
+def _add_fetch_oms(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch-oms", help="download OMS lumisections of runs (needs credentials)")
+    p.add_argument("--runs", type=int, nargs="+", required=True, help="run numbers")
+    p.add_argument("--out", type=Path, required=True, help="OMS JSON file to write")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pixelring2nmf",
+        description="NMF anomaly detection for Ring 2 of the CMS forward pixel detector.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (
+        _add_simulate,
+        _add_train,
+        _add_predict,
+        _add_build,
+        _add_serve,
+        _add_make_test_data,
+        _add_fetch_oms,
+    ):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+    )
+    module_name, function_name = _COMMANDS[args.command]
+    module = importlib.import_module(f"{__package__}.{module_name}")
+    try:
+        return int(getattr(module, function_name)(args) or 0)
+    except (ValueError, FileNotFoundError, PermissionError, RuntimeError) as error:
+        # Expected failures (bad input, missing files) end with one clear line, not a traceback.
+        print(f"pixelring2nmf {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

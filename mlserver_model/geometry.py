@@ -1,0 +1,170 @@
+"""Ring 2 geometry of the FPix cluster-occupancy ME, as data (masks and index arrays).
+
+Everything here is computed once at import from the facts of DOMAIN.md section 2 and never
+mutated, so inference code reduces over fixed index arrays instead of parsing names per LS.
+
+Two coordinate systems:
+- *map*: the ME as DIALS stores it, (140 rows, 56 columns) = (signed blade-panel, signed disk);
+- *model*: the map without the always-empty cross, (136, 48) = 6528 ROCs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAP_SHAPE = (140, 56)
+MODEL_SHAPE = (136, 48)
+N_ROCS = MODEL_SHAPE[0] * MODEL_SHAPE[1]
+
+ROCS_PER_DISK_COLUMN = 8  # ROC columns along a module: one disk slot is 8 bins wide
+ROWS_PER_BLADE = 4  # 2 panels x 2 ROC rows
+CROSS_COLUMNS = slice(24, 32)  # disk slot 0
+CROSS_ROWS = slice(68, 72)  # blade slot 0
+
+DISKS = (-3, -2, -1, 1, 2, 3)  # model-space order of the six disk column blocks
+BLADES = tuple(b for b in range(-17, 18) if b != 0)
+
+# |blade| ranges of the Ring 2 readout groups (ROG number -> first and last |blade|).
+ROG_BLADES = {1: (1, 4), 2: (5, 8), 3: (9, 13), 4: (14, 17)}
+
+Z_SIDES = ("m", "p")  # m = negative disks (-z), p = positive disks (+z)
+BLADE_SIDES = ("O", "I")  # O = negative blades, I = positive blades
+
+# Map-space rows of the non-cross bins, and columns, in model order.
+MODEL_ROWS_IN_MAP = np.r_[0:CROSS_ROWS.start, CROSS_ROWS.stop : MAP_SHAPE[0]]
+MODEL_COLUMNS_IN_MAP = np.r_[0:CROSS_COLUMNS.start, CROSS_COLUMNS.stop : MAP_SHAPE[1]]
+
+
+def disk_columns(disk: int) -> slice:
+    """Map columns of signed disk `disk` (-3..3; 0 is the cross)."""
+    start = 8 * disk + 24
+    return slice(start, start + 8)
+
+
+def blade_rows(blade: int) -> slice:
+    """Map rows of signed blade `blade` (-17..17; 0 is the cross)."""
+    start = 4 * blade + 68
+    return slice(start, start + 4)
+
+
+def _group_index(z_side: int, blade_side: int, abs_disk: int, rog: int) -> int:
+    """Position of a power group in the canonical order (z side, blade side, |disk|, ROG)."""
+    return ((z_side * 2 + blade_side) * 3 + (abs_disk - 1)) * 4 + (rog - 1)
+
+
+def _build_groups() -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    names: list[str] = [""] * 48
+    disk_of_group = np.zeros(48, dtype=np.int8)
+    rog_of_group = np.zeros(48, dtype=np.int8)
+    group_id_map = np.full(MAP_SHAPE, -1, dtype=np.int16)
+    for z_side, z_name in enumerate(Z_SIDES):
+        for blade_side, side_name in enumerate(BLADE_SIDES):
+            for abs_disk in (1, 2, 3):
+                disk = abs_disk if z_name == "p" else -abs_disk
+                for rog, (first, last) in ROG_BLADES.items():
+                    g = _group_index(z_side, blade_side, abs_disk, rog)
+                    names[g] = f"FPix_B{z_name}{side_name}_D{abs_disk}_ROG{rog}"
+                    disk_of_group[g] = disk
+                    rog_of_group[g] = rog
+                    sign = -1 if side_name == "O" else 1
+                    blades = [sign * b for b in range(first, last + 1)]
+                    rows = np.concatenate([np.arange(68 + 4 * b, 72 + 4 * b) for b in blades])
+                    group_id_map[rows, disk_columns(disk)] = g
+    return names, disk_of_group, rog_of_group, group_id_map
+
+
+GROUP_NAMES, GROUP_DISK, GROUP_ROG, GROUP_ID_MAP = _build_groups()
+GROUP_NAMES_ARRAY = np.array(GROUP_NAMES)
+N_GROUPS = len(GROUP_NAMES)
+GROUP_ID_MODEL = GROUP_ID_MAP[np.ix_(MODEL_ROWS_IN_MAP, MODEL_COLUMNS_IN_MAP)]
+GROUP_ID_FLAT = GROUP_ID_MODEL.ravel()
+GROUP_N_ROCS = np.bincount(GROUP_ID_FLAT, minlength=N_GROUPS)
+
+# (48, 136, 48) boolean masks, for plotting and readable tests; inference uses GROUP_ID_FLAT.
+GROUP_MASKS_MODEL = GROUP_ID_MODEL[None, :, :] == np.arange(N_GROUPS)[:, None, None]
+
+# Quarters (shells): 4 x 12 groups, in the canonical group order they are contiguous.
+QUARTER_NAMES = tuple(f"B{z}{s}" for z in Z_SIDES for s in BLADE_SIDES)  # BmO, BmI, BpO, BpI
+QUARTER_GROUPS = np.arange(N_GROUPS).reshape(4, 12)
+
+# Multi-Disk candidates: the same (z side, blade side, ROG) on the 3 disks -> (16, 3) group ids.
+MULTIDISK_CANDIDATES = np.array(
+    [
+        [_group_index(z, s, d, rog) for d in (1, 2, 3)]
+        for z in range(2)
+        for s in range(2)
+        for rog in (1, 2, 3, 4)
+    ]
+)
+MULTIDISK_CANDIDATE_NAMES = tuple(
+    f"FPix_B{Z_SIDES[z]}{BLADE_SIDES[s]}_ROG{rog}" for z in range(2) for s in range(2) for rog in (1, 2, 3, 4)
+)
+
+
+def group_index(name: str) -> int:
+    """Index of a power group given its name, e.g. 'FPix_BmO_D1_ROG2' -> 6."""
+    try:
+        return GROUP_NAMES.index(name)
+    except ValueError:
+        raise ValueError(
+            f"Unknown power group {name!r}; expected a name like 'FPix_BmO_D1_ROG2'"
+        ) from None
+
+
+def roc_name(row: int, column: int) -> str:
+    """CMSSW name of the ROC in map bin (row, column), both 0-based numpy indices.
+
+    Follows CMSSW's dead-ROC scripts, which work with ROOT's 1-based bins (i = column + 1,
+    j = row + 1), hence the (i - 1), (j - 1) below kept as in the original formula.
+    """
+    if not (0 <= row < MAP_SHAPE[0] and 0 <= column < MAP_SHAPE[1]):
+        raise ValueError(f"Bin ({row}, {column}) is outside the {MAP_SHAPE} Ring 2 map")
+    i, j = column + 1, row + 1
+    blade = -17 + (j - 1) // 4
+    disk = -3 + (i - 1) // 8
+    if blade == 0 or disk == 0:
+        raise ValueError(f"Bin ({row}, {column}) is in the empty cross: it has no ROC")
+    panel = 2 if (j - 1) % 4 in (0, 1) else 1
+    outer_row = (j - 1) % 4 in (0, 3)
+    if disk < 0:
+        shell = "BmO" if blade < 0 else "BmI"
+        roc = 15 - (i - 1) % 8 if outer_row else (i - 1) % 8
+    else:
+        shell = "BpO" if blade < 0 else "BpI"
+        roc = 7 - (i - 1) % 8 if outer_row else 8 + (i - 1) % 8
+    return f"FPix_{shell}_D{abs(disk)}_BLD{abs(blade)}_PNL{panel}_RNG2_ROC{roc}"
+
+
+# Anomaly types of one LS, ordered by severity; the LS takes the most severe that applies.
+ANOMALY_NONE = "none"
+ANOMALY_SINGLE_DISK = "Single-Disk"
+ANOMALY_MULTI_DISK = "Multi-Disk"
+ANOMALY_QUARTER = "Quarter"
+ANOMALY_TYPES = (ANOMALY_NONE, ANOMALY_SINGLE_DISK, ANOMALY_MULTI_DISK, ANOMALY_QUARTER)
+
+
+def anomaly_type_codes(anomalous_groups: np.ndarray) -> np.ndarray:
+    """Anomaly type code (index into ANOMALY_TYPES) per LS from an (N, 48) boolean array.
+
+    A whole quarter counts when all 12 groups of one shell are anomalous; Multi-Disk when the
+    same (z side, blade side, ROG) is anomalous on two or more disks; Single-Disk otherwise
+    when any group is anomalous.
+    """
+    anomalous = np.asarray(anomalous_groups, dtype=bool)
+    if anomalous.ndim != 2 or anomalous.shape[1] != N_GROUPS:
+        raise ValueError(f"Expected an (N, {N_GROUPS}) array of group flags, got {anomalous.shape}")
+    quarter = anomalous[:, QUARTER_GROUPS].all(axis=2).any(axis=1)
+    multi_disk = (anomalous[:, MULTIDISK_CANDIDATES].sum(axis=2) >= 2).any(axis=1)
+    single = anomalous.any(axis=1)
+    codes = np.zeros(len(anomalous), dtype=np.int8)
+    codes[single] = 1
+    codes[multi_disk] = 2
+    codes[quarter] = 3
+    return codes
+
+
+def anomaly_type(group_names: list[str] | tuple[str, ...]) -> str:
+    """Anomaly type of one LS given the names of its anomalous power groups."""
+    flags = np.zeros((1, N_GROUPS), dtype=bool)
+    flags[0, [group_index(n) for n in group_names]] = True
+    return ANOMALY_TYPES[anomaly_type_codes(flags)[0]]
