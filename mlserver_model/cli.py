@@ -22,7 +22,7 @@ _COMMANDS = {
     "build": ("dism_build", "run_build"),
     "serve": ("dism_build", "run_serve"),
     "make-test-data": ("testdata", "run_make_test_data"),
-    "fetch-oms": ("omstools", "run_fetch_oms"),
+    "fetch-oms": ("omsclient", "run_fetch_oms"),
 }
 
 
@@ -46,6 +46,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--clean", action="store_true", help="inject no anomaly (training data)")
     p.add_argument("--era", default="Run2025Z", help="era used in the file name (default Run2025Z)")
+    p.add_argument(
+        "--scenario",
+        choices=("era", "demo"),
+        default="era",
+        help="era: realistic runs with random anomalies (default); demo: one 750-LS run with "
+        "exactly one Multi-Disk LS (a ROG dead on 3 disks) and a 3-LS Single-Disk anomaly",
+    )
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -60,8 +67,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="model file to write (.joblib)")
     p.add_argument("--components", type=int, default=5, help="NMF components (default 5)")
-    p.add_argument("--alpha-h", type=float, default=0.1, help="L2 regularisation of H (default 0.1)")
-    p.add_argument("--passes", type=int, default=30, help="passes over the data (default 30)")
+    p.add_argument(
+        "--alpha-h", type=float, default=0.1, help="L2 regularisation of H (default 0.1)"
+    )
+    p.add_argument(
+        "--passes", type=int, default=300, help="NMF solver passes over the data (default 300)"
+    )
     p.add_argument("--max-ls", type=int, default=None, help="use at most this many good LS")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 

@@ -31,8 +31,8 @@ Z_SIDES = ("m", "p")  # m = negative disks (-z), p = positive disks (+z)
 BLADE_SIDES = ("O", "I")  # O = negative blades, I = positive blades
 
 # Map-space rows of the non-cross bins, and columns, in model order.
-MODEL_ROWS_IN_MAP = np.r_[0:CROSS_ROWS.start, CROSS_ROWS.stop : MAP_SHAPE[0]]
-MODEL_COLUMNS_IN_MAP = np.r_[0:CROSS_COLUMNS.start, CROSS_COLUMNS.stop : MAP_SHAPE[1]]
+MODEL_ROWS_IN_MAP = np.r_[0 : CROSS_ROWS.start, CROSS_ROWS.stop : MAP_SHAPE[0]]
+MODEL_COLUMNS_IN_MAP = np.r_[0 : CROSS_COLUMNS.start, CROSS_COLUMNS.stop : MAP_SHAPE[1]]
 
 
 def disk_columns(disk: int) -> slice:
@@ -80,6 +80,12 @@ GROUP_ID_MODEL = GROUP_ID_MAP[np.ix_(MODEL_ROWS_IN_MAP, MODEL_COLUMNS_IN_MAP)]
 GROUP_ID_FLAT = GROUP_ID_MODEL.ravel()
 GROUP_N_ROCS = np.bincount(GROUP_ID_FLAT, minlength=N_GROUPS)
 
+# Every group is a block of model rows (one blade range) x 8 model columns (one disk), so sums
+# per group are a reduceat over 8 row blocks, then over 6 column blocks of 8.
+GROUP_ROW_STARTS_MODEL = np.flatnonzero(np.diff(GROUP_ID_MODEL[:, 0], prepend=-1))
+GROUP_OF_BLOCK = GROUP_ID_MODEL[GROUP_ROW_STARTS_MODEL][:, ::ROCS_PER_DISK_COLUMN]  # (8, 6)
+BLOCK_OF_GROUP = np.argsort(GROUP_OF_BLOCK.ravel())  # group id -> flat (row block, disk) index
+
 # (48, 136, 48) boolean masks, for plotting and readable tests; inference uses GROUP_ID_FLAT.
 GROUP_MASKS_MODEL = GROUP_ID_MODEL[None, :, :] == np.arange(N_GROUPS)[:, None, None]
 
@@ -97,7 +103,10 @@ MULTIDISK_CANDIDATES = np.array(
     ]
 )
 MULTIDISK_CANDIDATE_NAMES = tuple(
-    f"FPix_B{Z_SIDES[z]}{BLADE_SIDES[s]}_ROG{rog}" for z in range(2) for s in range(2) for rog in (1, 2, 3, 4)
+    f"FPix_B{Z_SIDES[z]}{BLADE_SIDES[s]}_ROG{rog}"
+    for z in range(2)
+    for s in range(2)
+    for rog in (1, 2, 3, 4)
 )
 
 

@@ -1,0 +1,328 @@
+"""The PixelRing2NMF pipeline, step by step, for a batch of lumisections.
+
+validate -> project on the components (the cross has no weight) -> reconstruct (exact NNLS)
+-> screen the power groups -> deficit significance per ROC of the screened groups -> power-group
+search -> DCS filter -> one PredictionResult.
+
+Why a screen: testing all 6528 ROCs of every LS costs ~40 ms for a 750-LS run, ten elementwise
+passes over 20 MB. But a group can only have 40 % of its live ROCs significantly low if its
+total count is clearly below its expected total, and both totals come almost for free: the
+observed ones from the same matrix product that projects the maps on the components (48 extra
+columns of group indicators), the expected ones from W times the components' group totals. So
+only groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS,
+none in a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a
+5 % model error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one
+unless hot ROCs in the same group add more than the missing counts.
+
+Lumisections are processed in chunks of _CHUNK_LS so that temporaries stay in the CPU cache;
+there is no Python loop over individual lumisections.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .artifact import GEOMETRY_VERSION, load_artifact, save_artifact
+from .bad_ROC import (
+    RULE_ORIGINAL,
+    RULE_SIGNIFICANCE,
+    Thresholds,
+    deficit_significance,
+    group_counts,
+    large_loss,
+    live_rocs,
+    search_original,
+    search_significance,
+    significantly_low,
+)
+from .dftools import DcsResult, dcs_filter
+from .geometry import (
+    ANOMALY_TYPES,
+    CROSS_COLUMNS,
+    CROSS_ROWS,
+    GROUP_ID_MAP,
+    GROUP_N_ROCS,
+    GROUP_NAMES_ARRAY,
+    MAP_SHAPE,
+    MODEL_COLUMNS_IN_MAP,
+    MODEL_ROWS_IN_MAP,
+    MODEL_SHAPE,
+    N_ROCS,
+)
+from .nmf2d import BatchedNNLS
+from .preprocessor import insert_cross, remove_cross
+
+DEFAULT_MODEL_PATH = Path(__file__).with_name("pixelring2nmf.joblib")
+MODEL_NAME = "pixel-ring2-nmf"
+LOGGER = logging.getLogger("pixelring2nmf")
+
+
+class InputError(ValueError):
+    """The maps handed to the pipeline are not valid Ring 2 occupancy maps."""
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """Per-LS outcome of one batch, in the order the LS were given."""
+
+    flag: np.ndarray  # (N,) bool: Metric >= threshold and DCS good
+    flag_before_dcs: np.ndarray  # (N,) bool
+    metric: np.ndarray  # (N,) float32, 0 for a healthy LS
+    anomaly_type: np.ndarray  # (N,) str, one of geometry.ANOMALY_TYPES
+    anomalous_groups: np.ndarray  # (N, 48) bool, columns geometry.GROUP_NAMES
+    dcs: DcsResult
+    roc_maps: dict[str, np.ndarray] | None = None  # (N, 140, 56) each, cross re-inserted
+
+    def groups(self) -> list[str]:
+        """';'-joined names of each LS's anomalous power groups ('' when none)."""
+        return [";".join(GROUP_NAMES_ARRAY[row]) for row in self.anomalous_groups]
+
+
+# LS per inference chunk: the chunk's maps (128 x 7840 float32 = 4 MB) stay in the CPU cache.
+_CHUNK_LS = 128
+_MAP_BINS = MAP_SHAPE[0] * MAP_SHAPE[1]
+_CROSS_BIN = CROSS_ROWS.start * MAP_SHAPE[1] + CROSS_COLUMNS.start  # pads group bin lists
+
+
+def check_maps(maps_nyx: Any) -> np.ndarray:
+    """The maps as an (N, 140, 56) numeric array, or an InputError that says what is wrong."""
+    maps = np.asarray(maps_nyx)
+    if maps.ndim != 3 or maps.shape[1:] != MAP_SHAPE:
+        raise InputError(
+            f"Expected Ring 2 maps of shape (n, {MAP_SHAPE[0]}, {MAP_SHAPE[1]}), got {maps.shape}"
+        )
+    if maps.dtype.kind not in "biuf":
+        raise InputError(f"Expected numeric occupancy counts, got dtype {maps.dtype}")
+    return maps
+
+
+def check_counts(maps: np.ndarray) -> None:
+    """Refuse negative, NaN or infinite counts (two reductions; ints cannot be NaN)."""
+    if not len(maps):
+        return
+    lowest = maps.min()
+    if not lowest >= 0:  # also true for NaN
+        what = "NaN" if np.isnan(lowest) else f"negative ({lowest:g})"
+        raise InputError(f"Occupancy counts must be finite and >= 0, found {what} values")
+    if maps.dtype.kind == "f" and not np.isfinite(maps.max()):
+        raise InputError("Occupancy counts must be finite, found infinite values")
+
+
+def to_model_space(maps_nyx: Any) -> np.ndarray:
+    """Validate (N, 140, 56) maps and return them as float32 (N, 6528) without the cross."""
+    maps = check_maps(maps_nyx)
+    check_counts(maps[:, MODEL_ROWS_IN_MAP][:, :, MODEL_COLUMNS_IN_MAP])
+    return remove_cross(maps).astype(np.float32).reshape(len(maps), N_ROCS)
+
+
+def _group_bins_in_map() -> tuple[np.ndarray, np.ndarray]:
+    """(48, 160) flat map indices of each group's ROCs, padded with a cross bin, and validity."""
+    width = int(GROUP_N_ROCS.max())
+    bins = np.full((len(GROUP_NAMES_ARRAY), width), _CROSS_BIN, dtype=np.intp)
+    valid = np.zeros(bins.shape, dtype=bool)
+    flat_ids = GROUP_ID_MAP.ravel()
+    for g in range(len(GROUP_NAMES_ARRAY)):
+        members = np.flatnonzero(flat_ids == g)
+        bins[g, : len(members)] = members
+        valid[g, : len(members)] = True
+    return bins, valid
+
+
+_GROUP_BINS, _GROUP_BINS_VALID = _group_bins_in_map()
+
+
+class PixelRing2NMF:
+    """A trained model: components, per-ROC model error and thresholds; inference only.
+
+    Build one with `PixelRing2NMF.load(path)` (the safe loader) or from training
+    (`training.train_model`). Inference never changes the model, so one instance serves
+    concurrent requests.
+    """
+
+    def __init__(
+        self,
+        components: np.ndarray,
+        model_error: np.ndarray,
+        thresholds: Thresholds | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> None:
+        components = np.asarray(components, dtype=np.float32).reshape(len(components), N_ROCS)
+        model_error = np.asarray(model_error, dtype=np.float32).reshape(N_ROCS)
+        self.thresholds = thresholds or Thresholds()
+        self.metadata = dict(metadata or {})
+        self.components = components
+        self.model_error = np.maximum(model_error, self.thresholds.model_error_floor)
+        self._nnls = BatchedNNLS(components)
+        k = len(components)
+        # Map-space versions (zero at the cross) so chunks never need the cross removed.
+        components_map = insert_cross(components.reshape(k, *MODEL_SHAPE)).reshape(k, _MAP_BINS)
+        group_indicator = (GROUP_ID_MAP.ravel()[None, :] == np.arange(48)[:, None]).astype(
+            np.float32
+        )
+        # One product gives both the NNLS right-hand side and the observed totals per group.
+        self._projection = np.ascontiguousarray(np.vstack([components_map, group_indicator]).T)
+        self._components_map = components_map
+        self._components_group_bins = components_map[:, _GROUP_BINS]  # (K, 48, 160)
+        self._components_group_totals = components_map @ group_indicator.T  # (K, 48)
+        error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
+        self._error_squared_group_bins = (error_map * error_map)[_GROUP_BINS]  # (48, 160)
+
+    # ---- persistence -------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> PixelRing2NMF:
+        payload = load_artifact(path)
+        known = {f for f in Thresholds.__dataclass_fields__}
+        thresholds = Thresholds(**{k: v for k, v in payload["thresholds"].items() if k in known})
+        return cls(
+            components=payload["components"],
+            model_error=payload["model_error"],
+            thresholds=thresholds,
+            metadata={k: v for k, v in payload.items() if k not in ("components", "model_error")},
+        )
+
+    def save(self, path: str | Path) -> Path:
+        payload = {
+            **self.metadata,
+            "name": MODEL_NAME,
+            "geometry_version": GEOMETRY_VERSION,
+            "components": self.components.reshape(-1, *MODEL_SHAPE),
+            "model_error": self.model_error.reshape(MODEL_SHAPE),
+            "thresholds": asdict(self.thresholds),
+        }
+        return save_artifact(payload, path)
+
+    # ---- inference ---------------------------------------------------------------------------
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """Expected counts (N, 6528) float32 of model-space maps x (N, 6528) float32."""
+        weights = self._nnls.solve(x @ self.components.T)
+        return weights.astype(np.float32) @ self.components
+
+    def predict(
+        self,
+        maps_nyx: Any,
+        oms: Mapping[str, Any] | None = None,
+        *,
+        roc_maps: bool = False,
+        rule: str = RULE_SIGNIFICANCE,
+    ) -> PredictionResult:
+        """Flag, Metric, anomaly type and groups of every LS of a (N, 140, 56) batch."""
+        if rule not in (RULE_SIGNIFICANCE, RULE_ORIGINAL):
+            raise ValueError(
+                f"Unknown rule {rule!r}: use {RULE_SIGNIFICANCE!r} or {RULE_ORIGINAL!r}"
+            )
+        maps = check_maps(maps_nyx)
+        n_ls = len(maps)
+        dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
+        if rule == RULE_SIGNIFICANCE:
+            search = search_significance(*self._screened_counts(maps), self.thresholds)
+        else:
+            search = search_original(self._original_counts(maps), self.thresholds)
+        flag_before = search.metric >= self.thresholds.metric_threshold
+        flag = flag_before & dcs.good
+        LOGGER.info(
+            "[INFO]: Flagging results (before filtering): flagged %d out of %d lumisections.",
+            int(flag_before.sum()),
+            n_ls,
+        )
+        LOGGER.info("[INFO]: Filtering: selected %d out of %d lumisections.", dcs.n_good, n_ls)
+        LOGGER.info(
+            "[INFO]: Flagging results (after filtering): flagged %d out of %d lumisections.",
+            int(flag.sum()),
+            n_ls,
+        )
+        return PredictionResult(
+            flag=flag,
+            flag_before_dcs=flag_before,
+            metric=search.metric,
+            anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
+            anomalous_groups=search.anomalous_groups,
+            dcs=dcs,
+            roc_maps=self.roc_maps(maps, rule) if roc_maps else None,
+        )
+
+    def _chunks(self, maps: np.ndarray):
+        """Yield (slice, float32 (m, 7840) maps, float32 (m, K + 48) projections) per chunk."""
+        buffer = np.empty((min(_CHUNK_LS, max(len(maps), 1)), _MAP_BINS), dtype=np.float32)
+        for start in range(0, len(maps), _CHUNK_LS):
+            chunk = maps[start : start + _CHUNK_LS]
+            check_counts(chunk)
+            x = buffer[: len(chunk)]
+            np.copyto(x, chunk.reshape(len(chunk), _MAP_BINS), casting="unsafe")
+            yield slice(start, start + len(chunk)), x, x @ self._projection
+
+    def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
+        n_ls, k, t = len(maps), len(self.components), self.thresholds
+        n_bad = np.zeros((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.int32)
+        n_live = np.zeros_like(n_bad)
+        for rows, x, projection in self._chunks(maps):
+            weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
+            expected_totals = weights @ self._components_group_totals
+            deficit = expected_totals - projection[:, k:]
+            ls, group = np.nonzero(deficit > t.screen_deficit * expected_totals)
+            if not len(ls):
+                continue
+            # (pairs, 160) counts and expectations of the screened groups' ROCs
+            bins = _GROUP_BINS[group]
+            counts = x[ls[:, None], bins]
+            w = weights[ls]
+            expected = np.einsum("pk,kpr->pr", w, self._components_group_bins[:, group])
+            live = _GROUP_BINS_VALID[group] & live_rocs(expected, w.sum(axis=1), t.live_fraction)
+            bad = live & significantly_low(
+                counts,
+                expected,
+                self._error_squared_group_bins[group],
+                t.z_threshold,
+                np.empty_like(expected),
+            )
+            n_live[rows][ls, group] = live.sum(axis=1)
+            n_bad[rows][ls, group] = bad.sum(axis=1)
+        return n_bad, n_live
+
+    def _expected_chunks(self, maps: np.ndarray):
+        """Yield (slice, counts, expected), both float32 (m, 7840), chunk by chunk."""
+        k = len(self.components)
+        for rows, x, projection in self._chunks(maps):
+            weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
+            yield rows, x, weights @ self._components_map
+
+    def _original_counts(self, maps: np.ndarray) -> np.ndarray:
+        """(N, 48) counts of ROCs with (x - mu)^2 > 1e5: the original rule, on every ROC."""
+        n_bad = np.zeros((len(maps), len(GROUP_NAMES_ARRAY)), dtype=np.int32)
+        for rows, x, expected in self._expected_chunks(maps):
+            bad = large_loss(x, expected, self.thresholds.original_loss, np.empty_like(x))
+            bad_rocs = remove_cross(bad.reshape(len(x), *MAP_SHAPE)).reshape(len(x), N_ROCS)
+            n_bad[rows] = group_counts(bad_rocs)
+        return n_bad
+
+    def roc_maps(self, maps_nyx: Any, rule: str = RULE_SIGNIFICANCE) -> dict[str, np.ndarray]:
+        """Per-ROC maps (N, 140, 56) for plots: reconstruction, significance, bad ROCs.
+
+        Every ROC is tested here (no screen), so "bad" shows each significantly low ROC,
+        including the odd one in a healthy group. The cross is zero.
+        """
+        maps = check_maps(maps_nyx)
+        shape = (len(maps), _MAP_BINS)
+        out = {"reconstruction": np.empty(shape, np.float32), "bad": np.empty(shape, bool)}
+        if rule == RULE_SIGNIFICANCE:
+            out["significance"] = np.empty(shape, np.float32)
+        error = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
+        roc_bins = GROUP_ID_MAP.ravel() >= 0  # everything but the cross
+        t = self.thresholds
+        for rows, x, expected in self._expected_chunks(maps):
+            out["reconstruction"][rows] = expected
+            if rule == RULE_SIGNIFICANCE:
+                z = deficit_significance(x, expected, error)
+                live = live_rocs(expected, expected.sum(axis=1) / N_ROCS, t.live_fraction)
+                out["significance"][rows] = np.where(roc_bins, z, 0.0)
+                out["bad"][rows] = live & (z > t.z_threshold)
+            else:
+                bad = large_loss(x, expected, t.original_loss, np.empty_like(x))
+                out["bad"][rows] = bad & roc_bins  # junk in the cross is not a ROC
+        return {name: array.reshape(len(maps), *MAP_SHAPE) for name, array in out.items()}
