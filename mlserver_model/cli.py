@@ -45,6 +45,13 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="injected anomalies per LS (default: a few per run, of every kind)",
     )
     p.add_argument("--clean", action="store_true", help="inject no anomaly (training data)")
+    p.add_argument(
+        "--detector-seed",
+        type=int,
+        default=2024,
+        help="seed of the simulated detector (dead ROCs, gains); keep the default so that "
+        "every simulation shares the detector of the shipped model (default 2024)",
+    )
     p.add_argument("--era", default="Run2025Z", help="era used in the file name (default Run2025Z)")
     p.add_argument(
         "--scenario",

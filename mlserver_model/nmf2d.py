@@ -102,10 +102,13 @@ class BatchedNNLS:
             raise ValueError(f"Exact NNLS supports 1..{MAX_EXACT_COMPONENTS} components, got {k}")
         self.gram = h @ h.T
         supports = [s for r in range(1, k + 1) for s in itertools.combinations(range(k), r)]
-        self.support_solvers = np.zeros((len(supports), k, k))
+        solvers = np.zeros((len(supports), k, k))
         for i, s in enumerate(supports):
             idx = np.array(s)
-            self.support_solvers[i][np.ix_(idx, idx)] = np.linalg.pinv(self.gram[np.ix_(idx, idx)])
+            solvers[i][np.ix_(idx, idx)] = np.linalg.pinv(self.gram[np.ix_(idx, idx)])
+        self.n_supports, self.n_components = len(supports), k
+        # (K, supports * K): all restricted solutions of a batch in one matrix product
+        self.support_solvers = np.ascontiguousarray(solvers.transpose(1, 0, 2).reshape(k, -1))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """W (N, K) >= 0 minimising ||x - W H||^2, given rhs = x H^T (N, K)."""
@@ -116,17 +119,18 @@ class BatchedNNLS:
         return out
 
     def _solve_chunk(self, rhs: np.ndarray) -> np.ndarray:
-        # candidates[s, n] = least-squares solution restricted to support s
-        candidates = np.einsum("skl,nl->snk", self.support_solvers, rhs)
+        n, k = len(rhs), self.n_components
+        # candidates[n, s] = least-squares solution restricted to support s (zero elsewhere)
+        candidates = (rhs @ self.support_solvers).reshape(n, self.n_supports, k)
         # On its own support the optimum satisfies G w = b, so the objective
         # 1/2 w'Gw - b'w equals -1/2 b'w: one dot product per candidate.
-        objective = -0.5 * np.einsum("snk,nk->sn", candidates, rhs)
-        scale = np.abs(candidates).max(axis=2, initial=0.0)
-        feasible = (candidates >= -1e-12 * np.maximum(scale, 1e-300)[..., None]).all(axis=2)
-        objective = np.where(feasible, objective, np.inf)
-        best = objective.argmin(axis=0)
-        # The empty support (W = 0, objective 0) wins when no candidate is feasible and negative.
-        best_objective = objective[best, np.arange(len(rhs))]
-        solution = candidates[best, np.arange(len(rhs))]
-        solution[best_objective > 0] = 0.0
+        objective = -0.5 * np.matmul(candidates, rhs[:, :, None])[:, :, 0]
+        scale = np.abs(candidates).max(axis=2)
+        feasible = candidates.min(axis=2) >= -1e-12 * scale
+        objective[~feasible] = np.inf
+        best = objective.argmin(axis=1)
+        rows = np.arange(n)
+        solution = candidates[rows, best]
+        # The empty support (W = 0, objective 0) wins when no candidate beats it.
+        solution[objective[rows, best] > 0] = 0.0
         return np.maximum(solution, 0.0)

@@ -247,42 +247,46 @@ class PixelRing2NMF:
         )
 
     def _chunks(self, maps: np.ndarray):
-        """Yield (slice, float32 (m, 7840) maps, float32 (m, K + 48) projections) per chunk."""
+        """Yield (slice, float32 (m, 7840) maps, float32 (m, K + 48) projections) per chunk.
+
+        The counts are checked on the float32 copy, which is still in the cache.
+        """
         buffer = np.empty((min(_CHUNK_LS, max(len(maps), 1)), _MAP_BINS), dtype=np.float32)
         for start in range(0, len(maps), _CHUNK_LS):
             chunk = maps[start : start + _CHUNK_LS]
-            check_counts(chunk)
             x = buffer[: len(chunk)]
             np.copyto(x, chunk.reshape(len(chunk), _MAP_BINS), casting="unsafe")
+            check_counts(x)
             yield slice(start, start + len(chunk)), x, x @ self._projection
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
         n_ls, k, t = len(maps), len(self.components), self.thresholds
+        projection = np.empty((n_ls, self._projection.shape[1]), dtype=np.float32)
+        for rows, _, chunk_projection in self._chunks(maps):
+            projection[rows] = chunk_projection
+        weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
+        expected_totals = weights @ self._components_group_totals
+        deficit = expected_totals - projection[:, k:]
+        ls, group = np.nonzero(deficit > t.screen_deficit * expected_totals)
         n_bad = np.zeros((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.int32)
         n_live = np.zeros_like(n_bad)
-        for rows, x, projection in self._chunks(maps):
-            weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
-            expected_totals = weights @ self._components_group_totals
-            deficit = expected_totals - projection[:, k:]
-            ls, group = np.nonzero(deficit > t.screen_deficit * expected_totals)
-            if not len(ls):
-                continue
-            # (pairs, 160) counts and expectations of the screened groups' ROCs
-            bins = _GROUP_BINS[group]
-            counts = x[ls[:, None], bins]
+        if len(ls):
+            # (pairs, 160) counts and expectations of the ROCs of the screened groups
+            counts = maps.reshape(n_ls, _MAP_BINS)[ls[:, None], _GROUP_BINS[group]]
+            counts = counts.astype(np.float32)
             w = weights[ls]
             expected = np.einsum("pk,kpr->pr", w, self._components_group_bins[:, group])
             live = _GROUP_BINS_VALID[group] & live_rocs(expected, w.sum(axis=1), t.live_fraction)
-            bad = live & significantly_low(
+            low = significantly_low(
                 counts,
                 expected,
                 self._error_squared_group_bins[group],
                 t.z_threshold,
                 np.empty_like(expected),
             )
-            n_live[rows][ls, group] = live.sum(axis=1)
-            n_bad[rows][ls, group] = bad.sum(axis=1)
+            n_live[ls, group] = live.sum(axis=1)
+            n_bad[ls, group] = (live & low).sum(axis=1)
         return n_bad, n_live
 
     def _expected_chunks(self, maps: np.ndarray):
