@@ -1,0 +1,342 @@
+"""Download OMS per-lumisection information of runs into the OMS column-dict layout.
+
+Not on the serving path (DIALS sends the OMS attributes with each request); this feeds training
+and offline prediction with the same DCS flags DIALS would send. `requests` and the top-level
+`omsid` module (credentials from the environment) are imported inside the functions, so the
+package stays importable without them.
+
+Protocol (public CERN SSO + OMS aggregation API, JSON:API):
+1. POST form `grant_type=client_credentials, client_id, client_secret, audience=cmsoms-prod` to
+   the SSO token endpoint -> JSON `access_token` (and `expires_in`, seconds).
+2. GET `<OMS API>/lumisections?fields=...&filter[run_number][EQ]=<run>&page[limit]=..
+   &page[offset]=..&sort=lumisection_number` with `Authorization: Bearer <token>` -> JSON
+   `{"data": [{"attributes": {...one LS...}}, ...], "links": {"next": ...},
+   "meta": {"totalResourceCount": ...}}`, paged by offset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import numbers
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .omstools import OMS_COLUMNS, oms_from_lumisections
+
+logger = logging.getLogger(__name__)
+
+PAGE_LIMIT = 5000  # the largest page OMS serves
+TIMEOUT_S = (10.0, 60.0)  # (connect, read): a hung SSO or OMS must not hang the CLI
+# A token this close to expiry is renewed before use, so a page request never races its expiry.
+_TOKEN_RENEW_MARGIN_S = 30.0
+# Plain http would expose the secret and the token; only a test server on this machine may use it.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_BODY_CHARS = 200
+
+
+class OMSAccessError(RuntimeError):
+    """The SSO or OMS could not be reached, refused us, or answered something unexpected."""
+
+
+def _checked_url(url: str, what: str) -> str:
+    """Accept https anywhere and plain http only on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+        return url
+    if parts.scheme == "http":
+        raise ValueError(
+            f"Refusing plain http for the {what} {url!r}: credentials and tokens travel only "
+            f"over TLS (https); http is allowed for loopback test servers only."
+        )
+    raise ValueError(f"The {what} must be an https URL, got {url!r}.")
+
+
+def _validated_runs(runs: Iterable[int]) -> list[int]:
+    """Positive integer run numbers, duplicates dropped so no (run, LS) appears twice."""
+    if isinstance(runs, str | bytes):
+        raise ValueError(f"runs must be an iterable of run numbers, got the string {runs!r}.")
+    run_numbers: list[int] = []
+    for run in runs:
+        if isinstance(run, bool) or not isinstance(run, numbers.Integral) or run <= 0:
+            raise ValueError(f"Run numbers must be positive integers, got {run!r}.")
+        if int(run) not in run_numbers:
+            run_numbers.append(int(run))
+    if not run_numbers:
+        raise ValueError("No run number given.")
+    return run_numbers
+
+
+def _short_body(response: Any) -> str:
+    """First characters of an error body on one line: enough to diagnose, never a flood."""
+    text = " ".join(response.text.split())
+    return text[:_BODY_CHARS] + ("..." if len(text) > _BODY_CHARS else "")
+
+
+def _send(session: Any, method: str, url: str, timeout_s: tuple[float, float], **kwargs: Any):
+    """One HTTP request; network failures become OMSAccessError naming the host."""
+    import requests
+
+    try:
+        return session.request(method, url, timeout=timeout_s, **kwargs)
+    except requests.exceptions.SSLError as error:
+        raise OMSAccessError(
+            f"TLS verification failed for {url}: {error}. If the server uses a private CA, "
+            f"point REQUESTS_CA_BUNDLE at its CA bundle (verification is never turned off)."
+        ) from error
+    except requests.exceptions.Timeout as error:
+        raise OMSAccessError(
+            f"No answer from {url} in time (connect {timeout_s[0]:g} s, read {timeout_s[1]:g} s): "
+            f"{error}"
+        ) from error
+    except requests.exceptions.RequestException as error:
+        raise OMSAccessError(f"Could not reach {url}: {error}") from error
+
+
+def _json_object(response: Any, what: str) -> dict:
+    """The JSON object of a successful answer; an HTML login page or junk is a clear error."""
+    try:
+        payload = response.json()
+    except ValueError as error:
+        raise OMSAccessError(
+            f"{what} answered HTTP {response.status_code} with non-JSON content "
+            f"({response.headers.get('Content-Type', 'no content type')}): "
+            f"{_short_body(response)!r}. A login page here means the token was not accepted."
+        ) from error
+    if not isinstance(payload, dict):
+        raise OMSAccessError(f"{what} answered a JSON {type(payload).__name__}, not an object.")
+    return payload
+
+
+@dataclass
+class _TokenSource:
+    """An SSO access token, renewed when it is about to expire (long multi-run downloads)."""
+
+    session: Any
+    token_url: str
+    credentials: Any
+    timeout_s: tuple[float, float]
+    _token: str | None = None
+    _renew_at_s: float = float("inf")
+
+    def bearer(self) -> str:
+        if self._token is None or time.monotonic() >= self._renew_at_s:
+            self._token, lifetime_s = self._request_token()
+            self._renew_at_s = (
+                float("inf")
+                if lifetime_s is None
+                else time.monotonic() + lifetime_s - _TOKEN_RENEW_MARGIN_S
+            )
+        return self._token
+
+    def _request_token(self) -> tuple[str, float | None]:
+        import omsid
+
+        response = _send(
+            self.session,
+            "POST",
+            self.token_url,
+            self.timeout_s,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.credentials.client_id,
+                "client_secret": self.credentials.client_secret,
+                "audience": omsid.AUDIENCE,
+            },
+        )
+        # The SSO (Keycloak) answers 400 or 401 to an unknown client or a wrong secret.
+        if response.status_code in (400, 401, 403):
+            raise OMSAccessError(
+                f"The CERN SSO refused the client credentials of {self.credentials.client_id!r} "
+                f"(HTTP {response.status_code} from {self.token_url}): check "
+                f"{omsid.CLIENT_ID_VAR} and {omsid.CLIENT_SECRET_VAR}. "
+                f"Answer: {_short_body(response)!r}"
+            )
+        if response.status_code >= 300:
+            raise OMSAccessError(
+                f"The CERN SSO answered HTTP {response.status_code} from {self.token_url}: "
+                f"{_short_body(response)!r}"
+            )
+        payload = _json_object(response, "The CERN SSO")
+        token = payload.get("access_token")
+        if not isinstance(token, str) or not token:
+            raise OMSAccessError(
+                f"The CERN SSO answer has no access_token (keys: {sorted(payload)})."
+            )
+        lifetime_s = payload.get("expires_in")
+        return token, float(lifetime_s) if isinstance(lifetime_s, int | float) else None
+
+
+def _page_rows(payload: Mapping, run: int) -> list[dict]:
+    """The LS attributes of one page, checked to be the run we asked for with every attribute."""
+    data = payload.get("data")
+    if not isinstance(data, list):
+        raise OMSAccessError(
+            f"OMS answer for run {run} has no 'data' list (keys: {sorted(payload)})."
+        )
+    rows = []
+    for item in data:
+        attributes = item.get("attributes") if isinstance(item, Mapping) else None
+        if not isinstance(attributes, Mapping):
+            raise OMSAccessError(f"OMS lumisection of run {run} has no 'attributes' object.")
+        missing = [name for name in OMS_COLUMNS if name not in attributes]
+        if missing:
+            raise OMSAccessError(
+                f"OMS lumisection of run {run} lacks attribute(s) {missing}; "
+                f"the OMS API may have renamed them."
+            )
+        if attributes["run_number"] != run:
+            raise OMSAccessError(
+                f"OMS returned a lumisection of run {attributes['run_number']!r} when asked "
+                f"for run {run}: the run filter was not applied."
+            )
+        rows.append({name: attributes[name] for name in OMS_COLUMNS})
+    return rows
+
+
+def _is_last_page(payload: Mapping, n_rows: int, n_fetched: int, page_limit: int) -> bool:
+    """OMS says so (links.next null, totalResourceCount reached) or the page was not full."""
+    if n_rows < page_limit:
+        return True
+    meta = payload.get("meta")
+    total = meta.get("totalResourceCount") if isinstance(meta, Mapping) else None
+    if isinstance(total, int) and n_fetched >= total:
+        return True
+    links = payload.get("links")
+    # only an explicit null `next` ends paging: an absent key says nothing
+    return isinstance(links, Mapping) and "next" in links and not links["next"]
+
+
+def _fetch_run(
+    session: Any,
+    lumisections_url: str,
+    run: int,
+    token: _TokenSource,
+    page_limit: int,
+    timeout_s: tuple[float, float],
+) -> list[dict]:
+    """All LS of one run, in lumisection order."""
+    rows: list[dict] = []
+    seen_ls: set = set()
+    while True:
+        params = {
+            "fields": ",".join(OMS_COLUMNS),
+            "filter[run_number][EQ]": run,
+            "page[limit]": page_limit,
+            "page[offset]": len(rows),
+            "sort": "lumisection_number",
+        }
+        response = _send(
+            session,
+            "GET",
+            lumisections_url,
+            timeout_s,
+            params=params,
+            headers={"Authorization": f"Bearer {token.bearer()}", "Accept": "application/json"},
+        )
+        if response.status_code in (401, 403):
+            raise OMSAccessError(
+                f"OMS refused the access token (HTTP {response.status_code} from "
+                f"{lumisections_url}): the CERN application may not be authorised for OMS "
+                f"API access. Answer: {_short_body(response)!r}"
+            )
+        if response.status_code >= 300:
+            raise OMSAccessError(
+                f"OMS answered HTTP {response.status_code} for run {run} from "
+                f"{lumisections_url}: {_short_body(response)!r}"
+            )
+        payload = _json_object(response, "OMS")
+        page = _page_rows(payload, run)
+        page_ls = {row["lumisection_number"] for row in page}
+        if len(page_ls) != len(page) or not seen_ls.isdisjoint(page_ls):
+            # overlapping pages (OMS updating the run, or page[offset] ignored) would otherwise
+            # duplicate LS or, for a server that always sends the first page, never end
+            raise OMSAccessError(
+                f"OMS returned some lumisections of run {run} twice while paging "
+                f"(offset {len(rows)}); retry later."
+            )
+        seen_ls |= page_ls
+        rows.extend(page)
+        if _is_last_page(payload, len(page), len(rows), page_limit):
+            break
+    rows.sort(key=lambda row: row["lumisection_number"])
+    logger.debug("OMS: run %d has %d lumisections", run, len(rows))
+    return rows
+
+
+def fetch_lumisections(
+    runs: Iterable[int],
+    *,
+    api_url: str | None = None,
+    token_url: str | None = None,
+    credentials: Any = None,
+    session: Any = None,
+    page_limit: int = PAGE_LIMIT,
+    timeout_s: tuple[float, float] = TIMEOUT_S,
+) -> dict[str, list]:
+    """OMS lumisections of `runs` as the OMS column dict (17 keys, runs in the given order).
+
+    URLs and credentials default to the environment (see `omsid`); `credentials` is anything
+    with `client_id` and `client_secret` (e.g. `omsid.OMSCredentials`). A run unknown to OMS
+    contributes no LS and a warning. `session` (a `requests.Session`) is left open.
+    """
+    import omsid
+
+    run_numbers = _validated_runs(runs)
+    if isinstance(page_limit, bool) or not isinstance(page_limit, int) or page_limit < 1:
+        raise ValueError(f"page_limit must be a positive integer, got {page_limit!r}.")
+    lumisections_url = _checked_url(api_url or omsid.api_url(), "OMS API URL").rstrip("/")
+    lumisections_url += "/lumisections"
+    token_endpoint = _checked_url(token_url or omsid.token_url(), "SSO token URL")
+    if credentials is None:
+        credentials = omsid.credentials()
+    if session is not None and session.verify is False:
+        raise ValueError("The session has TLS verification turned off (verify=False); refusing.")
+
+    own_session = session is None
+    if own_session:
+        import requests
+
+        session = requests.Session()
+    try:
+        token = _TokenSource(session, token_endpoint, credentials, timeout_s)
+        rows: list[dict] = []
+        for run in run_numbers:
+            run_rows = _fetch_run(session, lumisections_url, run, token, page_limit, timeout_s)
+            if not run_rows:
+                logger.warning("OMS has no lumisection for run %d", run)
+            rows.extend(run_rows)
+    finally:
+        if own_session:
+            session.close()
+    if not rows:  # still the full layout, so callers can count LS without special cases
+        return {name: [] for name in OMS_COLUMNS}
+    return oms_from_lumisections(rows)
+
+
+def run_fetch_oms(args) -> int:
+    """`pixelring2nmf fetch-oms --runs R1 R2 ... --out FILE`: write the OMS JSON of the runs."""
+    columns = fetch_lumisections(args.runs)
+    n_ls = len(columns["lumisection_number"])
+    if n_ls == 0:
+        raise RuntimeError(
+            f"OMS has no lumisection for run(s) {args.runs}; nothing written to {args.out}."
+        )
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    # write then rename: an interrupted download never leaves a truncated JSON behind
+    partial_path = out_path.with_name(out_path.name + ".partial")
+    with partial_path.open("w", encoding="utf-8") as stream:
+        json.dump(columns, stream, allow_nan=False)
+    partial_path.replace(out_path)
+    n_runs = len(set(columns["run_number"]))
+    logger.info(
+        "Wrote OMS information of %d lumisections from %d run(s) to %s", n_ls, n_runs, out_path
+    )
+    return 0
