@@ -124,11 +124,20 @@ class GroupSearch:
     metric: np.ndarray  # (N,) float32
 
 
-def search_significance(n_bad: np.ndarray, n_live: np.ndarray, thresholds: Thresholds):
-    """Group search with the occupancy-independent rule, from (N, 48) bad and live counts."""
+def search_significance(
+    n_bad: np.ndarray,
+    n_live: np.ndarray,
+    thresholds: Thresholds,
+    unjudged_groups: np.ndarray | None = None,
+):
+    """Group search with the occupancy-independent rule, from (N, 48) bad and live counts.
+
+    `unjudged_groups` (48,) marks groups the model expects to be (nearly) empty: they can never
+    be anomalous, and do not prevent the rest of their quarter from counting as a whole.
+    """
     fraction = np.divide(n_bad, n_live, out=np.zeros(n_bad.shape, np.float64), where=n_live > 0)
     fraction[n_live < thresholds.min_live_rocs] = 0.0  # too few live ROCs to judge the group
-    return _search(fraction, thresholds.group_fraction)
+    return _search(fraction, thresholds.group_fraction, unjudged_groups)
 
 
 def search_original(n_bad: np.ndarray, thresholds: Thresholds):
@@ -137,12 +146,12 @@ def search_original(n_bad: np.ndarray, thresholds: Thresholds):
     return _search(n_bad / GROUP_N_ROCS, needed)
 
 
-def _search(fraction: np.ndarray, group_threshold) -> GroupSearch:
+def _search(fraction: np.ndarray, group_threshold, unjudged_groups=None) -> GroupSearch:
     anomalous = fraction >= group_threshold
     return GroupSearch(
         group_fraction=fraction.astype(np.float32),
         anomalous_groups=anomalous,
-        type_code=anomaly_type_codes(anomalous),
+        type_code=anomaly_type_codes(anomalous, unjudged_groups),
         metric=multidisk_metric(fraction, group_threshold),
     )
 

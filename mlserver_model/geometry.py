@@ -152,17 +152,23 @@ ANOMALY_QUARTER = "Quarter"
 ANOMALY_TYPES = (ANOMALY_NONE, ANOMALY_SINGLE_DISK, ANOMALY_MULTI_DISK, ANOMALY_QUARTER)
 
 
-def anomaly_type_codes(anomalous_groups: np.ndarray) -> np.ndarray:
+def anomaly_type_codes(
+    anomalous_groups: np.ndarray, unjudged_groups: np.ndarray | None = None
+) -> np.ndarray:
     """Anomaly type code (index into ANOMALY_TYPES) per LS from an (N, 48) boolean array.
 
-    A whole quarter counts when all 12 groups of one shell are anomalous; Multi-Disk when the
-    same (z side, blade side, ROG) is anomalous on two or more disks; Single-Disk otherwise
+    A whole quarter counts when all 12 groups of one shell are anomalous, not counting groups
+    that cannot be judged (`unjudged_groups`, (48,) bool: e.g. a permanently dead group, which
+    would otherwise make its quarter's dropout look like a mere Multi-Disk); Multi-Disk when
+    the same (z side, blade side, ROG) is anomalous on two or more disks; Single-Disk otherwise
     when any group is anomalous.
     """
     anomalous = np.asarray(anomalous_groups, dtype=bool)
     if anomalous.ndim != 2 or anomalous.shape[1] != N_GROUPS:
         raise ValueError(f"Expected an (N, {N_GROUPS}) array of group flags, got {anomalous.shape}")
-    quarter = anomalous[:, QUARTER_GROUPS].all(axis=2).any(axis=1)
+    unjudged = np.zeros(N_GROUPS, bool) if unjudged_groups is None else unjudged_groups
+    whole_shell = (anomalous | unjudged)[:, QUARTER_GROUPS].all(axis=2)
+    quarter = (whole_shell & anomalous[:, QUARTER_GROUPS].any(axis=2)).any(axis=1)
     multi_disk = (anomalous[:, MULTIDISK_CANDIDATES].sum(axis=2) >= 2).any(axis=1)
     single = anomalous.any(axis=1)
     codes = np.zeros(len(anomalous), dtype=np.int8)

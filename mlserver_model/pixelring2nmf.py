@@ -46,6 +46,7 @@ from .geometry import (
     ANOMALY_TYPES,
     CROSS_COLUMNS,
     CROSS_ROWS,
+    GROUP_ID_FLAT,
     GROUP_ID_MAP,
     GROUP_N_ROCS,
     GROUP_NAMES_ARRAY,
@@ -170,6 +171,12 @@ class PixelRing2NMF:
         self._components_map = components_map
         self._components_group_bins = components_map[:, _GROUP_BINS]  # (K, 48, 160)
         self._components_group_totals = components_map @ group_indicator.T  # (K, 48)
+        # Groups with fewer live ROCs than min_live_rocs in the components (a permanently dead
+        # group) are never judged; derived from the model, so a retrained model updates it.
+        profile = components.mean(axis=0)
+        live_profile = profile >= self.thresholds.live_fraction * profile.mean()
+        live_per_group = np.bincount(GROUP_ID_FLAT, weights=live_profile, minlength=48)
+        self.unjudged_groups = live_per_group < self.thresholds.min_live_rocs
         error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
         self._error_squared_group_bins = (error_map * error_map)[_GROUP_BINS]  # (48, 160)
 
@@ -220,7 +227,8 @@ class PixelRing2NMF:
         n_ls = len(maps)
         dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
         if rule == RULE_SIGNIFICANCE:
-            search = search_significance(*self._screened_counts(maps), self.thresholds)
+            n_bad, n_live = self._screened_counts(maps)
+            search = search_significance(n_bad, n_live, self.thresholds, self.unjudged_groups)
         else:
             search = search_original(self._original_counts(maps), self.thresholds)
         flag_before = search.metric >= self.thresholds.metric_threshold
