@@ -168,8 +168,9 @@ def multidisk_metric(fraction: np.ndarray, group_threshold) -> np.ndarray:
     flagged as well.
     """
     relative = fraction / np.broadcast_to(group_threshold, (N_GROUPS,))
-    per_disk = np.sort(relative[:, MULTIDISK_CANDIDATES], axis=2)[:, :, ::-1]  # (N, 16, 3)
-    second = per_disk[:, :, 1]
+    per_disk = relative[:, MULTIDISK_CANDIDATES]  # (N, 16, 3)
+    # second largest of three = sum - largest - smallest (no sort of a tiny axis)
+    second = per_disk.sum(axis=2) - per_disk.max(axis=2) - per_disk.min(axis=2)
     flagged_extent = np.where(per_disk >= 1.0, per_disk, 0.0).sum(axis=2)
     score = np.where(second >= 1.0, flagged_extent, second)
-    return score.max(axis=1).astype(np.float32) if len(score) else np.zeros(0, np.float32)
+    return score.max(axis=1, initial=0.0).astype(np.float32)

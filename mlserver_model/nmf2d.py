@@ -109,6 +109,9 @@ class BatchedNNLS:
         self.n_supports, self.n_components = len(supports), k
         # (K, supports * K): all restricted solutions of a batch in one matrix product
         self.support_solvers = np.ascontiguousarray(solvers.transpose(1, 0, 2).reshape(k, -1))
+        # (supports * K, supports): sums the K entries of each support's block, so per-support
+        # reductions are matrix products too (numpy reduces tiny axes slowly)
+        self.block_sums = np.kron(np.eye(len(supports)), np.ones((k, 1)))
 
     def solve(self, rhs: np.ndarray) -> np.ndarray:
         """W (N, K) >= 0 minimising ||x - W H||^2, given rhs = x H^T (N, K)."""
@@ -120,17 +123,18 @@ class BatchedNNLS:
 
     def _solve_chunk(self, rhs: np.ndarray) -> np.ndarray:
         n, k = len(rhs), self.n_components
-        # candidates[n, s] = least-squares solution restricted to support s (zero elsewhere)
-        candidates = (rhs @ self.support_solvers).reshape(n, self.n_supports, k)
+        # candidates[n, s*K:(s+1)*K] = least-squares solution restricted to support s
+        candidates = rhs @ self.support_solvers
         # On its own support the optimum satisfies G w = b, so the objective
         # 1/2 w'Gw - b'w equals -1/2 b'w: one dot product per candidate.
-        objective = -0.5 * np.matmul(candidates, rhs[:, :, None])[:, :, 0]
-        scale = np.abs(candidates).max(axis=2)
-        feasible = candidates.min(axis=2) >= -1e-12 * scale
-        objective[~feasible] = np.inf
+        objective = (candidates * np.tile(rhs, self.n_supports)) @ self.block_sums
+        objective *= -0.5
+        tolerance = -1e-12 * np.abs(candidates).max(axis=1, keepdims=True)
+        n_negative = (candidates < tolerance) @ self.block_sums
+        objective[n_negative > 0] = np.inf
         best = objective.argmin(axis=1)
         rows = np.arange(n)
-        solution = candidates[rows, best]
+        solution = candidates.reshape(n, self.n_supports, k)[rows, best]
         # The empty support (W = 0, objective 0) wins when no candidate beats it.
         solution[objective[rows, best] > 0] = 0.0
         return np.maximum(solution, 0.0)

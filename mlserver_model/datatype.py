@@ -1,0 +1,151 @@
+"""Open Inference Protocol (KServe V2) datatypes <-> numpy dtypes, and fast tensor decoding.
+
+A 750-LS request carries ~5.9 million numbers in one JSON list. The only cheap way to turn that
+list into an array is a single `np.asarray(list, dtype)` (numpy converts in C); anything that
+touches elements one by one in Python costs seconds. So decoding here is: take the list MLServer
+already parsed, convert it once with a dtype chosen for speed, check sizes against the declared
+shape. Nothing here knows about Ring 2: the handler owns the meaning of each tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+# The dtype each V2 datatype stands for on the wire (what a response of that datatype holds).
+V2_TO_NUMPY: dict[str, np.dtype] = {
+    "BOOL": np.dtype(bool),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+INTEGER_DATATYPES = frozenset(
+    {"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"}
+)
+FLOAT_DATATYPES = frozenset({"FP16", "FP32", "FP64"})
+NUMERIC_DATATYPES = INTEGER_DATATYPES | FLOAT_DATATYPES
+
+
+def to_numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a V2 datatype name (e.g. "INT32" -> int32)."""
+    try:
+        return V2_TO_NUMPY[str(datatype)]
+    except KeyError:
+        raise ValueError(
+            f"Unknown V2 datatype {datatype!r}; expected one of {sorted(V2_TO_NUMPY)}"
+        ) from None
+
+
+def to_v2_datatype(dtype: Any) -> str:
+    """The V2 datatype name of a numpy dtype; text and Python objects travel as BYTES."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "OSU":
+        return "BYTES"
+    for name, candidate in V2_TO_NUMPY.items():
+        if candidate == dtype:
+            return name
+    raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
+
+
+def decode_dtype(datatype: str) -> np.dtype:
+    """The dtype used to convert a JSON list of a numeric or BOOL datatype in one pass.
+
+    Python ints convert fastest to int64 (0.12 s for 5.9 M values, int32 0.18 s) and Python
+    floats to float64; the width declared on the wire only limits what the client may send,
+    so decoding wide costs nothing and never overflows a valid value.
+    """
+    if datatype in INTEGER_DATATYPES:
+        return np.dtype(np.int64)
+    if datatype in FLOAT_DATATYPES:
+        return np.dtype(np.float64)
+    return to_numpy_dtype(datatype)
+
+
+def tensor_values(data: Any) -> Any:
+    """The plain (possibly nested) list inside MLServer's `TensorData`, without copying it.
+
+    MLServer 1.7 (pydantic 2) keeps it in `.root`, 1.5 (pydantic 1) in `.__root__`; both also
+    implement iteration, the fallback for anything else. A copy (`data[:]`, `list(data)`) of a
+    750-LS tensor costs ~0.1 s, which is why the attribute is read directly.
+    """
+    for attribute in ("root", "__root__"):
+        values = getattr(data, attribute, None)
+        if isinstance(values, list):
+            return values
+    return data if isinstance(data, list) else list(data)
+
+
+def expected_size(shape: Any) -> int:
+    """Number of elements of a declared V2 shape; ValueError if it is not a list of ints >= 0."""
+    if not isinstance(shape, (list, tuple)) or not all(
+        isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise ValueError(f"shape must be a list of non-negative integers, got {shape!r}")
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def decode_numeric(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
+    """Flat or nested JSON numbers -> array of the declared shape (one numpy conversion).
+
+    Raises ValueError naming the problem: a non-numeric datatype, values that are not numbers
+    (null in an integer tensor, text, ragged nesting), or a size that is not the shape's product.
+    """
+    if datatype not in NUMERIC_DATATYPES:
+        raise ValueError(
+            f"datatype must be numeric ({', '.join(sorted(NUMERIC_DATATYPES))}), got {datatype!r}"
+        )
+    size = expected_size(shape)
+    if isinstance(values, list) and values and not isinstance(values[0], list):
+        _check_length(len(values), size, shape)  # flat data: fail before converting
+    try:
+        array = np.asarray(values, dtype=decode_dtype(datatype))
+    except TypeError as error:  # numpy names the culprit's type, e.g. 'NoneType'
+        raise ValueError(
+            f"data must be {datatype} numbers; found null or a non-number ({error})"
+        ) from None
+    except (ValueError, OverflowError) as error:
+        raise ValueError(f"data must be {datatype} numbers of shape {shape}: {error}") from None
+    _check_length(array.size, size, shape)
+    return array.reshape(shape)
+
+
+def decode_nullable(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
+    """A short metadata tensor (one value per LS, nulls allowed) -> 1-D array.
+
+    Nulls must stay distinguishable from False/0 (a null DCS flag fails the DCS filter), so
+    BOOL and BYTES tensors become object arrays holding None, and numeric tensors with nulls
+    become float64 with NaN. Shapes [N] and [N, 1] both give (N,).
+    """
+    to_numpy_dtype(datatype)  # rejects unknown datatypes with a clear message
+    size = expected_size(shape)
+    if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
+        raise ValueError(f"shape must be [N] or [N, 1], got {shape}")
+    try:
+        if datatype in NUMERIC_DATATYPES:
+            try:
+                array = np.asarray(values, dtype=decode_dtype(datatype))
+            except TypeError:  # null in an integer tensor: keep it as NaN
+                array = np.asarray(values, dtype=np.float64)
+        else:
+            array = np.asarray(values, dtype=object)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise ValueError(f"data must be {datatype} values or null: {error}") from None
+    _check_length(array.size, size, shape)
+    return array.reshape(-1)
+
+
+def _check_length(n_values: int, size: int, shape: list[int]) -> None:
+    if n_values != size:
+        raise ValueError(
+            f"data has {n_values} values but shape {shape} needs {size} (the product of the shape)"
+        )

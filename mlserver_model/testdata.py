@@ -1,0 +1,76 @@
+"""`pixelring2nmf make-test-data`: one batch of a DIALS parquet as the original test_data.pkl.
+
+The pickle is what `test_predictions.py` sends to a running server, so it keeps the layout of
+the original deployment: a dict with `Ring2` (N, 140, 56), `run_number` and `ls_number` (N,),
+plus, when OMS data are given, every OMS column aligned to those LS under its OMS attribute
+name (an LS absent from OMS gets null there, exactly what DIALS would have to send for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+from .dftools import read_dials_parquet
+from .omstools import align_oms, read_oms_json
+
+# OMS columns that would only repeat the histogram's own keys under another name
+_REDUNDANT_OMS_COLUMNS = ("run_number",)
+
+
+def make_test_data(
+    parquet_path: str | Path,
+    oms_path: str | Path | None = None,
+    *,
+    batch_size: int = 750,
+    batch_id: int = 0,
+) -> dict[str, np.ndarray]:
+    """Batch `batch_id` (0-based) of `batch_size` LS, in (run, LS) order, as the pickle's dict."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if isinstance(batch_id, bool) or not isinstance(batch_id, int) or batch_id < 0:
+        raise ValueError(f"--batch-id must be a non-negative integer, got {batch_id!r}")
+    data = read_dials_parquet(parquet_path)
+    n_batches = -(-len(data) // batch_size)
+    if batch_id >= n_batches:
+        raise ValueError(
+            f"batch {batch_id} does not exist: {parquet_path} has {len(data)} LS, i.e. "
+            f"{n_batches} batch(es) of {batch_size} (ids 0..{n_batches - 1})"
+        )
+    rows = slice(batch_id * batch_size, (batch_id + 1) * batch_size)
+    batch = {
+        "Ring2": data.maps[rows],
+        "run_number": data.run[rows],
+        "ls_number": data.ls[rows],
+    }
+    if oms_path is not None:
+        aligned = align_oms(read_oms_json(oms_path), batch["run_number"], batch["ls_number"])
+        batch.update(
+            {name: values for name, values in aligned.items() if name not in _REDUNDANT_OMS_COLUMNS}
+        )
+    return batch
+
+
+def write_test_data(batch: dict[str, np.ndarray], out_path: str | Path) -> Path:
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_path, "wb") as handle:
+        pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
+    return out_path
+
+
+def run_make_test_data(args: argparse.Namespace) -> int:
+    batch = make_test_data(
+        args.parquet, args.oms, batch_size=args.batch_size, batch_id=args.batch_id
+    )
+    out_path = write_test_data(batch, args.out)
+    runs = np.unique(batch["run_number"]).tolist()
+    extra = sorted(set(batch) - {"Ring2", "run_number", "ls_number"})
+    print(
+        f"Wrote {out_path}: {len(batch['run_number'])} LS of run(s) {runs}; "
+        f"OMS columns: {', '.join(extra) if extra else 'none'}"
+    )
+    return 0

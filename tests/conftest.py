@@ -1,0 +1,228 @@
+"""Shared fixtures: the demo test data and one real MLServer for every test that can share it.
+
+The server is started the way a user does (`pixelring2nmf serve --port P`, which builds and
+then becomes `mlserver start <build dir>`), on a free loopback port, with its build folder in a
+temporary BUILD_PATH. Readiness is awaited by polling /v2/health/ready with a deadline while
+watching the process; teardown stops it by its PID. A 750-LS request is ~30 MB of JSON, so the
+demo request body is serialised once and the single-client answer is kept for comparisons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_NAME = "pixel-ring2-nmf"
+BUILD_KEY = "PixelRing2NMF"
+IMAGE_PYTHON = Path(
+    os.environ.get("PIXELRING2NMF_IMAGE_PYTHON") or REPO / ".venv-image" / "bin" / "python"
+)
+SERVER_START_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def load_script_module() -> Any:
+    """The top-level test_predictions.py script as a module (it is not a package member)."""
+    spec = importlib.util.spec_from_file_location(
+        "test_predictions_script", REPO / "test_predictions.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class RunningServer:
+    """A started MLServer process and where to reach it."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.base_url}/v2/models/{MODEL_NAME}/infer"
+
+    def infer(self, body: bytes | dict, timeout_s: float = 300.0) -> requests.Response:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return requests.post(
+            self.infer_url,
+            data=data,
+            headers={"Content-Type": "application/json"},
+            timeout=timeout_s,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(
+    command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str]
+) -> RunningServer:
+    """Start a server process and return once /v2/health/ready answers 200 (bounded wait)."""
+    with open(log_path, "wb") as log_handle:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log_handle, stderr=subprocess.STDOUT
+        )
+    server = RunningServer(process=process, port=port, log_path=log_path)
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with code {process.returncode} before becoming ready:\n"
+                f"{server.log()[-4000:]}"
+            )
+        try:
+            if requests.get(f"{server.base_url}/v2/health/ready", timeout=2).status_code == 200:
+                return server
+        except requests.ConnectionError:
+            pass
+        # wait for the next poll, returning early if the process dies
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.2)
+    stop_server(server)
+    raise RuntimeError(
+        f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{server.log()[-4000:]}"
+    )
+
+
+def stop_server(server: RunningServer) -> None:
+    """Stop the process we started, by its PID: SIGTERM, then SIGKILL if it hangs."""
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=30)
+
+
+def cli_command(*args: str) -> list[str]:
+    """`pixelring2nmf ARGS` run by this interpreter (the same as the console script)."""
+    return [sys.executable, "-m", "mlserver_model.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def build_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Environment for build/serve: a private BUILD_PATH, unbuffered logs."""
+    env = dict(os.environ)
+    env["BUILD_PATH"] = str(tmp_path_factory.mktemp("dism") / "build")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pixelring2nmf simulate --scenario demo --seed 1`: one 750-LS run, one Multi-Disk LS."""
+    out = tmp_path_factory.mktemp("demo")
+    subprocess.run(
+        cli_command("simulate", "--out", str(out), "--scenario", "demo", "--seed", "1"),
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_files(demo_dir: Path) -> tuple[Path, Path]:
+    """(parquet, OMS JSON) written by the simulator."""
+    (parquet,) = demo_dir.glob("*.parquet")
+    (oms,) = demo_dir.glob("oms*.json")
+    return parquet, oms
+
+
+@pytest.fixture(scope="session")
+def test_data_pkl(demo_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default test data: batch 0 (750 LS) of the demo run with its OMS columns."""
+    parquet, oms = demo_files
+    out = tmp_path_factory.mktemp("testdata") / "test_data.pkl"
+    subprocess.run(
+        cli_command(
+            "make-test-data",
+            "--parquet",
+            str(parquet),
+            "--oms",
+            str(oms),
+            "--batch-size",
+            "750",
+            "--batch-id",
+            "0",
+            "--out",
+            str(out),
+        ),
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def script_module() -> Any:
+    return load_script_module()
+
+
+@pytest.fixture(scope="session")
+def demo_data(test_data_pkl: Path, script_module: Any) -> dict[str, Any]:
+    return script_module.load_test_data(test_data_pkl)
+
+
+@pytest.fixture(scope="session")
+def demo_body(demo_data: dict[str, Any], script_module: Any) -> bytes:
+    """The 750-LS request test_predictions.py sends, serialised once (~30 MB)."""
+    return json.dumps(script_module.build_request(demo_data, None)).encode()
+
+
+@pytest.fixture(scope="session")
+def served_model(build_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """`pixelring2nmf serve --port P` from the repository root: the shared running server."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("server") / "mlserver.log"
+    server = start_server(
+        cli_command("serve", "--port", str(port)), port, log_path, cwd=REPO, env=build_env
+    )
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def demo_answer(served_model: RunningServer, demo_body: bytes) -> dict[str, Any]:
+    """The single-client answer of the shared server to the 750-LS demo request."""
+    response = served_model.infer(demo_body)
+    assert response.status_code == 200, response.text[:2000]
+    return response.json()
+
+
+@pytest.fixture(scope="session")
+def build_folder(served_model: RunningServer, build_env: dict[str, str]) -> Path:
+    """The build folder the shared server runs from."""
+    return Path(build_env["BUILD_PATH"]) / BUILD_KEY
+
+
+def outputs_by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {output["name"]: output for output in answer["outputs"]}

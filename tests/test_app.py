@@ -1,0 +1,294 @@
+"""The MLServer handler called in-process: decoding, validation, encoding, settings.
+
+The handler is built from a real ModelSettings and the shipped model, as MLServer would, and
+its answers are compared with the pipeline called directly on the same maps: the handler must
+add nothing but decoding and encoding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlserver.errors import InferenceError
+from mlserver.settings import ModelParameters, ModelSettings
+from mlserver.types import InferenceRequest
+
+from mlserver_model import datatype
+from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS, Handler
+from mlserver_model.dftools import DCS_FLAGS
+from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
+
+MODEL_NAME = "pixel-ring2-nmf"
+N_WINDOW = 6  # LS per small request: enough to hold the demo's Multi-Disk LS and healthy ones
+
+
+def make_handler(model_uri: str | Path = DEFAULT_MODEL_PATH, extra: dict | None = None) -> Handler:
+    settings = ModelSettings(
+        name=MODEL_NAME,
+        implementation=Handler,
+        parameters=ModelParameters(uri=str(model_uri), version="0.1.0", extra=extra or {}),
+    )
+    handler = Handler(settings)
+    assert asyncio.run(handler.load()) is True
+    return handler
+
+
+def predict(handler: Handler, request: dict[str, Any]):
+    return asyncio.run(handler.predict(InferenceRequest(**request)))
+
+
+def outputs(response) -> dict[str, Any]:
+    return {o.name: o for o in response.outputs}
+
+
+@pytest.fixture(scope="module")
+def handler() -> Handler:
+    return make_handler()
+
+
+@pytest.fixture(scope="module")
+def model() -> PixelRing2NMF:
+    return PixelRing2NMF.load(DEFAULT_MODEL_PATH)
+
+
+@pytest.fixture(scope="module")
+def window(demo_data: dict[str, Any], model: PixelRing2NMF) -> dict[str, np.ndarray]:
+    """N_WINDOW LS of the demo run around its flagged (Multi-Disk) LS, with DCS flags."""
+    flagged = np.flatnonzero(model.predict(demo_data["Ring2"]).flag)
+    assert flagged.size >= 1, "the demo run must contain a flagged LS"
+    start = max(0, int(flagged[0]) - N_WINDOW // 2)
+    rows = slice(start, start + N_WINDOW)
+    window = {"Ring2": np.asarray(demo_data["Ring2"][rows])}
+    for flag in DCS_FLAGS:
+        window[flag] = np.asarray(demo_data[flag][rows], dtype=bool)
+    return window
+
+
+def ring2_tensor(maps: np.ndarray, datatype_name: str = "INT32", nested: bool = False) -> dict:
+    data = maps.tolist() if nested else maps.ravel().tolist()
+    return {"name": "Ring2", "shape": list(maps.shape), "datatype": datatype_name, "data": data}
+
+
+def oms_tensor(attribute: str, values: list, datatype_name: str = "BOOL", prefix: str = "oms"):
+    return {
+        "name": f"{prefix}__{attribute}",
+        "shape": [len(values)],
+        "datatype": datatype_name,
+        "data": values,
+    }
+
+
+def dcs_tensors(window: dict[str, np.ndarray], prefix: str = "oms_lumisection_info") -> list:
+    return [oms_tensor(f, window[f].tolist(), prefix=prefix) for f in DCS_FLAGS]
+
+
+def test_load_resolves_uri_relative_to_model_settings(tmp_path: Path) -> None:
+    folder = tmp_path / "pixel-ring2-nmf"
+    folder.mkdir()
+    shutil.copy2(DEFAULT_MODEL_PATH, folder / "model.joblib")
+    settings_path = folder / "model-settings.json"
+    settings_path.write_text(
+        json.dumps(
+            {
+                "name": MODEL_NAME,
+                "implementation": "mlserver_model.app.Handler",
+                "parameters": {"uri": "model.joblib", "version": "0.1.0"},
+            }
+        )
+    )
+    handler = Handler(ModelSettings.parse_file(str(settings_path)))
+    assert asyncio.run(handler.load()) is True
+    assert handler.version == "0.1.0"
+
+
+def test_load_refuses_a_bad_max_lumisections() -> None:
+    with pytest.raises(ValueError, match="max_lumisections"):
+        make_handler(extra={"max_lumisections": "many"})
+
+
+def test_answer_matches_the_pipeline_in_request_order(
+    handler: Handler, model: PixelRing2NMF, window: dict[str, np.ndarray]
+) -> None:
+    maps = window["Ring2"][::-1].copy()  # reversed: the order must follow the request
+    oms = {f: window[f][::-1] for f in DCS_FLAGS}
+    response = predict(
+        handler,
+        {
+            "id": "req-42",
+            "inputs": [
+                ring2_tensor(maps),
+                *dcs_tensors({f: oms[f] for f in DCS_FLAGS}),
+            ],
+        },
+    )
+    expected = model.predict(maps, oms)
+    got = outputs(response)
+    assert (response.id, response.model_name, response.model_version) == (
+        "req-42",
+        MODEL_NAME,
+        "0.1.0",
+    )
+    assert list(got) == ["Flag", "Metric"]
+    assert got["Flag"].datatype == "BOOL" and got["Flag"].shape == [N_WINDOW]
+    assert got["Metric"].datatype == "FP32" and got["Metric"].shape == [N_WINDOW]
+    assert list(got["Flag"].data) == expected.flag.tolist()
+    assert list(got["Metric"].data) == expected.metric.astype(np.float32).tolist()
+    assert any(got["Flag"].data), "the window holds the demo's flagged LS"
+
+
+@pytest.mark.parametrize(
+    ("datatype_name", "nested"),
+    [("INT32", True), ("FP32", False), ("FP64", True), ("INT64", False), ("UINT16", False)],
+)
+def test_any_numeric_datatype_flat_or_nested_gives_the_same_answer(
+    handler: Handler, window: dict[str, np.ndarray], datatype_name: str, nested: bool
+) -> None:
+    reference = outputs(predict(handler, {"inputs": [ring2_tensor(window["Ring2"])]}))
+    maps = window["Ring2"].astype(datatype.to_numpy_dtype(datatype_name))
+    got = outputs(predict(handler, {"inputs": [ring2_tensor(maps, datatype_name, nested)]}))
+    assert list(got["Flag"].data) == list(reference["Flag"].data)
+    assert list(got["Metric"].data) == list(reference["Metric"].data)
+
+
+def test_extra_outputs_on_request(handler: Handler, window: dict[str, np.ndarray]) -> None:
+    wanted = [{"name": "Groups"}, {"name": "Flag"}, {"name": "AnomalyType"}]
+    response = predict(handler, {"inputs": [ring2_tensor(window["Ring2"])], "outputs": wanted})
+    assert [o.name for o in response.outputs] == ["Groups", "Flag", "AnomalyType"]
+    got = outputs(response)
+    assert got["Groups"].datatype == "BYTES" and got["Groups"].shape == [N_WINDOW]
+    flagged = [i for i, f in enumerate(got["Flag"].data) if f]
+    assert flagged
+    for i in flagged:
+        assert got["AnomalyType"].data[i] in ("Multi-Disk", "Quarter")
+        assert len(got["Groups"].data[i].split(";")) >= 2  # a Multi-Disk hit spans disks
+
+
+def test_zero_lumisections_give_empty_outputs(handler: Handler) -> None:
+    empty = np.zeros((0, 140, 56), dtype=np.int32)
+    response = predict(handler, {"inputs": [ring2_tensor(empty)]})
+    got = outputs(response)
+    assert got["Flag"].shape == [0] and list(got["Flag"].data) == []
+    assert got["Metric"].shape == [0] and list(got["Metric"].data) == []
+
+
+def test_oms_nulls_fail_the_dcs_filter_and_prefixes_are_free(
+    handler: Handler, window: dict[str, np.ndarray]
+) -> None:
+    # every LS DCS-good, except the flagged one whose fpix_ready is null
+    base = outputs(predict(handler, {"inputs": [ring2_tensor(window["Ring2"])]}))
+    flagged = [i for i, f in enumerate(base["Flag"].data) if f]
+    values = {f: [True] * N_WINDOW for f in DCS_FLAGS}
+    values["fpix_ready"][flagged[0]] = None
+    tensors = [oms_tensor(f, values[f], prefix="dcs_bits") for f in DCS_FLAGS]
+    tensors.append(oms_tensor("pileup", [60.5, None, *[55.0] * (N_WINDOW - 2)], "FP32"))
+    tensors.append(oms_tensor("run_number", [390000] * N_WINDOW, "INT32", prefix="general"))
+    got = outputs(predict(handler, {"inputs": [ring2_tensor(window["Ring2"]), *tensors]}))
+    assert got["Flag"].data[flagged[0]] is False
+    assert sum(got["Flag"].data) == len(flagged) - 1
+
+
+def test_unknown_inputs_are_ignored_with_a_log_line(
+    handler: Handler, window: dict[str, np.ndarray], caplog: pytest.LogCaptureFixture
+) -> None:
+    junk = {"name": "Ring1", "shape": [1], "datatype": "INT32", "data": [1]}
+    with caplog.at_level(logging.INFO):
+        got = outputs(predict(handler, {"inputs": [ring2_tensor(window["Ring2"]), junk]}))
+    assert len(got["Flag"].data) == N_WINDOW
+    assert "Ring1" in caplog.text and "Ignoring" in caplog.text
+    assert "[INFO]: Flagging results (after filtering)" in caplog.text
+
+
+def test_lumisection_limit_is_configurable(window: dict[str, np.ndarray]) -> None:
+    small = make_handler(extra={"max_lumisections": N_WINDOW - 1})
+    with pytest.raises(InferenceError, match=rf"{N_WINDOW} lumisections.*\({N_WINDOW - 1}"):
+        predict(small, {"inputs": [ring2_tensor(window["Ring2"])]})
+    assert DEFAULT_MAX_LUMISECTIONS == 10_000
+
+
+def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
+    """(case, request, regex the 400 message must match); maps are (2, 140, 56)."""
+    n = len(maps)
+    flat = maps.ravel().tolist()
+    good = ring2_tensor(maps)
+    negative = list(flat)
+    negative[100] = -3
+    nan = [float(v) for v in flat]
+    nan[100] = None  # JSON null in an FP32 tensor
+    text = list(flat)
+    text[5] = "many"
+    dcs_partial = [oms_tensor(f, [True] * n) for f in DCS_FLAGS[:5]]
+    return [
+        (
+            "missing Ring2",
+            {"inputs": [oms_tensor("fpix_ready", [True] * n)]},
+            "Ring2.*[Mm]issing|[Mm]issing.*Ring2",
+        ),
+        ("wrong shape", {"inputs": [{**good, "shape": [n, 56, 140]}]}, r"shape \[N, 140, 56\]"),
+        ("2-D shape", {"inputs": [{**good, "shape": [n, 7840]}]}, r"shape \[N, 140, 56\]"),
+        ("short data", {"inputs": [{**good, "data": flat[:-1]}]}, "product of the shape"),
+        ("long data", {"inputs": [{**good, "data": [*flat, 0]}]}, "product of the shape"),
+        ("text", {"inputs": [{**good, "data": text}]}, "many"),
+        ("null in INT32", {"inputs": [{**good, "data": nan}]}, "Ring2.*(None|null)"),
+        ("NaN in FP32", {"inputs": [{**good, "datatype": "FP32", "data": nan}]}, "NaN"),
+        ("negative", {"inputs": [{**good, "data": negative}]}, "negative"),
+        ("BYTES maps", {"inputs": [{**good, "datatype": "BYTES"}]}, "numeric"),
+        (
+            "OMS length",
+            {"inputs": [good, oms_tensor("pileup", [50.0] * (n + 1), "FP32")]},
+            rf"oms__pileup.*{n + 1} values.*{n} lumisections",
+        ),
+        ("some DCS flags", {"inputs": [good, *dcs_partial]}, "tob_ready.*tecp_ready.*tecm_ready"),
+        (
+            "too many LS",
+            {"inputs": [{**good, "shape": [DEFAULT_MAX_LUMISECTIONS + 1, 140, 56]}]},
+            "10001 lumisections",
+        ),
+        ("unknown output", {"inputs": [good], "outputs": [{"name": "Score"}]}, "Score"),
+    ]
+
+
+BAD_CASES = [case for case, _, _ in _bad_requests(np.zeros((2, 140, 56), dtype=np.int32))]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_an_inference_error_naming_the_problem(
+    handler: Handler, window: dict[str, np.ndarray], case: str
+) -> None:
+    ((_, request, pattern),) = [c for c in _bad_requests(window["Ring2"][:2]) if c[0] == case]
+    with pytest.raises(InferenceError, match=pattern):
+        predict(handler, request)
+
+
+# --------------------------------------------------------------------------- datatype.py
+
+
+def test_datatype_round_trip() -> None:
+    for name, dtype in datatype.V2_TO_NUMPY.items():
+        assert datatype.to_numpy_dtype(name) == dtype
+        assert datatype.to_v2_datatype(dtype) == name
+    assert datatype.to_v2_datatype(np.array(["a"]).dtype) == "BYTES"
+    with pytest.raises(ValueError, match="FP128"):
+        datatype.to_numpy_dtype("FP128")
+
+
+def test_decode_nullable_keeps_nulls_apart_from_false() -> None:
+    flags = datatype.decode_nullable([True, None, False], "BOOL", [3])
+    assert flags.tolist() == [True, None, False]
+    numbers = datatype.decode_nullable([[1], [None], [3]], "INT32", [3, 1])
+    assert numbers.shape == (3,) and np.isnan(numbers[1]) and numbers[2] == 3
+    with pytest.raises(ValueError, match=r"shape must be \[N\] or \[N, 1\]"):
+        datatype.decode_nullable([1, 2, 3, 4], "INT32", [2, 2])
+
+
+def test_tensor_values_reads_the_list_without_copying() -> None:
+    request = InferenceRequest(inputs=[ring2_tensor(np.zeros((1, 140, 56), dtype=np.int32))])
+    values = datatype.tensor_values(request.inputs[0].data)
+    assert isinstance(values, list) and len(values) == 140 * 56
+    assert values is datatype.tensor_values(request.inputs[0].data)

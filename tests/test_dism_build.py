@@ -1,0 +1,198 @@
+"""template.yaml against dism-core, and `pixelring2nmf build` / the serve staleness check.
+
+dism-core resolves CodeUri/ModelUri against the current directory (as dismcli does), so these
+tests run from the repository root and send the build to a temporary BUILD_PATH.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from dism_core.template import Template
+from dism_core.validation.isvc import InferenceServiceValidator
+
+from mlserver_model import dism_build
+from mlserver_model.cli import main as cli_main
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = "PixelRing2NMF"
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Run from the repository root with the build going to tmp_path/build."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv(dism_build.BUILD_PATH_ENV, str(tmp_path / "build"))
+    return tmp_path / "build"
+
+
+def template_dict() -> dict:
+    return yaml.safe_load((REPO / "template.yaml").read_text())
+
+
+def write_template(tmp_path: Path, content: dict) -> Path:
+    path = tmp_path / "template.yaml"
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_template_is_valid_under_dism_core(in_repo: Path) -> None:
+    template = Template.from_yaml_file(REPO / "template.yaml")
+    InferenceServiceValidator(template)()
+    resource = template.Resources[KEY]
+    props = resource.Properties
+    assert (resource.Type, resource.Workspace) == ("InferenceService::MLServer::SKLearn", "global")
+    assert props.Name == "pixel-ring2-nmf"
+    assert props.Image == "registry.cern.ch/docker.io/seldonio/mlserver:1.5.0"
+    assert (props.BuiltinThreshold, props.FlaggingKey, props.MetricKey) == (True, "Flag", "Metric")
+    assert props.AnomalyThreshold is None
+    assert [(s.Name, s.DataType.value, s.Dims) for s in props.InputSignature] == [
+        ("Ring2", "INT32", [-1, 140, 56])
+    ]
+    assert props.InputSignature[0].MonitoringElement.endswith(
+        "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
+    )
+    assert [(s.Name, s.DataType.value) for s in props.OutputSignature] == [
+        ("Flag", "BOOL"),
+        ("Metric", "FP32"),
+    ]
+    (metadata,) = props.InputMetadata
+    assert (metadata.Name, metadata.Source.value, metadata.Endpoint.value) == (
+        "oms_lumisection_info",
+        "OMS",
+        "lumisections",
+    )
+    types = {a.Name: a.DataType.value for a in metadata.Attributes}
+    assert types["run_number"] == types["lumisection_number"] == "INT32"
+    assert types["pileup"] == "FP32"
+    dcs = [name for name, kind in types.items() if kind == "BOOL"]
+    assert dcs == [
+        "beams_stable",
+        "cms_active",
+        "bpix_ready",
+        "fpix_ready",
+        "tibtid_ready",
+        "tob_ready",
+        "tecp_ready",
+        "tecm_ready",
+    ]
+    conditions = props.InferenceOnConditions
+    assert conditions.MinRunNumber == 382800 and conditions.StableBeams is True
+    assert conditions.AllowedPrimaryDatasets == ["ZeroBias"]
+    assert (conditions.FillType, conditions.Clock, conditions.Sequence) == (
+        "PROTONS",
+        "LHC",
+        "GLOBAL-RUN",
+    )
+    assert (conditions.MinBField, conditions.MinEnergy) == (3.5, 6500)
+    assert conditions.L1KeyMatch.match("l1_trg_collisions2024/v64")
+    assert conditions.HLTConfigMatch.match("/cdaq/physics/Run2024/2e34/v1.4.9/HLT/V1")
+    assert not conditions.HLTConfigMatch.match("/cdaq/special/Run2024/VdM/v1/HLT/V1")
+    assert (str(props.CodeUri), props.Handler, str(props.ModelUri)) == (
+        "mlserver_model",
+        "app.Handler",
+        "mlserver_model/pixelring2nmf.joblib",
+    )
+
+
+def test_metric_key_needs_an_output_of_that_name(in_repo: Path, tmp_path: Path) -> None:
+    content = template_dict()
+    content["Resources"][KEY]["Properties"]["MetricKey"] = "Score"
+    with pytest.raises(ValueError, match='MetricKey "Score" not found in OutputSignature'):
+        dism_build.load_template(write_template(tmp_path, content))
+
+
+def test_build_writes_the_dismcli_layout(in_repo: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli_main(["build", "--port", "18123", "--host", "0.0.0.0"]) == 0
+    folder = in_repo / KEY
+    assert f"Built {KEY}" in capsys.readouterr().out
+    code_files = {
+        p.relative_to(REPO / "mlserver_model")
+        for p in (REPO / "mlserver_model").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    built_files = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    extra = {Path("model-settings.json"), Path("settings.json")}
+    assert built_files == code_files | {Path("pixelring2nmf.joblib")} | extra
+    assert not list(folder.rglob("__pycache__"))
+    assert json.loads((folder / "model-settings.json").read_text()) == {
+        "name": "pixel-ring2-nmf",
+        "implementation": "app.Handler",
+        "parameters": {"uri": "pixelring2nmf.joblib", "version": "0.1.0"},
+    }
+    settings = json.loads((folder / "settings.json").read_text())
+    assert settings["debug"] is False and settings["parallel_workers"] == 0
+    assert (settings["host"], settings["http_port"]) == ("0.0.0.0", 18123)
+    assert settings["grpc_port"] == 0 and settings["metrics_port"] == 0
+    model = REPO / "mlserver_model" / "pixelring2nmf.joblib"
+    assert (folder / "pixelring2nmf.joblib").read_bytes() == model.read_bytes()
+    # our local settings.json must never be packaged: no top-level template for dismcli
+    assert not (in_repo / "template.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"Name": "Pixel_Ring2_NMF"}, "RFC 1123"),
+        ({"Name": "pixel-ring2-nmf-" + "x" * 30}, "at most 36 characters"),
+        ({"FlaggingKey": None}, "BuiltinThreshold = True and FlaggingKey"),
+        ({"AnomalyThreshold": 0.5}, "AnomalyThreshold cannot be set if BuiltinThreshold = true"),
+    ],
+)
+def test_build_rejects_a_bad_template_with_dism_core_message(
+    in_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture, change: dict, message: str
+) -> None:
+    content = template_dict()
+    properties = content["Resources"][KEY]["Properties"]
+    for field, value in change.items():
+        if value is None:
+            del properties[field]
+        else:
+            properties[field] = value
+    path = write_template(tmp_path, content)
+    assert cli_main(["build", "-f", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "not a valid DISM template" in err
+    assert "Traceback" not in err
+    assert not (in_repo / KEY).exists()
+
+
+def test_build_reports_missing_files(in_repo: Path, tmp_path: Path, capsys) -> None:
+    content = template_dict()
+    content["Resources"][KEY]["Properties"]["ModelUri"] = "mlserver_model/nothing.joblib"
+    assert cli_main(["build", "-f", str(write_template(tmp_path, content))]) == 2
+    assert "nothing.joblib not found" in capsys.readouterr().err
+    assert cli_main(["build", "-f", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml not found" in capsys.readouterr().err
+
+
+def test_needs_build_follows_sources_and_settings(in_repo: Path) -> None:
+    template_path = REPO / "template.yaml"
+    template = dism_build.load_template(template_path)
+    properties = template.Resources[KEY].Properties
+    settings = dism_build.server_settings("127.0.0.1", 18124)
+    folder = in_repo / KEY
+    assert dism_build.needs_build(template_path, properties, folder, settings)
+    dism_build.build_resource(KEY, properties, in_repo, settings)
+    assert not dism_build.needs_build(template_path, properties, folder, settings)
+    other_port = dism_build.server_settings("127.0.0.1", 18125)
+    assert dism_build.needs_build(template_path, properties, folder, other_port)
+    # a source newer than the build (simulated by ageing the build's stamp)
+    stamp = folder / dism_build.MODEL_SETTINGS_FILE
+    old_ns = (REPO / "mlserver_model" / "app.py").stat().st_mtime_ns - 10**9
+    os.utime(stamp, ns=(old_ns, old_ns))
+    assert dism_build.needs_build(template_path, properties, folder, settings)
+
+
+def test_server_settings_refuse_a_bad_port() -> None:
+    with pytest.raises(ValueError, match=r"1\.\.65535"):
+        dism_build.server_settings("127.0.0.1", 70000)
+
+
+def test_mlserver_command_uses_this_interpreter(tmp_path: Path) -> None:
+    command = dism_build.mlserver_command(tmp_path, "/some/python")
+    assert command[0] == "/some/python" and command[-2:] == ["start", str(tmp_path)]
