@@ -95,11 +95,7 @@ def detection_study(
     eligible = live_groups(model)
     rows = []
     for scenario in SCENARIOS:
-        n = (
-            size.clean_ls_per_occupancy
-            if scenario == "clean"
-            else size.anomalous_ls_per_occupancy
-        )
+        n = size.clean_ls_per_occupancy if scenario == "clean" else size.anomalous_ls_per_occupancy
         for occupancy in occupancies:
             expected = make_expected(np.full(n, float(occupancy)), rng).reshape(n, N_ROCS)
             _inject(scenario, expected, eligible, rng)

@@ -86,6 +86,30 @@ GROUP_ROW_STARTS_MODEL = np.flatnonzero(np.diff(GROUP_ID_MODEL[:, 0], prepend=-1
 GROUP_OF_BLOCK = GROUP_ID_MODEL[GROUP_ROW_STARTS_MODEL][:, ::ROCS_PER_DISK_COLUMN]  # (8, 6)
 BLOCK_OF_GROUP = np.argsort(GROUP_OF_BLOCK.ravel())  # group id -> flat (row block, disk) index
 
+# The same blocks in map space: blade-range row blocks (the cross rows belong to none) and
+# disk slots of 8 columns (slot 3 is the cross).
+_MAP_ROW_BLOCK_INDICATOR = np.zeros((len(GROUP_ROW_STARTS_MODEL), MAP_SHAPE[0]), dtype=np.float32)
+for _b, _start in enumerate(GROUP_ROW_STARTS_MODEL):
+    _rows = MODEL_ROWS_IN_MAP[_start : np.r_[GROUP_ROW_STARTS_MODEL, MODEL_SHAPE[0]][_b + 1]]
+    _MAP_ROW_BLOCK_INDICATOR[_b, _rows] = 1.0
+_MAP_DISK_SLOTS = np.array([3 + d for d in DISKS])  # disk slots 0..6 of the six disks
+_ONES_PER_DISK_SLOT = np.ones(ROCS_PER_DISK_COLUMN, dtype=np.float32)
+
+
+def group_totals_map(maps_flat: np.ndarray) -> np.ndarray:
+    """(N, 7840) float32 map-space maps -> (N, 48) totals per power group (cross ignored).
+
+    Two cheap products instead of one with 48 indicator columns (a third of the cost): the 8
+    columns of each disk slot, then the blade-range row blocks.
+    """
+    n = len(maps_flat)
+    per_disk_slot = (maps_flat.reshape(-1, ROCS_PER_DISK_COLUMN) @ _ONES_PER_DISK_SLOT).reshape(
+        n, MAP_SHAPE[0], -1
+    )
+    blocks = np.matmul(_MAP_ROW_BLOCK_INDICATOR, per_disk_slot)  # (N, 8, 7)
+    return blocks[:, :, _MAP_DISK_SLOTS].reshape(n, -1)[:, BLOCK_OF_GROUP]
+
+
 # (48, 136, 48) boolean masks, for plotting and readable tests; inference uses GROUP_ID_FLAT.
 GROUP_MASKS_MODEL = GROUP_ID_MODEL[None, :, :] == np.arange(N_GROUPS)[:, None, None]
 

@@ -55,6 +55,7 @@ from .geometry import (
     MODEL_ROWS_IN_MAP,
     MODEL_SHAPE,
     N_ROCS,
+    group_totals_map,
 )
 from .nmf2d import BatchedNNLS
 from .preprocessor import insert_cross, remove_cross
@@ -163,14 +164,13 @@ class PixelRing2NMF:
         k = len(components)
         # Map-space versions (zero at the cross) so chunks never need the cross removed.
         components_map = insert_cross(components.reshape(k, *MODEL_SHAPE)).reshape(k, _MAP_BINS)
-        group_indicator = (GROUP_ID_MAP.ravel()[None, :] == np.arange(48)[:, None]).astype(
-            np.float32
-        )
-        # One product gives both the NNLS right-hand side and the observed totals per group.
-        self._projection = np.ascontiguousarray(np.vstack([components_map, group_indicator]).T)
+        # The NNLS right-hand side is one product; zero columns pad the components to a
+        # multiple of 8, which OpenBLAS multiplies markedly faster than 5 or 53 columns.
+        self._projection = np.zeros((_MAP_BINS, -(-k // 8) * 8), dtype=np.float32)
+        self._projection[:, :k] = components_map.T
         self._components_map = components_map
         self._components_group_bins = components_map[:, _GROUP_BINS]  # (K, 48, 160)
-        self._components_group_totals = components_map @ group_indicator.T  # (K, 48)
+        self._components_group_totals = group_totals_map(components_map)  # (K, 48)
         # Groups with fewer live ROCs than min_live_rocs in the components (a permanently dead
         # group) are never judged; derived from the model, so a retrained model updates it.
         profile = components.mean(axis=0)
@@ -255,27 +255,37 @@ class PixelRing2NMF:
         )
 
     def _chunks(self, maps: np.ndarray):
-        """Yield (slice, float32 (m, 7840) maps, float32 (m, K + 48) projections) per chunk.
+        """Yield (slice, float32 (m, 7840) maps, float32 (m, K) NNLS right-hand sides).
 
-        The counts are checked on the float32 copy, which is still in the cache.
+        Maps that already are C-contiguous float32 (what the MLServer handler decodes into)
+        are used in place; others are cast chunk by chunk into a buffer that stays in the CPU
+        cache. The counts are checked on the float32 chunk.
         """
-        buffer = np.empty((min(_CHUNK_LS, max(len(maps), 1)), _MAP_BINS), dtype=np.float32)
+        flat = maps.reshape(len(maps), _MAP_BINS)
+        in_place = flat.dtype == np.float32 and flat.flags.c_contiguous
+        buffer = None if in_place else np.empty((min(_CHUNK_LS, len(maps)), _MAP_BINS), np.float32)
+        k = len(self.components)
         for start in range(0, len(maps), _CHUNK_LS):
-            chunk = maps[start : start + _CHUNK_LS]
-            x = buffer[: len(chunk)]
-            np.copyto(x, chunk.reshape(len(chunk), _MAP_BINS), casting="unsafe")
+            rows = slice(start, min(start + _CHUNK_LS, len(maps)))
+            if in_place:
+                x = flat[rows]
+            else:
+                x = buffer[: rows.stop - rows.start]
+                np.copyto(x, flat[rows], casting="unsafe")
             check_counts(x)
-            yield slice(start, start + len(chunk)), x, x @ self._projection
+            yield rows, x, (x @ self._projection)[:, :k]
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
         n_ls, k, t = len(maps), len(self.components), self.thresholds
-        projection = np.empty((n_ls, self._projection.shape[1]), dtype=np.float32)
-        for rows, _, chunk_projection in self._chunks(maps):
-            projection[rows] = chunk_projection
-        weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
+        rhs = np.empty((n_ls, k), dtype=np.float32)
+        observed_totals = np.empty((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.float32)
+        for rows, x, chunk_rhs in self._chunks(maps):
+            rhs[rows] = chunk_rhs
+            observed_totals[rows] = group_totals_map(x)
+        weights = self._nnls.solve(rhs).astype(np.float32)
         expected_totals = weights @ self._components_group_totals
-        deficit = expected_totals - projection[:, k:]
+        deficit = expected_totals - observed_totals
         ls, group = np.nonzero(deficit > t.screen_deficit * expected_totals)
         n_bad = np.zeros((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.int32)
         n_live = np.zeros_like(n_bad)
@@ -299,10 +309,8 @@ class PixelRing2NMF:
 
     def _expected_chunks(self, maps: np.ndarray):
         """Yield (slice, counts, expected), both float32 (m, 7840), chunk by chunk."""
-        k = len(self.components)
-        for rows, x, projection in self._chunks(maps):
-            weights = self._nnls.solve(projection[:, :k]).astype(np.float32)
-            yield rows, x, weights @ self._components_map
+        for rows, x, rhs in self._chunks(maps):
+            yield rows, x, self._nnls.solve(rhs).astype(np.float32) @ self._components_map
 
     def _original_counts(self, maps: np.ndarray) -> np.ndarray:
         """(N, 48) counts of ROCs with (x - mu)^2 > 1e5: the original rule, on every ROC."""
