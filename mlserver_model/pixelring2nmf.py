@@ -259,7 +259,7 @@ class PixelRing2NMF:
 
         Maps that already are C-contiguous float32 (what the MLServer handler decodes into)
         are used in place; others are cast chunk by chunk into a buffer that stays in the CPU
-        cache. The counts are checked on the float32 chunk.
+        cache.
         """
         flat = maps.reshape(len(maps), _MAP_BINS)
         in_place = flat.dtype == np.float32 and flat.flags.c_contiguous
@@ -269,10 +269,11 @@ class PixelRing2NMF:
             rows = slice(start, min(start + _CHUNK_LS, len(maps)))
             if in_place:
                 x = flat[rows]
+                check_counts(x)
             else:
+                check_counts(flat[rows])  # before the cast: int32 minima are cheaper than float
                 x = buffer[: rows.stop - rows.start]
                 np.copyto(x, flat[rows], casting="unsafe")
-            check_counts(x)
             yield rows, x, (x @ self._projection)[:, :k]
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

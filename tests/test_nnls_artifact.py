@@ -135,7 +135,8 @@ def test_shipped_model_loads_under_the_image_versions(tmp_path):
         "import sys, numpy, joblib, sklearn; import app; "
         "from mlserver_model.pixelring2nmf import PixelRing2NMF; "
         "m = PixelRing2NMF.load('pixelring2nmf.joblib'); "
-        "assert joblib.load('pixelring2nmf.joblib')['components'].shape == m.components.shape[:1] + (136, 48); "
+        "loaded = joblib.load('pixelring2nmf.joblib')['components']; "
+        "assert loaded.shape == m.components.shape[:1] + (136, 48); "
         "print(numpy.__version__, sklearn.__version__, joblib.__version__, m.components.shape)"
     )
     out = subprocess.run(

@@ -49,9 +49,7 @@ def test_demo_run_flags_exactly_the_multidisk_ls(model, demo, caplog):
     all_true = {flag: np.ones(len(data), dtype=bool) for flag in DCS_FLAGS}
     with caplog.at_level(logging.INFO, logger="pixelring2nmf"):
         result = model.predict(data.maps, all_true)
-    assert _log_messages(caplog) == [
-        line.format(x=1, m=750, y=1, n=750) for line in LOG_LINES
-    ]
+    assert _log_messages(caplog) == [line.format(x=1, m=750, y=1, n=750) for line in LOG_LINES]
     assert data.ls[result.flag].tolist() == multidisk_ls
     (i,) = np.flatnonzero(result.flag)
     assert result.anomaly_type[i] == "Multi-Disk"
@@ -73,13 +71,12 @@ def test_demo_run_with_the_simulated_oms_flags(model, demo, caplog):
         for i in range(len(raw["run_number"]))
         if all(raw[flag][i] is True for flag in DCS_FLAGS)
     }
-    selected = sum((r, s) in good_ls for r, s in zip(data.run.tolist(), data.ls.tolist()))
+    pairs = zip(data.run.tolist(), data.ls.tolist(), strict=True)
+    selected = sum(pair in good_ls for pair in pairs)
     assert 0 < selected < 750
     with caplog.at_level(logging.INFO, logger="pixelring2nmf"):
         result = model.predict(data.maps, oms)
-    assert _log_messages(caplog) == [
-        line.format(x=1, m=selected, y=1, n=750) for line in LOG_LINES
-    ]
+    assert _log_messages(caplog) == [line.format(x=1, m=selected, y=1, n=750) for line in LOG_LINES]
     assert result.dcs.n_good == selected
 
 
@@ -106,7 +103,12 @@ def test_metric_is_zero_when_healthy_and_grows_with_extent(model):
     assert result.metric[0] == 0 and result.metric[4] == 0 and result.metric[5] == 0
     assert 1 <= result.metric[1] < result.metric[2] <= result.metric[3]
     assert result.anomaly_type.tolist() == [
-        "none", "Multi-Disk", "Multi-Disk", "Quarter", "Single-Disk", "none"
+        "none",
+        "Multi-Disk",
+        "Multi-Disk",
+        "Quarter",
+        "Single-Disk",
+        "none",
     ]
     assert result.groups()[1] == "FPix_BpI_D1_ROG3;FPix_BpI_D2_ROG3"
 
