@@ -32,6 +32,12 @@ IMAGE_PYTHON = Path(
     os.environ.get("PIXELRING2NMF_IMAGE_PYTHON") or REPO / ".venv-image" / "bin" / "python"
 )
 SERVER_START_TIMEOUT_S = 120.0
+# Tests that need the image-emulation virtualenv skip on a developer machine without it, but
+# must run in CI (which creates it): CI=true turns the skip off, so a missing venv fails loudly.
+needs_image_venv = pytest.mark.skipif(
+    not IMAGE_PYTHON.exists() and not os.environ.get("CI"),
+    reason=f"no image-emulation venv at {IMAGE_PYTHON} (bash scripts/make_image_venv.sh)",
+)
 
 
 def free_port() -> int:

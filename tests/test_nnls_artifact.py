@@ -12,6 +12,7 @@ from pathlib import Path
 import joblib
 import numpy as np
 import pytest
+from conftest import IMAGE_PYTHON, needs_image_venv
 from scipy.optimize import nnls
 
 from mlserver_model.artifact import ArtifactError, load_artifact, save_artifact
@@ -123,10 +124,7 @@ def test_shipped_model_holds_provenance():
     assert meta["thresholds"]["z_threshold"] > 0
 
 
-IMAGE_PYTHON = Path(os.environ.get("PIXELRING2NMF_IMAGE_PYTHON", REPO / ".venv-image/bin/python"))
-
-
-@pytest.mark.skipif(not IMAGE_PYTHON.exists(), reason="no image-emulation virtualenv")
+@needs_image_venv
 def test_shipped_model_loads_under_the_image_versions(tmp_path):
     """numpy 1.26.4 / scikit-learn 1.4.1.post1 / joblib 1.3.2, the project not installed."""
     folder = tmp_path / "pixel-ring2-nmf"

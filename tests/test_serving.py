@@ -21,6 +21,7 @@ from conftest import (
     MODEL_NAME,
     RunningServer,
     free_port,
+    needs_image_venv,
     outputs_by_name,
     start_server,
     stop_server,
@@ -230,7 +231,7 @@ def test_concurrent_clients_get_the_single_client_answer(
         assert got["Metric"]["data"] == reference["Metric"]["data"]
 
 
-@pytest.mark.skipif(not IMAGE_PYTHON.exists(), reason=f"image venv absent ({IMAGE_PYTHON})")
+@needs_image_venv
 def test_image_environment_serves_a_copy_of_the_build_alone(
     build_folder: Path,
     demo_body: bytes,
