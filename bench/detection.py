@@ -55,7 +55,14 @@ def as_markdown(table) -> str:
                 f"{100 * pivot.loc[scenario, (column, o)]:.1f}%" for o in occupancies
             )
             lines.append(f"| {scenario} ({n}) | {rule} | {cells} |")
-    return "\n".join(lines)
+    quiet = table[table.scenario.isin(["clean", "Single-Disk"])]
+    totals = quiet.groupby("scenario", sort=False)[["n_ls", "flagged", "flagged_original"]].sum()
+    summary = "; ".join(
+        f"{scenario}: {row.flagged} of {row.n_ls:,} LS flagged (original rule: "
+        f"{row.flagged_original})"
+        for scenario, row in totals.iterrows()
+    )
+    return "\n".join(lines) + f"\n\nTotals — {summary}."
 
 
 def main() -> int:

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .dftools import DCS_FLAGS
 from .geometry import (
     DISKS,
     GROUP_ID_FLAT,
@@ -64,6 +65,7 @@ from .geometry import (
     QUARTER_GROUPS,
     group_index,
 )
+from .omstools import OMS_COLUMNS
 from .preprocessor import insert_cross
 
 logger = logging.getLogger(__name__)
@@ -74,35 +76,7 @@ ME_PATH = (
     "PixelPhase1/Phase1_MechanicalView/PXForward/"
     "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
 )
-OMS_KEYS = (
-    "delivered_lumi_per_lumisection",
-    "recorded_lumi_per_lumisection",
-    "pileup",
-    "physics_flag",
-    "prescale_index",
-    "prescale_name",
-    "beams_stable",
-    "cms_active",
-    "bpix_ready",
-    "fpix_ready",
-    "tibtid_ready",
-    "tob_ready",
-    "tecp_ready",
-    "tecm_ready",
-    "fill_number",
-    "run_number",
-    "lumisection_number",
-)
-DCS_FLAGS = (
-    "beams_stable",
-    "cms_active",
-    "bpix_ready",
-    "fpix_ready",
-    "tibtid_ready",
-    "tob_ready",
-    "tecp_ready",
-    "tecm_ready",
-)
+OMS_KEYS = OMS_COLUMNS  # the real OMS JSON layout, as omstools reads it
 DETECTOR_READY_FLAGS = DCS_FLAGS[2:]
 TRUTH_COLUMNS = ("run", "ls", "anomaly_type", "groups", "n_dead_rocs")
 
