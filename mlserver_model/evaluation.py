@@ -38,14 +38,6 @@ class StudySize:
     clean_ls_per_occupancy: int = 3000  # 7 occupancies x 3000 = 21,000 clean LS
 
 
-def live_groups(model: PixelRing2NMF, min_live_fraction: float = 0.5) -> np.ndarray:
-    """(48,) bool: groups the model expects to be read out (not permanently dead)."""
-    profile = model.components.mean(axis=0)
-    live = profile >= model.thresholds.live_fraction * profile.mean()
-    per_group = np.bincount(GROUP_ID_FLAT, weights=live, minlength=48)
-    return per_group >= min_live_fraction * np.bincount(GROUP_ID_FLAT, minlength=48)
-
-
 def _kill(
     expected: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator
 ) -> None:
@@ -92,7 +84,7 @@ def detection_study(
 ) -> pd.DataFrame:
     """Flag rates of both rules per (scenario, occupancy): one row each."""
     rng = np.random.default_rng(seed)
-    eligible = live_groups(model)
+    eligible = ~model.unjudged_groups  # a permanently dead group cannot die again
     rows = []
     for scenario in SCENARIOS:
         n = size.clean_ls_per_occupancy if scenario == "clean" else size.anomalous_ls_per_occupancy
