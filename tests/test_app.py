@@ -221,6 +221,8 @@ def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
     negative[100] = -3
     nan = [float(v) for v in flat]
     nan[100] = None  # JSON null in an FP32 tensor
+    real_nan = [float(v) for v in flat]
+    real_nan[100] = float("nan")  # only in-process: JSON has no NaN (MLServer answers 422)
     text = list(flat)
     text[5] = "many"
     dcs_partial = [oms_tensor(f, [True] * n) for f in DCS_FLAGS[:5]]
@@ -236,7 +238,8 @@ def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
         ("long data", {"inputs": [{**good, "data": [*flat, 0]}]}, "product of the shape"),
         ("text", {"inputs": [{**good, "data": text}]}, "many"),
         ("null in INT32", {"inputs": [{**good, "data": nan}]}, "Ring2.*(None|null)"),
-        ("NaN in FP32", {"inputs": [{**good, "datatype": "FP32", "data": nan}]}, "NaN"),
+        ("null in FP32", {"inputs": [{**good, "datatype": "FP32", "data": nan}]}, "null at"),
+        ("NaN in FP32", {"inputs": [{**good, "datatype": "FP32", "data": real_nan}]}, "NaN"),
         ("negative", {"inputs": [{**good, "data": negative}]}, "negative"),
         ("BYTES maps", {"inputs": [{**good, "datatype": "BYTES"}]}, "numeric"),
         (
@@ -292,3 +295,39 @@ def test_tensor_values_reads_the_list_without_copying() -> None:
     values = datatype.tensor_values(request.inputs[0].data)
     assert isinstance(values, list) and len(values) == 140 * 56
     assert values is datatype.tensor_values(request.inputs[0].data)
+
+
+@pytest.mark.parametrize(
+    ("values", "fast"),
+    [
+        ([0, 5, 2**31 - 1, -(2**31)], True),
+        ([1, True], False),  # a bool is written differently by marshal
+        ([1, 2.0], False),
+        ([1, None], False),
+        ([1, 2**31], False),  # does not fit in int32
+        ([1, [2]], False),
+        ([], False),
+    ],
+)
+def test_fast_int32_path_takes_only_plain_int32_lists(values, fast) -> None:
+    decoded = datatype.flat_int32(values)
+    assert (decoded is not None) == fast
+    if fast:
+        assert decoded.tolist() == values
+
+
+@pytest.mark.parametrize(
+    ("values", "v2_type", "message"),
+    [
+        ([1, 2.5], "INT32", "non-integer"),
+        ([1, "3"], "INT32", "'3' at flat position 1"),
+        ([1, None], "FP32", "null"),
+    ],
+)
+def test_general_decoding_never_truncates_or_parses_text(values, v2_type, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        datatype.decode_numeric(values, v2_type, [2])
+
+
+def test_integral_floats_decode_for_an_integer_tensor() -> None:
+    assert datatype.decode_numeric([1.0, 2.0], "INT32", [2]).tolist() == [1, 2]
