@@ -67,7 +67,7 @@ def timed(function, repeats: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=21)
-    parser.add_argument("--original-repeats", type=int, default=2)
+    parser.add_argument("--original-repeats", type=int, default=3)
     args = parser.parse_args()
     model = PixelRing2NMF.load()
     maps = simulated_run(N_LS, seed=1)

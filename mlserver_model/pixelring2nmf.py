@@ -86,8 +86,9 @@ class PredictionResult:
         return [";".join(GROUP_NAMES_ARRAY[row]) for row in self.anomalous_groups]
 
 
-# LS per inference chunk: the chunk's maps (128 x 7840 float32 = 4 MB) stay in the CPU cache.
-_CHUNK_LS = 128
+# LS per inference chunk: 16 maps (500 kB as float32) stay in the core's L2 cache between the
+# cast, the check and the two products that read them (measured: 12 % faster than 128).
+_CHUNK_LS = 16
 _MAP_BINS = MAP_SHAPE[0] * MAP_SHAPE[1]
 _CROSS_BIN = CROSS_ROWS.start * MAP_SHAPE[1] + CROSS_COLUMNS.start  # pads group bin lists
 
