@@ -16,12 +16,10 @@ of the build folder. Exit code 1 when a ratio of medians exceeds 1.25.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +37,9 @@ from _report import write_section
 
 from mlserver_model import simulator
 from mlserver_model.dism_build import mlserver_command, server_settings
+from mlserver_model.local_server import LocalServer as Server
+from mlserver_model.local_server import free_port, start_local_server
+from mlserver_model.local_server import stop_local_server as stop_server
 from mlserver_model.testdata import make_test_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,16 +78,6 @@ class DoNothing(MLModel):
             ],
         )
 '''
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
 
 
 @dataclass
@@ -163,41 +154,11 @@ def write_server_settings(parent: Path) -> int:
 # --------------------------------------------------------------------------- server
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def start_server(command: list[str], port: int, log_path: Path, env: dict[str, str]) -> Server:
     """Start MLServer and return once /v2/health/ready answers 200 (bounded wait)."""
-    with open(log_path, "wb") as log_handle:
-        process = subprocess.Popen(
-            command, cwd=log_path.parent, env=env, stdout=log_handle, stderr=subprocess.STDOUT
-        )
-    server = Server(process, port, log_path)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"MLServer exited early:\n{log_path.read_text()[-3000:]}")
-        with contextlib.suppress(requests.ConnectionError):
-            if requests.get(server.url("/v2/health/ready"), timeout=2).status_code == 200:
-                return server
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=0.2)
-    stop_server(server)
-    raise RuntimeError(f"MLServer not ready after {START_TIMEOUT_S} s")
-
-
-def stop_server(server: Server) -> None:
-    """SIGTERM to the process we started (by PID), SIGKILL if it hangs."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=30)
+    return start_local_server(
+        command, port, log_path, cwd=log_path.parent, env=env, timeout_s=START_TIMEOUT_S
+    )
 
 
 def memory_mb(pid: int) -> dict[str, float]:
@@ -216,7 +177,7 @@ def memory_mb(pid: int) -> dict[str, float]:
 def post(server: Server, model: str, body: bytes) -> tuple[float, requests.Response]:
     start = time.perf_counter()
     response = requests.post(
-        server.url(f"/v2/models/{model}/infer"),
+        f"{server.base_url}/v2/models/{model}/infer",
         data=body,
         headers={"Content-Type": "application/json"},
         timeout=REQUEST_TIMEOUT_S,
@@ -247,7 +208,7 @@ def measure(
 ) -> Measurement:
     server = start_server(command, port, log_path, env)
     try:
-        version = requests.get(server.url("/v2"), timeout=10).json()["version"]
+        version = requests.get(f"{server.base_url}/v2", timeout=10).json()["version"]
         idle = memory_mb(server.process.pid)
         for _ in range(args.warmups):
             post(server, MODEL_NAME, body)

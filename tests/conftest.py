@@ -9,21 +9,24 @@ demo request body is serialised once and the single-client answer is kept for co
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+
+from mlserver_model.local_server import (
+    LocalServer,
+    free_port,
+    start_local_server,
+)
+from mlserver_model.local_server import stop_local_server as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "pixel-ring2-nmf"
@@ -40,13 +43,6 @@ needs_image_venv = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def load_script_module() -> Any:
     """The top-level test_predictions.py script as a module (it is not a package member)."""
     spec = importlib.util.spec_from_file_location(
@@ -57,17 +53,8 @@ def load_script_module() -> Any:
     return module
 
 
-@dataclass
-class RunningServer:
-    """A started MLServer process and where to reach it."""
-
-    process: subprocess.Popen
-    port: int
-    log_path: Path
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+class RunningServer(LocalServer):
+    """A started MLServer serving our model, with a shortcut to its infer endpoint."""
 
     @property
     def infer_url(self) -> str:
@@ -82,49 +69,20 @@ class RunningServer:
             timeout=timeout_s,
         )
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
 
 def start_server(
     command: list[str], port: int, log_path: Path, *, cwd: Path, env: dict[str, str]
 ) -> RunningServer:
     """Start a server process and return once /v2/health/ready answers 200 (bounded wait)."""
-    with open(log_path, "wb") as log_handle:  # the child keeps its own descriptor
-        process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdout=log_handle, stderr=subprocess.STDOUT
-        )
-    server = RunningServer(process=process, port=port, log_path=log_path)
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with code {process.returncode} before becoming ready:\n"
-                f"{server.log()[-4000:]}"
-            )
-        try:
-            if requests.get(f"{server.base_url}/v2/health/ready", timeout=2).status_code == 200:
-                return server
-        except requests.ConnectionError:
-            pass
-        # wait for the next poll, returning early if the process dies
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=0.2)
-    stop_server(server)
-    raise RuntimeError(
-        f"server not ready after {SERVER_START_TIMEOUT_S} s:\n{server.log()[-4000:]}"
+    return start_local_server(
+        command,
+        port,
+        log_path,
+        cwd=cwd,
+        env=env,
+        timeout_s=SERVER_START_TIMEOUT_S,
+        server_class=RunningServer,
     )
-
-
-def stop_server(server: RunningServer) -> None:
-    """Stop the process we started, by its PID: SIGTERM, then SIGKILL if it hangs."""
-    if server.process.poll() is None:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait(timeout=30)
 
 
 def cli_command(*args: str) -> list[str]:

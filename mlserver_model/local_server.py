@@ -1,0 +1,87 @@
+"""Start and stop a local MLServer process: shared by the tests that serve and bench/serving.py.
+
+Not on the serving path (MLServer itself runs there); `requests` is imported where it is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+READY_PATH = "/v2/health/ready"
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LocalServer:
+    """A started MLServer process and where to reach it."""
+
+    process: subprocess.Popen
+    port: int
+    log_path: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_local_server(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    timeout_s: float = 120.0,
+    server_class: type[LocalServer] = LocalServer,
+) -> LocalServer:
+    """Start the process and return once /v2/health/ready answers 200 (bounded wait).
+
+    The wait polls the endpoint and, between polls, waits on the process itself, so a server
+    that dies is reported at once with the end of its log.
+    """
+    import requests
+
+    with open(log_path, "wb") as log_handle:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log_handle, stderr=subprocess.STDOUT
+        )
+    server = server_class(process=process, port=port, log_path=log_path)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"MLServer exited with code {process.returncode} before becoming ready:\n"
+                f"{server.log()[-4000:]}"
+            )
+        with contextlib.suppress(requests.ConnectionError):
+            if requests.get(server.base_url + READY_PATH, timeout=2).status_code == 200:
+                return server
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.2)
+    stop_local_server(server)
+    raise RuntimeError(f"MLServer not ready after {timeout_s} s:\n{server.log()[-4000:]}")
+
+
+def stop_local_server(server: LocalServer) -> None:
+    """Stop the process we started, by its PID: SIGTERM, then SIGKILL if it hangs."""
+    if server.process.poll() is None:
+        server.process.terminate()
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.process.kill()
+            server.process.wait(timeout=30)
