@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dftools import DcsResult, dcs_filter
+from .dftools import DCS_FLAGS, DcsResult, dcs_filter
 
 OMS_COLUMNS = (
     "delivered_lumi_per_lumisection",
@@ -25,14 +25,7 @@ OMS_COLUMNS = (
     "physics_flag",
     "prescale_index",
     "prescale_name",
-    "beams_stable",
-    "cms_active",
-    "bpix_ready",
-    "fpix_ready",
-    "tibtid_ready",
-    "tob_ready",
-    "tecp_ready",
-    "tecm_ready",
+    *DCS_FLAGS,  # beams_stable, cms_active, and the six detector-ready flags, in this order
     "fill_number",
     "run_number",
     "lumisection_number",
