@@ -121,7 +121,7 @@ def flat_int32(values: Any) -> np.ndarray | None:
     if len(buffer) != _MARSHAL_LIST_HEADER + 5 * n_values or buffer[:1] != b"[":
         return None
     records = np.frombuffer(buffer, _MARSHAL_INT32, count=n_values, offset=_MARSHAL_LIST_HEADER)
-    if not np.all(records["code"] == ord("i")):
+    if np.count_nonzero(records["code"] != ord("i")):  # faster than np.all on 5.9 M codes
         return None
     return records["value"]
 
