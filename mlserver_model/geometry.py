@@ -126,12 +126,6 @@ MULTIDISK_CANDIDATES = np.array(
         for rog in (1, 2, 3, 4)
     ]
 )
-MULTIDISK_CANDIDATE_NAMES = tuple(
-    f"FPix_B{Z_SIDES[z]}{BLADE_SIDES[s]}_ROG{rog}"
-    for z in range(2)
-    for s in range(2)
-    for rog in (1, 2, 3, 4)
-)
 
 
 def group_index(name: str) -> int:
