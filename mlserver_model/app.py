@@ -146,12 +146,8 @@ def decode_request(
     n_ls = _n_lumisections(list(ring2.shape), max_lumisections)
     oms = _decode_oms(tensors, n_ls)
     try:
-        # float32: what the pipeline computes in, used there in place (counts < 2**24 are exact)
         maps_nyx = _datatype.decode_numeric(
-            _datatype.tensor_values(ring2.data),
-            _datatype_name(ring2),
-            list(ring2.shape),
-            dtype=np.float32,
+            _datatype.tensor_values(ring2.data), _datatype_name(ring2), list(ring2.shape)
         )
     except ValueError as error:
         raise InferenceError(f"Input {RING2_INPUT!r}: {error}") from error

@@ -129,6 +129,10 @@ def flat_int32(values: Any) -> np.ndarray | None:
 def decode_numeric(values: Any, datatype: str, shape: list[int], dtype: Any = None) -> np.ndarray:
     """Flat or nested JSON numbers -> array of the declared shape (one numpy conversion).
 
+    Plain int32 lists come back as an int32 view into the marshal buffer (strided, no copy)
+    unless `dtype` asks for a copy; consumers that read it in chunks (the pipeline) save a
+    whole-array pass and the page faults of a fresh 24 MB array.
+
     Raises ValueError naming the problem: a non-numeric datatype, values that are not numbers
     (null in an integer tensor, text, ragged nesting), or a size that is not the shape's product.
     """
@@ -141,7 +145,7 @@ def decode_numeric(values: Any, datatype: str, shape: list[int], dtype: Any = No
         _check_length(len(values), size, shape)  # flat data: fail before converting
         fast = flat_int32(values)
         if fast is not None:
-            return fast.astype(dtype or decode_dtype(datatype)).reshape(shape)
+            return (fast if dtype is None else fast.astype(dtype)).reshape(shape)
     try:
         # No dtype: numpy infers ints, floats, or reveals text and nulls, which a cast to a
         # numeric dtype would parse ("3") or truncate (2.5) silently.

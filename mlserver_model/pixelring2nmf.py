@@ -272,9 +272,9 @@ class PixelRing2NMF:
                 x = flat[rows]
                 check_counts(x)
             else:
-                check_counts(flat[rows])  # before the cast: int32 minima are cheaper than float
                 x = buffer[: rows.stop - rows.start]
                 np.copyto(x, flat[rows], casting="unsafe")
+                check_counts(x)  # on the cached copy: one read of the input, not two
             yield rows, x, (x @ self._projection)[:, :k]
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
