@@ -51,8 +51,6 @@ from .geometry import (
     GROUP_N_ROCS,
     GROUP_NAMES_ARRAY,
     MAP_SHAPE,
-    MODEL_COLUMNS_IN_MAP,
-    MODEL_ROWS_IN_MAP,
     MODEL_SHAPE,
     N_ROCS,
     group_totals_map,
@@ -119,9 +117,9 @@ def check_counts(maps: np.ndarray) -> None:
 
 def to_model_space(maps_nyx: Any) -> np.ndarray:
     """Validate (N, 140, 56) maps and return them as float32 (N, 6528) without the cross."""
-    maps = check_maps(maps_nyx)
-    check_counts(maps[:, MODEL_ROWS_IN_MAP][:, :, MODEL_COLUMNS_IN_MAP])
-    return remove_cross(maps).astype(np.float32).reshape(len(maps), N_ROCS)
+    rocs = remove_cross(check_maps(maps_nyx))  # counts in the cross are ignored
+    check_counts(rocs)
+    return rocs.astype(np.float32).reshape(len(rocs), N_ROCS)
 
 
 def _group_bins_in_map() -> tuple[np.ndarray, np.ndarray]:
@@ -178,8 +176,8 @@ class PixelRing2NMF:
         live_profile = profile >= self.thresholds.live_fraction * profile.mean()
         live_per_group = np.bincount(GROUP_ID_FLAT, weights=live_profile, minlength=48)
         self.unjudged_groups = live_per_group < self.thresholds.min_live_rocs
-        error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
-        self._error_squared_group_bins = (error_map * error_map)[_GROUP_BINS]  # (48, 160)
+        self._model_error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
+        self._error_squared_group_bins = (self._model_error_map**2)[_GROUP_BINS]  # (48, 160)
 
     # ---- persistence -------------------------------------------------------------------------
     @classmethod
@@ -334,13 +332,12 @@ class PixelRing2NMF:
         out = {"reconstruction": np.empty(shape, np.float32), "bad": np.empty(shape, bool)}
         if rule == RULE_SIGNIFICANCE:
             out["significance"] = np.empty(shape, np.float32)
-        error = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
         roc_bins = GROUP_ID_MAP.ravel() >= 0  # everything but the cross
         t = self.thresholds
         for rows, x, expected in self._expected_chunks(maps):
             out["reconstruction"][rows] = expected
             if rule == RULE_SIGNIFICANCE:
-                z = deficit_significance(x, expected, error)
+                z = deficit_significance(x, expected, self._model_error_map)
                 live = live_rocs(expected, expected.sum(axis=1) / N_ROCS, t.live_fraction)
                 out["significance"][rows] = np.where(roc_bins, z, 0.0)
                 out["bad"][rows] = live & (z > t.z_threshold)
