@@ -111,7 +111,7 @@ class Handler(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        # Decoding (~0.1 s) and the pipeline run off the event loop, so health probes and the
+        # Decoding (~50 ms) and the pipeline run off the event loop, so health probes and the
         # parsing of other requests go on meanwhile; the model is read-only, hence thread-safe.
         outputs = await asyncio.to_thread(self._predict_outputs, payload)
         return InferenceResponse(

@@ -103,15 +103,20 @@ def check_maps(maps_nyx: Any) -> np.ndarray:
     return maps
 
 
-def check_counts(maps: np.ndarray) -> None:
-    """Refuse negative, NaN or infinite counts (two reductions; ints cannot be NaN)."""
+def check_counts(maps: np.ndarray, *, may_be_infinite: bool | None = None) -> None:
+    """Refuse negative, NaN or infinite counts (two reductions; ints cannot be NaN).
+
+    `may_be_infinite=False` skips the second reduction for float copies of integer maps.
+    """
     if not len(maps):
         return
     lowest = maps.min()
     if not lowest >= 0:  # also true for NaN
         what = "NaN" if np.isnan(lowest) else f"negative ({lowest:g})"
         raise InputError(f"Occupancy counts must be finite and >= 0, found {what} values")
-    if maps.dtype.kind == "f" and not np.isfinite(maps.max()):
+    if may_be_infinite is None:
+        may_be_infinite = maps.dtype.kind == "f"
+    if may_be_infinite and not np.isfinite(maps.max()):
         raise InputError("Occupancy counts must be finite, found infinite values")
 
 
@@ -256,9 +261,9 @@ class PixelRing2NMF:
     def _chunks(self, maps: np.ndarray):
         """Yield (slice, float32 (m, 7840) maps, float32 (m, K) NNLS right-hand sides).
 
-        Maps that already are C-contiguous float32 (what the MLServer handler decodes into)
-        are used in place; others are cast chunk by chunk into a buffer that stays in the CPU
-        cache.
+        Maps that already are C-contiguous float32 are used in place; others (the MLServer
+        handler's uint32 counts, parquet's int32) are cast chunk by chunk into a buffer that
+        stays in the CPU cache.
         """
         flat = maps.reshape(len(maps), _MAP_BINS)
         in_place = flat.dtype == np.float32 and flat.flags.c_contiguous
@@ -272,7 +277,8 @@ class PixelRing2NMF:
             else:
                 x = buffer[: rows.stop - rows.start]
                 np.copyto(x, flat[rows], casting="unsafe")
-                check_counts(x)  # on the cached copy: one read of the input, not two
+                # on the cached copy: one read of the input, not two
+                check_counts(x, may_be_infinite=flat.dtype.kind == "f")
             yield rows, x, (x @ self._projection)[:, :k]
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -300,20 +300,28 @@ def test_tensor_values_reads_the_list_without_copying() -> None:
 @pytest.mark.parametrize(
     ("values", "fast"),
     [
-        ([0, 5, 2**31 - 1, -(2**31)], True),
-        ([1, True], False),  # a bool is written differently by marshal
+        ([0, 5, 2**31 - 1, 2**32 - 1], True),
+        ([1, True], True),  # a bool is an int, as in numpy: True -> 1
+        ([1, -1], False),  # not a count: the general path names it
+        ([1, 2**32], False),  # does not fit in uint32
         ([1, 2.0], False),
         ([1, None], False),
-        ([1, 2**31], False),  # does not fit in int32
+        ([1, "3"], False),
         ([1, [2]], False),
         ([], False),
     ],
 )
-def test_fast_int32_path_takes_only_plain_int32_lists(values, fast) -> None:
-    decoded = datatype.flat_int32(values)
+def test_fast_path_takes_only_lists_of_counts(values, fast) -> None:
+    decoded = datatype.flat_counts(values)
     assert (decoded is not None) == fast
     if fast:
-        assert decoded.tolist() == values
+        assert decoded.dtype == np.uint32 and decoded.flags.c_contiguous
+        assert decoded.tolist() == [int(v) for v in values]
+
+
+def test_negative_values_take_the_general_path_with_their_sign() -> None:
+    decoded = datatype.decode_numeric([3, -2], "INT32", [2])
+    assert decoded.tolist() == [3, -2]  # the pipeline then refuses them, naming "negative"
 
 
 @pytest.mark.parametrize(
