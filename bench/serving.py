@@ -2,19 +2,20 @@
 
     python bench/serving.py [--rounds 51] [--warmups 2] [--gap 0.3] [--no-image]
 
-One MLServer serves two models side by side: the folder `pixelring2nmf build` writes (as
-DIALS would get it) and a do-nothing handler that receives the same parsed request and
-answers Flag/Metric of the right length without looking at the data. The same JSON bytes
-(what test_predictions.py sends: flattened INT32 Ring2 [750, 140, 56] plus the
-oms_lumisection_info__* tensors) are POSTed to each, one of each per round in a shuffled
-order (seeded), so both medians come from the same run, neither model always follows the
-other, and the ratio isolates the cost of our handler over MLServer's own (HTTP, JSON
-parsing, pydantic). Done once with the main environment's MLServer and, when the image venv
-exists (.venv-image or $PIXELRING2NMF_IMAGE_PYTHON), once with MLServer 1.5.0 serving a copy
-of the build folder; when that environment's OpenBLAS does not know this CPU (it then runs
-its generic "Prescott" kernels), once more with OPENBLAS_CORETYPE=Haswell, as on a CPU it
-knows. Exit code 1 when the main environment's ratio of medians exceeds 1.25; the image rows
-are reported beside it.
+One MLServer serves our model, the folder `pixelring2nmf build` writes (as DIALS would get
+it), beside reference models that receive the same parsed request and answer Flag/Metric of
+the right length: a do-nothing handler (the baseline), and two that only read or only convert
+the 5.9 M values (the floor of any handler that uses the data). The same JSON bytes (what
+test_predictions.py sends: flattened INT32 Ring2 [750, 140, 56] plus the
+oms_lumisection_info__* tensors) are POSTed to each, one request per model per round in a
+shuffled order (seeded), so all medians come from the same run, no model always follows
+another, and the ratio to the do-nothing handler isolates the cost of a handler over
+MLServer's own (HTTP, JSON parsing, pydantic). Done once with the main environment's
+MLServer and, when the image venv exists (.venv-image or $PIXELRING2NMF_IMAGE_PYTHON), once
+with MLServer 1.5.0 serving a copy of the build folder; when that environment's OpenBLAS does
+not know this CPU (it then runs its generic "Prescott" kernels), once more with
+OPENBLAS_CORETYPE=Haswell, as on a CPU it knows. Exit code 1 when the main environment's
+ratio of medians exceeds 1.25; the image rows are reported beside it.
 """
 
 from __future__ import annotations
