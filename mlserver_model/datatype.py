@@ -97,8 +97,10 @@ def expected_size(shape: Any) -> int:
 
 
 # "I" (C unsigned int) converts each item with PyLong_AsUnsignedLong; the signed codes go through
-# PyArg_Parse, three times slower. It is 4 bytes wherever numpy and MLServer run.
+# PyArg_Parse, three times slower. It is 4 bytes wherever numpy and MLServer run; were it not,
+# the fast path turns itself off rather than misread the buffer.
 _COUNT_TYPECODE = "I"
+_FAST_COUNTS = array.array(_COUNT_TYPECODE).itemsize == np.dtype(np.uint32).itemsize
 
 
 def flat_counts(values: Any) -> np.ndarray | None:
@@ -111,7 +113,7 @@ def flat_counts(values: Any) -> np.ndarray | None:
     nesting, a negative or huge int) returns None and the caller takes the general path,
     which names the problem; a bool is an int here, as in numpy (True -> 1).
     """
-    if type(values) is not list or not values:
+    if not _FAST_COUNTS or type(values) is not list or not values:
         return None
     try:
         packed = array.array(_COUNT_TYPECODE, values)

@@ -319,6 +319,15 @@ def test_fast_path_takes_only_lists_of_counts(values, fast) -> None:
         assert decoded.tolist() == [int(v) for v in values]
 
 
+def test_decoding_is_the_same_where_the_fast_path_is_off(monkeypatch) -> None:
+    values = [7, 0, 2**31, 3]
+    fast = datatype.decode_numeric(values, "INT32", [2, 2])
+    monkeypatch.setattr(datatype, "_FAST_COUNTS", False)  # as where "I" is not 4 bytes
+    assert datatype.flat_counts(values) is None
+    general = datatype.decode_numeric(values, "INT32", [2, 2])
+    assert general.tolist() == fast.tolist() == [[7, 0], [2**31, 3]]
+
+
 def test_negative_values_take_the_general_path_with_their_sign() -> None:
     decoded = datatype.decode_numeric([3, -2], "INT32", [2])
     assert decoded.tolist() == [3, -2]  # the pipeline then refuses them, naming "negative"
