@@ -44,16 +44,14 @@ from _report import write_section
 from mlserver_model import simulator
 from mlserver_model.dism_build import mlserver_command, server_settings
 from mlserver_model.local_server import LocalServer as Server
-from mlserver_model.local_server import free_port, start_local_server
+from mlserver_model.local_server import free_port, image_python, start_local_server
 from mlserver_model.local_server import stop_local_server as stop_server
 from mlserver_model.testdata import make_test_data
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "pixel-ring2-nmf"
 BUILD_KEY = "PixelRing2NMF"
-IMAGE_PYTHON = Path(
-    os.environ.get("PIXELRING2NMF_IMAGE_PYTHON") or REPO / ".venv-image" / "bin" / "python"
-)
+IMAGE_PYTHON = image_python(REPO)
 N_LS = 750
 MAX_RATIO = 1.25
 ORDER_SEED = 2024  # the shuffled order of the models in each round is the same every run

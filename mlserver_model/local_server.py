@@ -6,6 +6,7 @@ Not on the serving path (MLServer itself runs there); `requests` is imported whe
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -13,6 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 READY_PATH = "/v2/health/ready"
+IMAGE_PYTHON_VAR = "PIXELRING2NMF_IMAGE_PYTHON"  # overrides <repo>/.venv-image/bin/python
+
+
+def image_python(repo: Path) -> Path:
+    """The Python of the image-emulation venv (scripts/make_image_venv.sh), maybe absent."""
+    return Path(os.environ.get(IMAGE_PYTHON_VAR) or repo / ".venv-image" / "bin" / "python")
 
 
 def free_port() -> int:

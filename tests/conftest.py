@@ -24,6 +24,7 @@ import requests
 from mlserver_model.local_server import (
     LocalServer,
     free_port,
+    image_python,
     start_local_server,
 )
 from mlserver_model.local_server import stop_local_server as stop_server
@@ -31,9 +32,7 @@ from mlserver_model.local_server import stop_local_server as stop_server
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "pixel-ring2-nmf"
 BUILD_KEY = "PixelRing2NMF"
-IMAGE_PYTHON = Path(
-    os.environ.get("PIXELRING2NMF_IMAGE_PYTHON") or REPO / ".venv-image" / "bin" / "python"
-)
+IMAGE_PYTHON = image_python(REPO)
 SERVER_START_TIMEOUT_S = 120.0
 # Tests that need the image-emulation virtualenv skip on a developer machine without it, but
 # must run in CI (which creates it): CI=true turns the skip off, so a missing venv fails loudly.
