@@ -100,7 +100,7 @@ def read_oms_columns(path: Path) -> dict[str, list]:
 def fetch_oms_columns(runs: list[int]) -> dict[str, list]:
     """OMS lumisections of the runs, live (needs OMS credentials in the environment)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from mlserver_model.omsclient import fetch_lumisections
+    from pixelring2nmf.omsclient import fetch_lumisections
 
     try:
         return fetch_lumisections(runs)

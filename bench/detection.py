@@ -4,7 +4,7 @@
 
 On maps of the simulated detector (judged by the shipped model) and, when
 ../shared/reference is present, on maps made from the real NMF components of the original
-deployment (judged by a model trained on 900 such maps). See mlserver_model/evaluation.py.
+deployment (judged by a model trained on 900 such maps). See pixelring2nmf/evaluation.py.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from mlserver_model import simulator
-from mlserver_model.evaluation import (
+from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.preprocessor import insert_cross
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.evaluation import (
     StudySize,
     detection_study,
     failures,
     real_component_maker,
 )
-from mlserver_model.pixelring2nmf import PixelRing2NMF
-from mlserver_model.preprocessor import insert_cross
-from mlserver_model.training import train_model
+from pixelring2nmf.train import train_model
 
 REAL = (
     Path(__file__).resolve().parents[2] / "shared" / "reference" / "ring2_nmf_components_2025C.npy"

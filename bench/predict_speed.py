@@ -23,11 +23,11 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from mlserver_model import simulator
 from mlserver_model.bad_ROC import Thresholds, group_counts, search_original
 from mlserver_model.pixelring2nmf import PixelRing2NMF, to_model_space
 from mlserver_model.preprocessor import insert_cross
-from mlserver_model.training import train_model
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.train import train_model
 
 N_LS = 750
 

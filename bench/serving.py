@@ -41,12 +41,12 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from mlserver_model import simulator
-from mlserver_model.dism_build import mlserver_command, server_settings
-from mlserver_model.local_server import LocalServer as Server
-from mlserver_model.local_server import free_port, image_python, start_local_server
-from mlserver_model.local_server import stop_local_server as stop_server
-from mlserver_model.testdata import make_test_data
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.dism import mlserver_command, server_settings
+from pixelring2nmf.local_server import LocalServer as Server
+from pixelring2nmf.local_server import free_port, image_python, start_local_server
+from pixelring2nmf.local_server import stop_local_server as stop_server
+from pixelring2nmf.testdata import make_test_data
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "pixel-ring2-nmf"
@@ -169,7 +169,7 @@ def build_model_folder(parent: Path) -> Path:
     """`pixelring2nmf build` with BUILD_PATH=parent: the folder DIALS would serve."""
     env = {**os.environ, "BUILD_PATH": str(parent)}
     subprocess.run(
-        [sys.executable, "-m", "mlserver_model.cli", "build"],
+        [sys.executable, "-m", "pixelring2nmf.cli", "build"],
         check=True,
         capture_output=True,
         cwd=REPO,

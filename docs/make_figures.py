@@ -19,9 +19,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from mlserver_model import simulator
-from mlserver_model.functions import plot_ring2
 from mlserver_model.preprocessor import insert_cross
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.plots import plot_ring2
 
 DOCS = Path(__file__).resolve().parent
 DEFAULT_REFERENCE = DOCS.parents[0].parent / "shared" / "reference"

@@ -1,7 +1,10 @@
 """MLServer handler of PixelRing2NMF: request -> PixelRing2NMF pipeline -> response.
 
-(The serving issue fills in decoding, validation and encoding; the import mechanism below is
-the package's one and only way of working both as `mlserver_model` and as a bare folder.)
+Decoding turns the V2 tensors into maps and OMS columns; the pipeline does the physics; the
+encoders build the outputs. Every problem of the request is an `InputError`, answered with a 400
+that names it; any other exception is ours: a 500 whose body says only that, with the
+traceback in the server log (DIALS shows the body to operators, and a traceback there helps
+no one while it leaks code paths).
 """
 
 from __future__ import annotations
@@ -38,23 +41,27 @@ from collections.abc import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mlserver import MLModel  # noqa: E402
-from mlserver.errors import InferenceError  # noqa: E402
+from mlserver.errors import InferenceError, MLServerError  # noqa: E402
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput  # noqa: E402
 from mlserver.utils import get_model_uri  # noqa: E402
 
 _pipeline = importlib.import_module(f"{PACKAGE_NAME}.pixelring2nmf")
 _datatype = importlib.import_module(f"{PACKAGE_NAME}.datatype")
+_omstools = importlib.import_module(f"{PACKAGE_NAME}.omstools")
+InputError = importlib.import_module(f"{PACKAGE_NAME}.errors").InputError
 PixelRing2NMF = _pipeline.PixelRing2NMF
 PredictionResult = _pipeline.PredictionResult
 
 RING2_INPUT = "Ring2"
 RING2_SHAPE = (140, 56)  # (rows, columns) of one LS, as DIALS sends it
-OMS_SEPARATOR = "__"  # OMS tensors are named <prefix>__<attribute>
-DEFAULT_MAX_LUMISECTIONS = 10_000  # a run rarely exceeds 3000 LS; 10k maps is ~400 MB of JSON
+DEFAULT_MAX_LUMISECTIONS = 10_000  # a run rarely exceeds 3000 LS
 MAX_LUMISECTIONS_PARAMETER = "max_lumisections"  # in model-settings parameters.extra
 
 LOGGER = logging.getLogger("pixelring2nmf.app")
-_LOG_FORMAT = "%(asctime)s [%(name)s] %(levelname)s - %(message)s"  # as MLServer's own lines
+INTERNAL_ERROR_MESSAGE = (
+    "Internal error of the PixelRing2NMF model while predicting; the request was valid as far "
+    "as the model could check. The server log has the details."
+)
 
 
 def _flag(result: PredictionResult) -> ResponseOutput:
@@ -90,7 +97,7 @@ DEFAULT_OUTPUTS = ("Flag", "Metric")
 class Handler(MLModel):
     """MLServer model: decode the V2 request -> PixelRing2NMF.predict -> encode the outputs.
 
-    Every problem with a request is an InferenceError (HTTP 400) whose message names it; the
+    Every problem with a request is an InputError, answered as HTTP 400, whose message names it; the
     model itself is never changed by a request, so the server keeps answering afterwards.
     """
 
@@ -99,7 +106,7 @@ class Handler(MLModel):
         self._model = PixelRing2NMF.load(model_path)
         self._max_lumisections = _max_lumisections(self.settings.parameters)
         _one_blas_thread()
-        _show_pipeline_logs()
+        _pipeline.show_logs(sys.stdout)
         LOGGER.info(
             "Loaded %s (%s) from %s; at most %d lumisections per request",
             self.name,
@@ -113,7 +120,15 @@ class Handler(MLModel):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         # Decoding (~50 ms) and the pipeline run off the event loop, so health probes and the
         # parsing of other requests go on meanwhile; the model is read-only, hence thread-safe.
-        outputs = await asyncio.to_thread(self._predict_outputs, payload)
+        try:
+            outputs = await asyncio.to_thread(self._predict_outputs, payload)
+        except InputError as error:
+            raise InferenceError(str(error)) from None
+        except MLServerError:
+            raise
+        except Exception as error:
+            LOGGER.exception("Internal error on request id=%s", payload.id)
+            raise MLServerError(INTERNAL_ERROR_MESSAGE, status_code=500) from error
         return InferenceResponse(
             model_name=self.name, model_version=self.version, id=payload.id, outputs=outputs
         )
@@ -121,10 +136,7 @@ class Handler(MLModel):
     def _predict_outputs(self, payload: InferenceRequest) -> list[ResponseOutput]:
         wanted = _wanted_outputs(payload)
         maps_nyx, oms = decode_request(payload, self._max_lumisections)
-        try:
-            result = self._model.predict(maps_nyx, oms)
-        except ValueError as error:  # the pipeline's InputError and the DCS filter's checks
-            raise InferenceError(str(error)) from error
+        result = self._model.predict(maps_nyx, oms)
         return [OUTPUT_ENCODERS[name](result) for name in wanted]
 
 
@@ -139,19 +151,25 @@ def decode_request(
     tensors = _inputs_by_name(payload)
     ring2 = tensors.pop(RING2_INPUT, None)
     if ring2 is None:
-        raise InferenceError(
+        raise InputError(
             f"Missing input tensor {RING2_INPUT!r} (Ring 2 maps, shape [N, 140, 56]); "
             f"received inputs {sorted(tensors)}"
         )
     n_ls = _n_lumisections(list(ring2.shape), max_lumisections)
-    oms = _decode_oms(tensors, n_ls)
+    oms = _omstools.oms_columns(tensors, n_ls, _decode_column)
     try:
         maps_nyx = _datatype.decode_numeric(
             _datatype.tensor_values(ring2.data), _datatype_name(ring2), list(ring2.shape)
         )
     except ValueError as error:
-        raise InferenceError(f"Input {RING2_INPUT!r}: {error}") from error
+        raise InputError(f"Input {RING2_INPUT!r}: {error}") from error
     return maps_nyx, oms
+
+
+def _decode_column(tensor) -> np.ndarray:
+    return _datatype.decode_nullable(
+        _datatype.tensor_values(tensor.data), _datatype_name(tensor), list(tensor.shape)
+    )
 
 
 def _datatype_name(tensor) -> str:
@@ -163,7 +181,7 @@ def _inputs_by_name(payload: InferenceRequest) -> dict:
     tensors = {}
     for tensor in payload.inputs:
         if tensor.name in tensors:
-            raise InferenceError(f"Input tensor {tensor.name!r} is given more than once")
+            raise InputError(f"Input tensor {tensor.name!r} is given more than once")
         tensors[tensor.name] = tensor
     return tensors
 
@@ -175,55 +193,18 @@ def _n_lumisections(shape: list[int], max_lumisections: int) -> int:
         or not isinstance(shape[0], int)
         or shape[0] < 0
     ):
-        raise InferenceError(
+        raise InputError(
             f"Input {RING2_INPUT!r} must have shape [N, {RING2_SHAPE[0]}, {RING2_SHAPE[1]}] "
             f"(N lumisections), got {shape}"
         )
     n_ls = shape[0]
     if n_ls > max_lumisections:
-        raise InferenceError(
+        raise InputError(
             f"Input {RING2_INPUT!r} has {n_ls} lumisections, more than this server accepts per "
             f"request ({max_lumisections}, parameters.extra.{MAX_LUMISECTIONS_PARAMETER}); "
             "split the request"
         )
     return n_ls
-
-
-def _decode_oms(tensors: dict, n_ls: int) -> dict[str, np.ndarray]:
-    """OMS columns by attribute (text after the last '__'); other tensors are logged, ignored."""
-    oms: dict[str, np.ndarray] = {}
-    source: dict[str, str] = {}
-    ignored = []
-    for name, tensor in tensors.items():
-        prefix, separator, attribute = name.rpartition(OMS_SEPARATOR)
-        if not separator or not prefix or not attribute:
-            ignored.append(name)
-            continue
-        if attribute in oms:
-            raise InferenceError(
-                f"OMS attribute {attribute!r} is given twice ({source[attribute]!r} and {name!r})"
-            )
-        shape = list(tensor.shape)
-        try:
-            column = _datatype.decode_nullable(
-                _datatype.tensor_values(tensor.data), _datatype_name(tensor), shape
-            )
-        except ValueError as error:
-            raise InferenceError(f"OMS input {name!r}: {error}") from error
-        if len(column) != n_ls:
-            raise InferenceError(
-                f"OMS input {name!r} has {len(column)} values but {RING2_INPUT!r} has "
-                f"{n_ls} lumisections (one value per lumisection expected)"
-            )
-        oms[attribute] = column
-        source[attribute] = name
-    if ignored:
-        LOGGER.warning(
-            "Ignoring input(s) %s: neither %r nor an OMS tensor named <prefix>__<attribute>",
-            ignored,
-            RING2_INPUT,
-        )
-    return oms
 
 
 def _wanted_outputs(payload: InferenceRequest) -> list[str]:
@@ -232,7 +213,7 @@ def _wanted_outputs(payload: InferenceRequest) -> list[str]:
     wanted = [output.name for output in payload.outputs]
     unknown = [name for name in wanted if name not in OUTPUT_ENCODERS]
     if unknown:
-        raise InferenceError(
+        raise InputError(
             f"Unknown output(s) {unknown} requested; this model returns {list(OUTPUT_ENCODERS)}"
         )
     return wanted
@@ -260,19 +241,3 @@ def _one_blas_thread() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=1, user_api="blas")
-
-
-def _show_pipeline_logs() -> None:
-    """Make the pipeline's [INFO] lines reach the server log.
-
-    MLServer configures only its own "mlserver" logger; without a handler on the way to the
-    root logger, Python would drop INFO records of "pixelring2nmf". Where logging is already
-    configured (a logging_settings file, pytest), that configuration is left alone.
-    """
-    pipeline_logger = logging.getLogger("pixelring2nmf")
-    if pipeline_logger.level == logging.NOTSET:
-        pipeline_logger.setLevel(logging.INFO)
-    if not pipeline_logger.hasHandlers():
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter(_LOG_FORMAT))
-        pipeline_logger.addHandler(handler)

@@ -118,7 +118,6 @@ def large_loss(counts: np.ndarray, expected: np.ndarray, loss: float, scratch: n
 class GroupSearch:
     """Per-LS outcome of the power-group search."""
 
-    group_fraction: np.ndarray  # (N, 48) bad / live ROCs of each group
     anomalous_groups: np.ndarray  # (N, 48) bool
     type_code: np.ndarray  # (N,) index into geometry.ANOMALY_TYPES
     metric: np.ndarray  # (N,) float32
@@ -149,7 +148,6 @@ def search_original(n_bad: np.ndarray, thresholds: Thresholds):
 def _search(fraction: np.ndarray, group_threshold, unjudged_groups=None) -> GroupSearch:
     anomalous = fraction >= group_threshold
     return GroupSearch(
-        group_fraction=fraction.astype(np.float32),
         anomalous_groups=anomalous,
         type_code=anomaly_type_codes(anomalous, unjudged_groups),
         metric=multidisk_metric(fraction, group_threshold),

@@ -1,29 +1,21 @@
-"""DIALS per-LS Ring 2 histograms (parquet) -> arrays, and the DCS filter.
+"""The DCS filter: an LS may be flagged only when the detector was fully on.
 
-A DIALS parquet has one row per (run, LS); its `data` column holds the Ring 2 map as a list of
-140 rows of 56 numbers. Converting those nested lists one LS at a time in Python would dominate
-the cost of a whole era, so pyarrow flattens each batch of lists to one buffer of numbers that
-numpy checks, casts and reshapes in a few vectorised passes.
-
-The DCS filter (`dcs_filter`) is on the serving path: it needs only numpy and pandas. pyarrow is
-imported inside the readers because it is not in the serving image.
+DIALS sends the OMS per-LS flags with every request; an LS recorded with any of the eight DCS
+flags false or null can never be flagged, as in the original deployment.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
-from .geometry import MAP_SHAPE
+from .errors import InputError
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from numpy.typing import ArrayLike
 
 DCS_FLAGS = (
@@ -36,288 +28,8 @@ DCS_FLAGS = (
     "tecp_ready",
     "tecm_ready",
 )
-
-# Only these columns are read: the others (dataset, me, ids, ranges, entries) repeat per row.
-DIALS_COLUMNS = ("run_number", "ls_number", "x_bin", "y_bin", "data")
-_N_ROWS, _N_COLUMNS = MAP_SHAPE  # (y_bin, x_bin) = (140, 56)
-_READ_BATCH_LS = 1000  # LS decoded at a time by read_dials_parquet (~60 MB of float64 lists)
 # pandas' inferred kinds of object columns that hold only numbers, bools and nulls
 _NUMERIC_INFERRED = frozenset({"boolean", "integer", "floating", "mixed-integer-float", "empty"})
-
-
-@dataclass(frozen=True)
-class Ring2Data:
-    """Ring 2 maps of a set of lumisections, sorted by (run, LS)."""
-
-    maps: np.ndarray  # int32 (N, 140, 56): clusters per ROC
-    run: np.ndarray  # int64 (N,)
-    ls: np.ndarray  # int64 (N,)
-
-    def __len__(self) -> int:
-        return len(self.run)
-
-
-# --------------------------------------------------------------------------- DIALS parquet
-
-
-def read_dials_parquet(path: str | Path, *, runs: Collection[int] | None = None) -> Ring2Data:
-    """Read a whole DIALS Ring 2 parquet (optionally only some runs) into memory.
-
-    Duplicate (run, LS) rows are an error: DIALS stores one histogram per LS, so a duplicate
-    means two files or two MEs were concatenated, and silently keeping one would hide it.
-    """
-    parquet_file = _open_dials_parquet(path)
-    row_groups = _row_groups_with_runs(parquet_file, runs)
-    # Decoding batch by batch keeps only one batch of Arrow lists alive next to the int32 maps.
-    # The row-group sizes bound the LS count, so the maps are filled in place, not concatenated.
-    n_max = sum(parquet_file.metadata.row_group(i).num_rows for i in row_groups)
-    maps = np.empty((n_max, *MAP_SHAPE), dtype=np.int32)
-    run = np.empty(n_max, dtype=np.int64)
-    ls = np.empty(n_max, dtype=np.int64)
-    n_read = 0
-    if row_groups:
-        batches = parquet_file.iter_batches(
-            batch_size=_READ_BATCH_LS, row_groups=row_groups, columns=list(DIALS_COLUMNS)
-        )
-        for batch in batches:
-            batch_maps, batch_run, batch_ls = _batch_arrays(batch, path, runs)
-            stop = n_read + len(batch_run)
-            maps[n_read:stop], run[n_read:stop], ls[n_read:stop] = batch_maps, batch_run, batch_ls
-            n_read = stop
-    data = _sorted_ring2(maps[:n_read], run[:n_read], ls[:n_read])
-    _reject_duplicates(data.run, data.ls, path)
-    return data
-
-
-def iter_dials_parquet(
-    path: str | Path, *, max_ls: int = 5000, runs: Collection[int] | None = None
-) -> Iterator[Ring2Data]:
-    """Stream a DIALS Ring 2 parquet in chunks of at most `max_ls` LS.
-
-    An era can be far larger than memory (31 kB per LS as int32), so only one chunk is decoded
-    at a time (and, with `runs`, only the row groups that may hold them). Each chunk is sorted by
-    (run, LS); the order *across* chunks is the order of the file, so the stream is globally
-    sorted only when the file is (the project's simulator writes files sorted by (run, LS)).
-    A (run, LS) seen in an earlier chunk is rejected like a duplicate in `read_dials_parquet`, so
-    streaming and a full read accept the same files; remembering the keys costs ~100 bytes per LS,
-    negligible next to the 31 kB of its map.
-    """
-    if isinstance(max_ls, bool) or not isinstance(max_ls, (int, np.integer)) or max_ls < 1:
-        raise ValueError(f"max_ls must be a positive integer, got {max_ls!r}")
-    parquet_file = _open_dials_parquet(path)
-    row_groups = _row_groups_with_runs(parquet_file, runs)
-    if not row_groups:
-        return
-    seen: set[tuple[int, int]] = set()
-    batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=row_groups, columns=list(DIALS_COLUMNS)
-    )
-    for batch in batches:
-        chunk = _sorted_ring2(*_batch_arrays(batch, path, runs))
-        if len(chunk) == 0:
-            continue
-        _reject_duplicates(chunk.run, chunk.ls, path)
-        keys = list(zip(chunk.run.tolist(), chunk.ls.tolist(), strict=True))
-        if not seen.isdisjoint(keys):
-            repeated = sorted(seen.intersection(keys))[:5]
-            raise ValueError(
-                f"{path}: duplicated (run, ls) across chunks of the file, e.g. {repeated}; "
-                "DIALS stores one histogram per lumisection"
-            )
-        seen.update(keys)
-        yield chunk
-
-
-def _open_dials_parquet(path: str | Path) -> pq.ParquetFile:
-    """Open the file and check the needed columns exist before reading any data."""
-    import pyarrow.parquet as pq
-
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"DIALS parquet not found: {path}")
-    try:
-        parquet_file = pq.ParquetFile(path)
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        raise ValueError(f"{path} is not a readable parquet file: {error}") from error
-    names = set(parquet_file.schema_arrow.names)
-    missing = [c for c in DIALS_COLUMNS if c not in names]
-    if missing:
-        raise ValueError(
-            f"{path} is not a DIALS per-LS histogram parquet: missing column(s) {missing}; "
-            f"columns found: {sorted(names)}"
-        )
-    return parquet_file
-
-
-def _row_groups_with_runs(parquet_file: pq.ParquetFile, runs: Collection[int] | None) -> list[int]:
-    """Row groups that may hold one of `runs`, judged by their run_number statistics.
-
-    Selecting one run of an era this way skips decoding the other runs' maps entirely.
-    """
-    n_groups = parquet_file.metadata.num_row_groups
-    if runs is None:
-        return list(range(n_groups))
-    wanted = np.asarray(sorted({int(r) for r in runs}), dtype=np.int64)
-    if wanted.size == 0:
-        return []
-    run_column = parquet_file.schema_arrow.get_field_index("run_number")
-    selected = []
-    for i in range(n_groups):
-        stats = parquet_file.metadata.row_group(i).column(run_column).statistics
-        if stats is None or not stats.has_min_max:
-            selected.append(i)
-            continue
-        lo = np.searchsorted(wanted, stats.min, side="left")
-        if lo < wanted.size and wanted[lo] <= stats.max:
-            selected.append(i)
-    return selected
-
-
-def _batch_arrays(
-    batch: pa.RecordBatch, path: str | Path, runs: Collection[int] | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate and convert DIALS rows to (maps int32, run, ls) in file order, without a loop
-    over LS."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    table = pa.Table.from_batches([batch])
-    if runs is not None:
-        wanted = pa.array(sorted({int(r) for r in runs}), type=pa.int64())
-        run_column = pc.cast(table.column("run_number"), pa.int64())
-        table = table.filter(pc.fill_null(pc.is_in(run_column, value_set=wanted), False))
-    run = _integer_column(table, "run_number", path)
-    ls = _integer_column(table, "ls_number", path)
-    _check_binning(table, path)
-    maps = _nested_data_to_maps(table.column("data"), path)
-    return maps, run, ls
-
-
-def _sorted_ring2(maps: np.ndarray, run: np.ndarray, ls: np.ndarray) -> Ring2Data:
-    order = np.lexsort((ls, run))
-    if np.any(order != np.arange(order.size)):
-        run, ls, maps = run[order], ls[order], maps[order]
-    return Ring2Data(maps=maps, run=run, ls=ls)
-
-
-def _integer_column(table: pa.Table, name: str, path: str | Path) -> np.ndarray:
-    column = table.column(name)
-    if column.null_count:
-        raise ValueError(f"{path}: column {name!r} has {column.null_count} null value(s)")
-    values = column.to_numpy()
-    if values.dtype.kind not in "iuf":
-        raise ValueError(f"{path}: column {name!r} must be numeric, got {column.type}")
-    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
-        raise ValueError(f"{path}: column {name!r} has non-integral values")
-    return values.astype(np.int64)
-
-
-def _check_binning(table: pa.Table, path: str | Path) -> None:
-    """The map is only meaningful in the (140, 56) Ring 2 binning; Ring 1 is (92, 56)."""
-    for name, expected in (("x_bin", _N_COLUMNS), ("y_bin", _N_ROWS)):
-        column = table.column(name)
-        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
-        if column.null_count or np.any(values != expected):
-            found = sorted(set(pd.unique(values).tolist()), key=str)[:10]
-            raise ValueError(
-                f"{path}: expected {name} = {expected} for every row of the Ring 2 ME "
-                f"(shape {MAP_SHAPE}), found {name} values {found}"
-            )
-
-
-def _nested_data_to_maps(data: pa.ChunkedArray, path: str | Path) -> np.ndarray:
-    """list<list<number>> (N maps of 140 lists of 56) -> int32 (N, 140, 56), chunk by chunk.
-
-    Flattening the two list levels is free in Arrow (the numbers are already one contiguous
-    buffer), so the whole conversion is a handful of vectorised passes over the values.
-    """
-    list_type = data.type
-    if not _is_list_type(list_type) or not _is_list_type(list_type.value_type):
-        raise ValueError(f"{path}: column 'data' must be a list of lists, got type {list_type}")
-    maps = np.empty((len(data), *MAP_SHAPE), dtype=np.int32)
-    flat_maps = maps.reshape(len(data), -1)
-    first = 0
-    for chunk in data.chunks:
-        n_ls = len(chunk)
-        if n_ls:
-            flat_maps[first : first + n_ls] = _chunk_counts(chunk, path).reshape(n_ls, -1)
-        first += n_ls
-    return maps
-
-
-def _is_list_type(arrow_type: pa.DataType) -> bool:
-    import pyarrow as pa
-
-    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
-
-
-def _chunk_counts(chunk: pa.Array, path: str | Path) -> np.ndarray:
-    """One Arrow chunk of maps -> flat int32 counts, after checking shape and values."""
-    import pyarrow as pa
-
-    if chunk.null_count:
-        raise ValueError(f"{path}: column 'data' has {chunk.null_count} null map(s)")
-    _check_list_lengths(chunk, _N_ROWS, "rows per map", path)
-    rows = chunk.flatten()
-    if rows.null_count:
-        raise ValueError(f"{path}: column 'data' has {rows.null_count} null row(s)")
-    _check_list_lengths(rows, _N_COLUMNS, "numbers per map row", path)
-    values = rows.flatten()
-    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
-        raise ValueError(f"{path}: map values must be numeric, got type {values.type}")
-    if values.null_count:
-        raise ValueError(f"{path}: column 'data' has {values.null_count} null value(s)")
-    values_np = values.to_numpy(zero_copy_only=False)
-    with np.errstate(invalid="ignore"):  # NaN or out-of-range casts are caught just below
-        counts = values_np.astype(np.int32)
-    # One comparison proves the cast lossless (no NaN, fraction or overflow); only on failure
-    # are the values examined again to say what is wrong.
-    if values_np.dtype != np.int32 and not np.array_equal(counts, values_np):
-        _explain_bad_counts(values_np, path)
-    if counts.size and counts.min() < 0:
-        raise ValueError(f"{path}: map values must be non-negative counts, found {counts.min()}")
-    return counts
-
-
-def _check_list_lengths(lists: pa.Array, expected: int, what: str, path: str | Path) -> None:
-    import pyarrow.compute as pc
-
-    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
-    wrong = np.flatnonzero(lengths != expected)
-    if wrong.size:
-        found = sorted(set(lengths[wrong].tolist()))[:10]
-        raise ValueError(
-            f"{path}: expected {expected} {what} (Ring 2 map shape {MAP_SHAPE}), "
-            f"found {wrong.size} list(s) of length {found}"
-        )
-
-
-def _explain_bad_counts(values: np.ndarray, path: str | Path) -> None:
-    """Raise the error that says why `values` are not int32 cluster counts."""
-    if values.dtype.kind == "f":
-        n_nan = int(np.count_nonzero(np.isnan(values)))
-        if n_nan:
-            raise ValueError(f"{path}: map values contain {n_nan} NaN value(s)")
-        if not np.all(values == np.floor(values)):
-            raise ValueError(f"{path}: map values must be integral counts, found fractions")
-    lowest, highest = values.min(), values.max()
-    if lowest < 0:
-        raise ValueError(f"{path}: map values must be non-negative counts, found {lowest}")
-    raise ValueError(f"{path}: map value {highest} does not fit int32")
-
-
-def _reject_duplicates(run: np.ndarray, ls: np.ndarray, path: str | Path) -> None:
-    """run and ls are sorted by (run, ls), so duplicates are neighbours."""
-    same = (run[1:] == run[:-1]) & (ls[1:] == ls[:-1])
-    if np.any(same):
-        where = np.flatnonzero(same)
-        examples = [(int(run[i]), int(ls[i])) for i in where[:5]]
-        raise ValueError(
-            f"{path}: {where.size} duplicated (run, ls) row(s), e.g. {examples}; "
-            "DIALS stores one histogram per lumisection"
-        )
-
-
-# --------------------------------------------------------------------------- DCS filter
 
 
 @dataclass(frozen=True)
@@ -353,7 +65,7 @@ def dcs_filter(oms_columns: Mapping[str, ArrayLike] | None, n_ls: int) -> DcsRes
         return DcsResult(good=np.ones(n_ls, dtype=bool), failed=failed)
     if len(present) < len(DCS_FLAGS):
         missing = [f for f in DCS_FLAGS if f not in oms_columns]
-        raise ValueError(
+        raise InputError(
             f"OMS data has only some of the {len(DCS_FLAGS)} DCS flags: missing {missing} "
             f"(present: {present})"
         )
@@ -368,11 +80,11 @@ def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]  # MLServer's NumpyCodec turns 1-D tensors into (N, 1)
     if array.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"DCS flag {flag!r} must be a 1-D sequence of length {n_ls}, got shape {array.shape}"
         )
     if array.shape[0] != n_ls:
-        raise ValueError(
+        raise InputError(
             f"DCS flag {flag!r} has {array.shape[0]} values but there are {n_ls} lumisections"
         )
     if array.dtype == bool:
@@ -395,18 +107,18 @@ def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
                 if not isinstance(v, (bool, int, float, np.bool_, np.number))
             ]
             if bad:
-                raise ValueError(
+                raise InputError(
                     f"DCS flag {flag!r} must hold bool/0/1/null values, got {bad[0]!r}"
                 )
         numbers = np.where(is_null, np.nan, array).astype(np.float64)
     else:
-        raise ValueError(
+        raise InputError(
             f"DCS flag {flag!r} must hold bool/0/1/null values, got dtype {array.dtype} "
             f"(e.g. {array[:1].tolist()})"
         )
     not_binary = ~np.isnan(numbers) & (numbers != 0) & (numbers != 1)
     if np.any(not_binary):
-        raise ValueError(
+        raise InputError(
             f"DCS flag {flag!r} must hold bool/0/1/null values, got {numbers[not_binary][0]!r}"
         )
     return numbers == 1

@@ -17,7 +17,6 @@ MODEL_SHAPE = (136, 48)
 N_ROCS = MODEL_SHAPE[0] * MODEL_SHAPE[1]
 
 ROCS_PER_DISK_COLUMN = 8  # ROC columns along a module: one disk slot is 8 bins wide
-ROWS_PER_BLADE = 4  # 2 panels x 2 ROC rows
 CROSS_COLUMNS = slice(24, 32)  # disk slot 0
 CROSS_ROWS = slice(68, 72)  # blade slot 0
 

@@ -1,23 +1,22 @@
-"""OMS per-lumisection information -> columns aligned to the (run, LS) of the Ring 2 maps.
+"""OMS attributes of a request: which tensors carry them and the columns they give.
 
-OMS data come as a JSON dict of equal-length column lists (one entry per LS, nulls allowed) or
-as rows from the live OMS API. Histograms and OMS rows are matched on (run, LS); the original
-used the key `run*10000 + ls`, which collides once an LS number reaches 10000, so the match here
-is on the pair itself.
+DIALS sends one tensor per OMS `lumisections` attribute, shape [N], named
+`<prefix>__<attribute>` (prefix `oms_lumisection_info`; older scripts used `dcs_bits`, `general`
+or `oms`). Only the attribute, the text after the last `__`, carries meaning here.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
-from .dftools import DCS_FLAGS, DcsResult, dcs_filter
+from .dftools import DCS_FLAGS
+from .errors import InputError
 
+# The OMS lumisection attributes as the OMS JSON files of an era hold them, in their order.
 OMS_COLUMNS = (
     "delivered_lumi_per_lumisection",
     "recorded_lumi_per_lumisection",
@@ -30,142 +29,51 @@ OMS_COLUMNS = (
     "run_number",
     "lumisection_number",
 )
-OMS_KEY_COLUMNS = ("run_number", "lumisection_number")
+OMS_SEPARATOR = "__"  # OMS tensors are named <prefix>__<attribute>
+
+LOGGER = logging.getLogger("pixelring2nmf.app")
 
 
-def read_oms_json(path: str | Path) -> pd.DataFrame:
-    """Read an OMS JSON file in the column-dict layout; one DataFrame row per LS."""
-    try:
-        with open(path, encoding="utf-8") as handle:
-            columns = json.load(handle)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-    return oms_frame(columns, source=str(path))
+def oms_attribute(tensor_name: str) -> str | None:
+    """The OMS attribute a tensor name carries ('oms__pileup' -> 'pileup'), else None."""
+    prefix, separator, attribute = tensor_name.rpartition(OMS_SEPARATOR)
+    return attribute if separator and prefix and attribute else None
 
 
-def oms_frame(columns: Any, *, source: str = "OMS data") -> pd.DataFrame:
-    """Validate the column-dict layout {attribute: [value per LS]} and make a DataFrame.
+def oms_columns(
+    tensors: Mapping[str, Any], n_ls: int, decode: Callable[[Any], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """OMS columns {attribute: (n_ls,)} of the request's OMS tensors; others are logged.
 
-    Columns keep their values as given (bool columns with nulls become object columns), so a
-    null stays distinguishable from False all the way to the DCS filter.
+    `decode(tensor)` turns one tensor into a 1-D column (nulls kept) or raises ValueError,
+    which is reported with the tensor's name.
     """
-    if not isinstance(columns, Mapping):
-        raise ValueError(
-            f"{source}: expected a dict of column lists {{attribute: [value per LS]}}, "
-            f"got {type(columns).__name__}"
-        )
-    not_lists = [k for k, v in columns.items() if not isinstance(v, list)]
-    if not_lists:
-        raise ValueError(f"{source}: every column must be a list, not for {not_lists}")
-    missing = [k for k in OMS_KEY_COLUMNS if k not in columns]
-    if missing:
-        raise ValueError(
-            f"{source}: missing key column(s) {missing} needed to match LS; "
-            f"columns found: {sorted(columns)}"
-        )
-    lengths = {k: len(v) for k, v in columns.items()}
-    if len(set(lengths.values())) > 1:
-        raise ValueError(f"{source}: columns have unequal lengths {lengths}")
-    return pd.DataFrame({k: pd.Series(v, dtype=_column_dtype(v)) for k, v in columns.items()})
-
-
-def _column_dtype(values: list) -> object | None:
-    # pandas would turn [True, None] into object but [1, None] into float: keep ints with
-    # nulls as objects too, so run/LS numbers are never silently floats.
-    if any(v is None for v in values) and any(isinstance(v, bool | int) for v in values):
-        return object
-    return None
-
-
-def align_oms(oms: pd.DataFrame, run: np.ndarray, ls: np.ndarray) -> dict[str, np.ndarray]:
-    """Every OMS column, reordered to the given (run, LS); an LS absent from OMS gets null.
-
-    Null is None in object columns and NaN in float columns: both fail the DCS filter, as an
-    LS missing from OMS did in the original deployment.
-    """
-    run = np.asarray(run)
-    ls = np.asarray(ls)
-    if run.ndim != 1 or ls.ndim != 1 or run.shape != ls.shape:
-        raise ValueError(
-            f"run and ls must be 1-D arrays of equal length, got shapes {run.shape} and {ls.shape}"
-        )
-    index = _oms_index(oms)
-    wanted = pd.MultiIndex.from_arrays([run.astype(np.int64), ls.astype(np.int64)])
-    rows = index.get_indexer(wanted)
-    absent = rows < 0
-    present = ~absent
-    aligned: dict[str, np.ndarray] = {}
-    for name in oms.columns:
-        values = oms[name].to_numpy()
-        if not absent.any():
-            aligned[name] = values[rows]
+    columns: dict[str, np.ndarray] = {}
+    source: dict[str, str] = {}
+    ignored = []
+    for name, tensor in tensors.items():
+        attribute = oms_attribute(name)
+        if attribute is None:
+            ignored.append(name)
             continue
-        if values.dtype.kind == "f":
-            column = np.full(rows.size, np.nan, dtype=values.dtype)
-        else:
-            column = np.full(rows.size, None, dtype=object)
-        column[present] = values[rows[present]]
-        aligned[name] = column
-    return aligned
-
-
-def _oms_index(oms: pd.DataFrame) -> pd.MultiIndex:
-    """(run, LS) index of the OMS rows; each LS must appear at most once."""
-    missing = [k for k in OMS_KEY_COLUMNS if k not in oms.columns]
-    if missing:
-        raise ValueError(
-            f"OMS data lack key column(s) {missing}; columns found: {list(oms.columns)}"
-        )
-    keys = []
-    for name in OMS_KEY_COLUMNS:
-        column = oms[name]
-        if column.isna().any():
-            raise ValueError(f"OMS column {name!r} has {int(column.isna().sum())} null value(s)")
-        try:
-            keys.append(column.to_numpy().astype(np.int64))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"OMS column {name!r} must hold integers: {error}") from error
-    index = pd.MultiIndex.from_arrays(keys, names=list(OMS_KEY_COLUMNS))
-    if index.has_duplicates:
-        duplicated = index[index.duplicated()].unique()
-        examples = [tuple(int(x) for x in pair) for pair in duplicated[:5]]
-        raise ValueError(
-            f"OMS data have {len(duplicated)} duplicated (run, ls) pair(s), e.g. {examples}"
-        )
-    return index
-
-
-def dcs_filter_for(oms: pd.DataFrame | None, run: np.ndarray, ls: np.ndarray) -> DcsResult:
-    """DCS filter of the given LS from an OMS table (None: no OMS data, every LS passes)."""
-    n_ls = len(run)
-    if len(ls) != n_ls:
-        raise ValueError(f"run and ls must have equal length, got {n_ls} and {len(ls)}")
-    if oms is None:
-        return dcs_filter(None, n_ls)
-    return dcs_filter(align_oms(oms, run, ls), n_ls)
-
-
-def oms_from_lumisections(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
-    """OMS API `data[i].attributes` dicts (one per LS) -> the column-dict layout.
-
-    The known OMS_COLUMNS come first in their usual order, then any other attribute in order of
-    first appearance; an attribute absent from a row is null there, as the OMS API itself
-    omits nothing but a caller may have asked for fewer `fields`.
-    """
-    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
-        raise ValueError(
-            f"expected a list of OMS lumisection attribute dicts, got {type(rows).__name__}"
-        )
-    for i, row in enumerate(rows):
-        if not isinstance(row, Mapping):
-            raise ValueError(
-                f"OMS lumisection {i} must be a dict of attributes, got {type(row).__name__}"
+        if attribute in columns:
+            raise InputError(
+                f"OMS attribute {attribute!r} is given twice ({source[attribute]!r} and {name!r})"
             )
-    names = [c for c in OMS_COLUMNS if any(c in row for row in rows)]
-    known = set(names)
-    for row in rows:
-        for name in row:
-            if name not in known:
-                known.add(name)
-                names.append(name)
-    return {name: [row.get(name) for row in rows] for name in names}
+        try:
+            column = decode(tensor)
+        except ValueError as error:
+            raise InputError(f"OMS input {name!r}: {error}") from error
+        if len(column) != n_ls:
+            raise InputError(
+                f"OMS input {name!r} has {len(column)} values but the maps have {n_ls} "
+                "lumisections (one value per lumisection expected)"
+            )
+        columns[attribute] = column
+        source[attribute] = name
+    if ignored:
+        LOGGER.warning(
+            "Ignoring input(s) %s: neither the maps nor an OMS tensor named <prefix>__<attribute>",
+            ignored,
+        )
+    return columns

@@ -24,7 +24,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from .bad_ROC import (
     significantly_low,
 )
 from .dftools import DcsResult, dcs_filter
+from .errors import InputError
 from .geometry import (
     ANOMALY_TYPES,
     CROSS_COLUMNS,
@@ -63,8 +64,40 @@ MODEL_NAME = "pixel-ring2-nmf"
 LOGGER = logging.getLogger("pixelring2nmf")
 
 
-class InputError(ValueError):
-    """The maps handed to the pipeline are not valid Ring 2 occupancy maps."""
+class _OnePrefixFormatter(logging.Formatter):
+    """'[LEVEL]: message', unless the message already starts with its own '[...]' prefix.
+
+    The three flagging lines carry the original deployment's '[INFO]: ' in their text (tools
+    grep them), so a second prefix would only double it.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        return message if message.startswith("[") else f"[{record.levelname}]: {message}"
+
+
+def show_logs(stream: TextIO) -> None:
+    """Make the pipeline's log lines (and its children's) reach `stream`, once.
+
+    MLServer configures only its own "mlserver" logger and the CLI only the root logger, so
+    without a handler here Python would drop the INFO lines of "pixelring2nmf". A logger that
+    someone else configured (a logging_settings file) is left alone; our own handler is
+    pointed at the new stream (a CLI run after a server in one process writes to its stdout).
+    """
+    if LOGGER.level == logging.NOTSET:
+        LOGGER.setLevel(logging.INFO)
+    ours = [h for h in LOGGER.handlers if h.get_name() == _HANDLER_NAME]
+    if ours:
+        ours[0].setStream(stream)
+    elif not LOGGER.handlers:
+        handler = logging.StreamHandler(stream)
+        handler.set_name(_HANDLER_NAME)
+        handler.setFormatter(_OnePrefixFormatter())
+        LOGGER.addHandler(handler)
+        LOGGER.propagate = False
+
+
+_HANDLER_NAME = "pixelring2nmf-lines"
 
 
 @dataclass(frozen=True)
@@ -72,7 +105,6 @@ class PredictionResult:
     """Per-LS outcome of one batch, in the order the LS were given."""
 
     flag: np.ndarray  # (N,) bool: Metric >= threshold and DCS good
-    flag_before_dcs: np.ndarray  # (N,) bool
     metric: np.ndarray  # (N,) float32, 0 for a healthy LS
     anomaly_type: np.ndarray  # (N,) str, one of geometry.ANOMALY_TYPES
     anomalous_groups: np.ndarray  # (N, 48) bool, columns geometry.GROUP_NAMES
@@ -250,7 +282,6 @@ class PixelRing2NMF:
         )
         return PredictionResult(
             flag=flag,
-            flag_before_dcs=flag_before,
             metric=search.metric,
             anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
             anomalous_groups=search.anomalous_groups,

@@ -21,13 +21,13 @@ from typing import Any
 import pytest
 import requests
 
-from mlserver_model.local_server import (
+from pixelring2nmf.local_server import (
     LocalServer,
     free_port,
     image_python,
     start_local_server,
 )
-from mlserver_model.local_server import stop_local_server as stop_server
+from pixelring2nmf.local_server import stop_local_server as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL_NAME = "pixel-ring2-nmf"
@@ -86,7 +86,7 @@ def start_server(
 
 def cli_command(*args: str) -> list[str]:
     """`pixelring2nmf ARGS` run by this interpreter (the same as the console script)."""
-    return [sys.executable, "-m", "mlserver_model.cli", *args]
+    return [sys.executable, "-m", "pixelring2nmf.cli", *args]
 
 
 @pytest.fixture(scope="session")

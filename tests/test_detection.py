@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlserver_model import cli, simulator
-from mlserver_model.evaluation import (
+from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.preprocessor import insert_cross
+from pixelring2nmf import cli
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.evaluation import (
     OCCUPANCIES,
     StudySize,
     detection_study,
     failures,
     real_component_maker,
 )
-from mlserver_model.pixelring2nmf import PixelRing2NMF
-from mlserver_model.preprocessor import insert_cross
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REAL_COMPONENTS = REFERENCE / "ring2_nmf_components_2025C.npy"

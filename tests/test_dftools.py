@@ -10,12 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlserver_model.dftools import (
-    DCS_FLAGS,
-    DcsResult,
+from mlserver_model.dftools import DCS_FLAGS, DcsResult, dcs_filter
+from pixelring2nmf.parquet import (
     Ring2Data,
     _row_groups_with_runs,
-    dcs_filter,
     iter_dials_parquet,
     read_dials_parquet,
 )

@@ -15,8 +15,8 @@ import yaml
 from dism_core.template import Template
 from dism_core.validation.isvc import InferenceServiceValidator
 
-from mlserver_model import dism_build
-from mlserver_model.cli import main as cli_main
+from pixelring2nmf import dism as dism_build
+from pixelring2nmf.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "PixelRing2NMF"

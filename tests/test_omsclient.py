@@ -22,9 +22,9 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-import omsid
-from mlserver_model import cli, omsclient, omstools
-from mlserver_model.omsclient import OMSAccessError, fetch_lumisections
+from pixelring2nmf import cli, omsclient, omsid
+from pixelring2nmf import oms as omstools
+from pixelring2nmf.omsclient import OMSAccessError, fetch_lumisections
 
 # DOMAIN.md section 3, written out again so a typo in the module cannot hide behind itself.
 EXPECTED_KEYS = [
@@ -455,7 +455,7 @@ def test_fetch_oms_command_writes_the_oms_json(serve_fake, two_runs, monkeypatch
         [
             sys.executable,
             "-m",
-            "mlserver_model.cli",
+            "pixelring2nmf.cli",
             "fetch-oms",
             "--runs",
             "390001",
@@ -525,7 +525,7 @@ def test_module_imports_without_network_libraries():
     # the module must import in an interpreter where `requests` cannot be imported
     code = (
         "import sys; sys.modules['requests'] = None; "
-        "import mlserver_model.omsclient as m; print(len(m.OMS_COLUMNS))"
+        "import pixelring2nmf.omsclient as m; print(len(m.OMS_COLUMNS))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

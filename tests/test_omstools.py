@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mlserver_model.dftools import DCS_FLAGS
-from mlserver_model.omstools import (
-    OMS_COLUMNS,
+from mlserver_model.omstools import OMS_COLUMNS
+from pixelring2nmf.oms import (
     align_oms,
     dcs_filter_for,
     oms_from_lumisections,

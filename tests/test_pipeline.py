@@ -9,12 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlserver_model import cli, simulator
-from mlserver_model.dftools import DCS_FLAGS, read_dials_parquet
+from mlserver_model.dftools import DCS_FLAGS
+from mlserver_model.errors import InputError
 from mlserver_model.geometry import GROUP_ID_MODEL, MAP_SHAPE, group_index
-from mlserver_model.omstools import align_oms, read_oms_json
-from mlserver_model.pixelring2nmf import InputError, PixelRing2NMF
+from mlserver_model.pixelring2nmf import PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
+from pixelring2nmf import cli
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.oms import align_oms, read_oms_json
+from pixelring2nmf.parquet import read_dials_parquet
 
 LOG_LINES = (
     "[INFO]: Flagging results (before filtering): flagged {x} out of {n} lumisections.",

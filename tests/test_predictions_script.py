@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from conftest import MODEL_NAME, REPO, RunningServer, cli_command, free_port
 
-from mlserver_model.dftools import DCS_FLAGS, read_dials_parquet
+from mlserver_model.dftools import DCS_FLAGS
+from pixelring2nmf.parquet import read_dials_parquet
 
 SCRIPT = REPO / "test_predictions.py"
 N_SMALL = 6

@@ -28,7 +28,7 @@ from conftest import (
 )
 
 from mlserver_model.dftools import DCS_FLAGS
-from mlserver_model.dism_build import mlserver_command
+from pixelring2nmf.dism import mlserver_command
 
 N_SMALL = 6  # LS in a small request, around the demo's flagged LS
 

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mlserver_model import cli, simulator
 from mlserver_model.geometry import (
     CROSS_COLUMNS,
     CROSS_ROWS,
@@ -20,6 +19,8 @@ from mlserver_model.geometry import (
     group_index,
 )
 from mlserver_model.preprocessor import remove_cross
+from pixelring2nmf import cli
+from pixelring2nmf import simulate as simulator
 
 DIALS_COLUMNS = [
     "dataset",

@@ -1,9 +1,9 @@
 """The `pixelring2nmf` command line: one subcommand per job, each implemented in its own module.
 
-argparse (standard library) rather than typer: the CLI lives inside the deployed folder, and a
-parser that needs no third-party package can never break an import there. Each subcommand's
-module is imported only when that subcommand runs, so `pixelring2nmf --help` stays instant and
-heavy libraries (pyarrow, matplotlib, scikit-learn, mlserver) load only where needed.
+argparse (standard library) rather than typer: one dependency fewer and nothing the CLI needs
+that argparse lacks. Each subcommand's module is imported only when that subcommand runs, so
+`pixelring2nmf --help` stays instant and heavy libraries (pyarrow, matplotlib, scikit-learn,
+mlserver) load only where needed.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ from pathlib import Path
 
 # subcommand -> (module inside this package, function taking the parsed arguments)
 _COMMANDS = {
-    "simulate": ("simulator", "run_simulate"),
-    "train": ("training", "run_train"),
-    "predict": ("predict_cli", "run_predict"),
-    "build": ("dism_build", "run_build"),
-    "serve": ("dism_build", "run_serve"),
+    "simulate": ("simulate", "run_simulate"),
+    "train": ("train", "run_train"),
+    "predict": ("predict", "run_predict"),
+    "build": ("dism", "run_build"),
+    "serve": ("dism", "run_serve"),
     "make-test-data": ("testdata", "run_make_test_data"),
     "fetch-oms": ("omsclient", "run_fetch_oms"),
 }

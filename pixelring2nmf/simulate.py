@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .dftools import DCS_FLAGS
-from .geometry import (
+from mlserver_model.dftools import DCS_FLAGS
+from mlserver_model.geometry import (
     DISKS,
     GROUP_ID_FLAT,
     GROUP_NAMES,
@@ -65,8 +65,8 @@ from .geometry import (
     QUARTER_GROUPS,
     group_index,
 )
-from .omstools import OMS_COLUMNS
-from .preprocessor import insert_cross
+from mlserver_model.omstools import OMS_COLUMNS
+from mlserver_model.preprocessor import insert_cross
 
 logger = logging.getLogger(__name__)
 

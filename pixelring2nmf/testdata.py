@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .dftools import read_dials_parquet
-from .omstools import align_oms, read_oms_json
+from .oms import align_oms, read_oms_json
+from .parquet import read_dials_parquet
 
 # OMS columns that would only repeat the histogram's own keys under another name
 _REDUNDANT_OMS_COLUMNS = ("run_number",)

@@ -1,8 +1,6 @@
-"""Ring 2 geometry (re-exported from `geometry`) and plots of Ring 2 maps.
+"""Plots of Ring 2 maps as the pixel DQM shows them.
 
-Users of the original deployment import power groups and anomaly types from here, so this
-module keeps that name; the geometry itself lives in `geometry.py`. Plotting needs matplotlib,
-which the serving image does not have: it is imported inside the plotting functions only.
+matplotlib is imported inside the plotting functions, so importing the toolkit stays cheap.
 """
 
 from __future__ import annotations
@@ -11,34 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .geometry import (  # noqa: F401  (re-exported for users of the original module map)
-    ANOMALY_MULTI_DISK,
-    ANOMALY_NONE,
-    ANOMALY_QUARTER,
-    ANOMALY_SINGLE_DISK,
-    ANOMALY_TYPES,
-    BLADES,
-    DISKS,
-    GROUP_DISK,
-    GROUP_ID_MAP,
-    GROUP_ID_MODEL,
-    GROUP_MASKS_MODEL,
-    GROUP_N_ROCS,
-    GROUP_NAMES,
-    GROUP_ROG,
-    MAP_SHAPE,
-    MODEL_SHAPE,
-    MULTIDISK_CANDIDATES,
-    N_GROUPS,
-    QUARTER_GROUPS,
-    QUARTER_NAMES,
-    anomaly_type,
-    anomaly_type_codes,
-    blade_rows,
-    disk_columns,
-    group_index,
-    roc_name,
-)
+from mlserver_model.geometry import MAP_SHAPE
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

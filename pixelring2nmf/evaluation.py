@@ -21,10 +21,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from .bad_ROC import RULE_ORIGINAL, RULE_SIGNIFICANCE
-from .geometry import GROUP_ID_FLAT, MULTIDISK_CANDIDATES, N_ROCS
-from .pixelring2nmf import PixelRing2NMF
-from .preprocessor import insert_cross
+from mlserver_model.bad_ROC import RULE_ORIGINAL, RULE_SIGNIFICANCE
+from mlserver_model.geometry import GROUP_ID_FLAT, MULTIDISK_CANDIDATES, N_ROCS
+from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.preprocessor import insert_cross
 
 MapMaker = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 OCCUPANCIES = (50, 100, 200, 300, 500, 1000, 2000)

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .omstools import OMS_COLUMNS, oms_from_lumisections
+from mlserver_model.omstools import OMS_COLUMNS
+
+from .oms import oms_from_lumisections
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +138,7 @@ class _TokenSource:
         return self._token
 
     def _request_token(self) -> tuple[str, float | None]:
-        import omsid
+        from . import omsid
 
         response = _send(
             self.session,
@@ -286,7 +288,7 @@ def fetch_lumisections(
     with `client_id` and `client_secret` (e.g. `omsid.OMSCredentials`). A run unknown to OMS
     contributes no LS and a warning. `session` (a `requests.Session`) is left open.
     """
-    import omsid
+    from . import omsid
 
     run_numbers = _validated_runs(runs)
     if isinstance(page_limit, bool) or not isinstance(page_limit, int) or page_limit < 1:

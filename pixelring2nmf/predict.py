@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import numpy as np
 import pandas as pd
 
-from .pixelring2nmf import DEFAULT_MODEL_PATH, LOGGER, PixelRing2NMF, PredictionResult
+from mlserver_model.dftools import DCS_FLAGS
+from mlserver_model.pixelring2nmf import (
+    DEFAULT_MODEL_PATH,
+    PixelRing2NMF,
+    PredictionResult,
+    show_logs,
+)
 
 
 def results_table(run: np.ndarray, ls: np.ndarray, result: PredictionResult) -> pd.DataFrame:
     """One row per LS: run, ls, flag, metric, type, groups (plus why DCS failed, if it did)."""
-    from .dftools import DCS_FLAGS
-
     failed = result.dcs.failed
     return pd.DataFrame(
         {
@@ -32,15 +35,10 @@ def results_table(run: np.ndarray, ls: np.ndarray, result: PredictionResult) -> 
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .dftools import read_dials_parquet
-    from .omstools import align_oms, read_oms_json
+    from .oms import align_oms, read_oms_json
+    from .parquet import read_dials_parquet
 
-    if not LOGGER.handlers:  # the three [INFO] lines go to stdout, as the original printed them
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        LOGGER.addHandler(handler)
-        LOGGER.propagate = False
-    LOGGER.setLevel(logging.INFO)
+    show_logs(sys.stdout)  # the three [INFO] lines go to stdout, as the original printed them
     model = PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH)
     data = read_dials_parquet(args.parquet)
     oms = align_oms(read_oms_json(args.oms), data.run, data.ls) if args.oms else None
