@@ -60,6 +60,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         help="era: realistic runs with random anomalies (default); demo: one 750-LS run with "
         "exactly one Multi-Disk LS (a ROG dead on 3 disks) and a 3-LS Single-Disk anomaly",
     )
+    p.add_argument(
+        "--int-lists",
+        action="store_true",
+        help="write `data` as list<list<int32>> instead of list<list<double>> (the layout "
+        "files saved from cmsdials have)",
+    )
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:

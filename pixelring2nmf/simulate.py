@@ -947,9 +947,19 @@ def _iter_runs(
         run += int(schedule_rng.integers(1, 4))
 
 
-def _parquet_schema():
+# What `data` holds: "double" is the layout users have (cmsdials declares `list[list[float]]`,
+# so `.to_pandas().to_parquet()` writes list<list<double>>); "int32" is the compact variant
+# some older files use. Readers accept both, so tests can cover both.
+VALUE_TYPES = ("double", "int32")
+DEFAULT_VALUE_TYPE = "double"
+
+
+def _parquet_schema(value_type: str = DEFAULT_VALUE_TYPE):
     import pyarrow as pa
 
+    if value_type not in VALUE_TYPES:
+        raise ValueError(f"value_type must be one of {VALUE_TYPES}, got {value_type!r}")
+    values = pa.float64() if value_type == "double" else pa.int32()
     return pa.schema(
         [
             ("dataset", pa.string()),
@@ -966,20 +976,27 @@ def _parquet_schema():
             ("y_max", pa.float64()),
             ("y_bin", pa.float64()),
             ("entries", pa.int64()),
-            ("data", pa.list_(pa.list_(pa.int32()))),
+            ("data", pa.list_(pa.list_(values))),
         ]
     )
 
 
-def dials_table(maps: np.ndarray, run: np.ndarray, ls: np.ndarray, era: str = "Run2025Z"):
+def dials_table(
+    maps: np.ndarray,
+    run: np.ndarray,
+    ls: np.ndarray,
+    era: str = "Run2025Z",
+    value_type: str = DEFAULT_VALUE_TYPE,
+):
     """Arrow table in the DIALS layout of (N, 140, 56) maps, built from flat numpy arrays."""
     import pyarrow as pa
 
+    schema = _parquet_schema(value_type)
     maps = np.ascontiguousarray(maps, dtype=np.int32)
     n = maps.shape[0]
     run = np.broadcast_to(np.asarray(run, dtype=np.int64), (n,))
     n_rows, n_columns = maps.shape[1:]
-    values = pa.array(maps.reshape(-1))
+    values = pa.array(maps.reshape(-1).astype(np.float64 if value_type == "double" else np.int32))
     inner_offsets = pa.array(np.arange(0, n * n_rows * n_columns + 1, n_columns, dtype=np.int32))
     outer_offsets = pa.array(np.arange(0, n * n_rows + 1, n_rows, dtype=np.int32))
     data = pa.ListArray.from_arrays(outer_offsets, pa.ListArray.from_arrays(inner_offsets, values))
@@ -1005,15 +1022,15 @@ def dials_table(maps: np.ndarray, run: np.ndarray, ls: np.ndarray, era: str = "R
         "entries": pa.array(maps.reshape(n, -1).sum(axis=1, dtype=np.int64)),
         "data": data,
     }
-    return pa.table(columns, schema=_parquet_schema())
+    return pa.table(columns, schema=schema)
 
 
-def _parquet_writer(path: Path):
+def _parquet_writer(path: Path, value_type: str = DEFAULT_VALUE_TYPE):
     import pyarrow.parquet as pq
 
     return pq.ParquetWriter(
         path,
-        _parquet_schema(),
+        _parquet_schema(value_type),
         compression="zstd",
         compression_level=1,
         write_statistics=["run_number", "ls_number"],
@@ -1021,15 +1038,20 @@ def _parquet_writer(path: Path):
 
 
 def write_dials_parquet(
-    path: str | Path, maps: np.ndarray, run: np.ndarray, ls: np.ndarray, era: str = "Run2025Z"
+    path: str | Path,
+    maps: np.ndarray,
+    run: np.ndarray,
+    ls: np.ndarray,
+    era: str = "Run2025Z",
+    value_type: str = DEFAULT_VALUE_TYPE,
 ) -> Path:
     """Write (N, 140, 56) maps as a DIALS-format parquet (e.g. maps made from other models)."""
     path = Path(path)
-    with _parquet_writer(path) as writer:
+    with _parquet_writer(path, value_type) as writer:
         for start in range(0, len(maps), ROW_GROUP_LS):
             rows = slice(start, start + ROW_GROUP_LS)
             run_rows = np.broadcast_to(np.asarray(run), (len(maps),))[rows]
-            writer.write_table(dials_table(maps[rows], run_rows, ls[rows], era))
+            writer.write_table(dials_table(maps[rows], run_rows, ls[rows], era, value_type))
     return path
 
 
@@ -1045,6 +1067,7 @@ def simulate(
     era: str = "Run2025Z",
     scenario: str = "era",
     detector_seed: int = DETECTOR_SEED,
+    value_type: str = DEFAULT_VALUE_TYPE,
 ) -> dict[str, Path]:
     """Write the DIALS parquet, OMS JSON and truth.csv of simulated runs into `out_dir`.
 
@@ -1055,7 +1078,8 @@ def simulate(
     Returns their paths under the keys "parquet", "oms" and "truth". Runs are generated and
     written one at a time, in row groups of ROW_GROUP_LS LS, so memory is bounded by the
     longest run. The parquet uses zstd level 1: compression dominates the writing time and
-    level 1 keeps 100k LS within a minute while shrinking the file ~3x.
+    level 1 keeps 100k LS within a minute while shrinking the file ~3x. `data` holds
+    list<list<double>> as files saved from cmsdials do (`value_type="int32"`: integer lists).
     """
 
     _check_era(era)
@@ -1085,7 +1109,7 @@ def simulate(
     }
     oms: dict[str, list] = {key: [] for key in OMS_KEYS}
     truth_parts = []
-    with _parquet_writer(paths["parquet"]) as writer:
+    with _parquet_writer(paths["parquet"], value_type) as writer:
         for sim in _iter_runs(
             runs,
             seed,
@@ -1098,7 +1122,9 @@ def simulate(
         ):
             for start in range(0, sim.ls.size, ROW_GROUP_LS):
                 rows = slice(start, start + ROW_GROUP_LS)
-                writer.write_table(dials_table(sim.maps[rows], sim.run, sim.ls[rows], era))
+                writer.write_table(
+                    dials_table(sim.maps[rows], sim.run, sim.ls[rows], era, value_type)
+                )
             for key in OMS_KEYS:
                 oms[key].extend(sim.oms[key])
             truth_parts.append(sim.truth)
@@ -1130,6 +1156,7 @@ def run_simulate(args) -> int:
         era=args.era,
         scenario=args.scenario,
         detector_seed=args.detector_seed,
+        value_type="int32" if getattr(args, "int_lists", False) else DEFAULT_VALUE_TYPE,
     )
     for key, path in paths.items():
         logger.info("[INFO]: wrote %s: %s", key, path)

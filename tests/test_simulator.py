@@ -108,13 +108,33 @@ def test_parquet_has_dials_columns_and_ring2_maps(cli_output):
     assert (frame["y_bin"] == 140.0).all() and frame["y_bin"].dtype == np.float64
     assert (frame[["x_min", "x_max", "y_min", "y_max"]].iloc[0] == [-3.5, 3.5, -17.5, 17.5]).all()
     assert maps.shape == (len(frame), *MAP_SHAPE)
-    assert maps.dtype.kind == "i" and maps.min() >= 0
+    # counts stored as doubles, the layout cmsdials files have: whole and non-negative
+    assert maps.min() >= 0 and np.array_equal(maps, np.round(maps))
     np.testing.assert_array_equal(frame["entries"].to_numpy(), maps.sum(axis=(1, 2)))
     assert (
         frame["me"]
         .iloc[0]
         .endswith("clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2")
     )
+
+
+def test_data_column_is_the_real_layout_by_default_and_int_lists_on_request(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pixelring2nmf.parquet import read_dials_parquet
+
+    layouts = {}
+    for name, extra in (("default", []), ("ints", ["--int-lists"])):
+        out = tmp_path / name
+        args = ["simulate", "--out", str(out), "--runs", "1", "--ls-per-run", "30", *extra]
+        assert cli.main(args) == 0
+        path = out / simulator.parquet_name("Run2025Z")
+        layouts[name] = (pq.read_schema(path).field("data").type, read_dials_parquet(path))
+    assert layouts["default"][0] == pa.list_(pa.list_(pa.float64()))
+    assert layouts["ints"][0] == pa.list_(pa.list_(pa.int32()))
+    # same seed, same counts: only the storage type differs
+    np.testing.assert_array_equal(layouts["default"][1].maps, layouts["ints"][1].maps)
 
 
 def test_cross_is_empty_in_every_ls(cli_output):
