@@ -23,6 +23,7 @@ _COMMANDS = {
     "serve": ("dism", "run_serve"),
     "make-test-data": ("testdata", "run_make_test_data"),
     "fetch-oms": ("omsclient", "run_fetch_oms"),
+    "era": ("era", "run_era"),
 }
 
 
@@ -133,6 +134,45 @@ def _add_fetch_oms(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, help="OMS JSON file to write")
 
 
+def _add_era(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "era",
+        help="run the model over whole eras (streamed) and write the experts' anomaly tables",
+    )
+    p.add_argument(
+        "--parquet",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_DIR",
+        help="DIALS parquet file(s), or directories of them",
+    )
+    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
+    p.add_argument(
+        "--rule",
+        choices=("significance", "original"),
+        default="significance",
+        help="bad-ROC rule: ours (default) or the original loss > 1e5",
+    )
+    p.add_argument(
+        "--persistent-fraction",
+        type=float,
+        default=0.5,
+        help="a group anomalous in more than this share of a run's DCS-good LS is reported "
+        "once as persistent (default 0.5)",
+    )
+    p.add_argument(
+        "--persistent-min-ls",
+        type=int,
+        default=50,
+        help="runs with fewer DCS-good LS have no persistent groups (default 50)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelring2nmf",
@@ -148,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_serve,
         _add_make_test_data,
         _add_fetch_oms,
+        _add_era,
     ):
         add(sub)
     return parser

@@ -1,0 +1,101 @@
+"""An era's power-group table against the simulator's truth: what was found, what was invented.
+
+Shared by the tests and `bench/era.py`, which must judge the same way. The truth (`truth.csv`,
+one row per anomalous LS) is turned into ranges; every injected Multi-Disk, Quarter and
+Single-Disk range must appear as one row with exactly its first and last LS, its type and its
+groups (less the groups the model cannot judge, e.g. a permanently dead one: it cannot die
+again); every table row must lie inside some injected range of any kind (partial dropouts may
+legitimately produce rows), otherwise it is a false row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from mlserver_model.geometry import GROUP_NAMES
+
+MUST_FIND = ("Multi-Disk", "Quarter", "Single-Disk")
+
+
+@dataclass(frozen=True)
+class TruthComparison:
+    """Per kind: injected ranges and those found exactly; rows outside every injection."""
+
+    injected: dict[str, int]
+    found: dict[str, int]
+    missed: pd.DataFrame  # injected ranges of MUST_FIND kinds without their exact row
+    false_rows: pd.DataFrame  # table rows that overlap no injected range
+
+    @property
+    def perfect(self) -> bool:
+        return self.missed.empty and self.false_rows.empty
+
+    def describe(self) -> str:
+        kinds = "; ".join(f"{k} {self.found[k]}/{self.injected[k]}" for k in MUST_FIND)
+        return f"found exactly: {kinds}; rows where nothing was injected: {len(self.false_rows)}"
+
+
+def truth_ranges(truth: pd.DataFrame) -> pd.DataFrame:
+    """truth.csv rows (one per LS) -> one row per injected anomaly: run, first, last, kind."""
+    truth = truth.sort_values(["run", "ls"], ignore_index=True)
+    groups = truth.groups.fillna("").to_numpy()
+    kind = truth.anomaly_type.to_numpy()
+    run, ls = truth.run.to_numpy(), truth.ls.to_numpy()
+    starts = np.ones(len(truth), dtype=bool)
+    starts[1:] = (
+        (run[1:] != run[:-1])
+        | (ls[1:] != ls[:-1] + 1)
+        | (kind[1:] != kind[:-1])
+        | (groups[1:] != groups[:-1])
+    )
+    ranges = truth.assign(groups=groups).groupby(np.cumsum(starts))
+    return ranges.agg(
+        run=("run", "first"),
+        first_ls=("ls", "first"),
+        last_ls=("ls", "last"),
+        kind=("anomaly_type", "first"),
+        groups=("groups", "first"),
+    ).reset_index(drop=True)
+
+
+def compare_with_truth(
+    powergroup: pd.DataFrame, truth: pd.DataFrame, unjudged_groups: np.ndarray
+) -> TruthComparison:
+    """Match the era's power-group table (`tables.powergroup_table`) with the injections."""
+    injected = truth_ranges(truth)
+    unjudged = {GROUP_NAMES[g] for g in np.flatnonzero(unjudged_groups)}
+    rows = {
+        (r.Run_Number, r.Start_LS, r.End_LS, r.Powergroup, r.Anomaly_Type)
+        for r in powergroup.itertuples()
+    }
+    must = injected[injected.kind.isin(MUST_FIND)]
+    expected_keys = [
+        (
+            r.run,
+            r.first_ls,
+            r.last_ls,
+            ":".join(g for g in r.groups.split(";") if g and g not in unjudged),
+            r.kind,
+        )
+        for r in must.itertuples()
+    ]
+    hit = np.array([key in rows for key in expected_keys], dtype=bool)
+    inside_some = [
+        bool(
+            (
+                (injected.run == r.Run_Number)
+                & (injected.first_ls <= r.Start_LS)
+                & (injected.last_ls >= r.End_LS)
+            ).any()
+        )
+        for r in powergroup.itertuples()
+    ]
+    return TruthComparison(
+        injected={k: int((must.kind == k).sum()) for k in MUST_FIND},
+        found={k: int(hit[(must.kind == k).to_numpy()].sum()) for k in MUST_FIND},
+        missed=must[~hit].reset_index(drop=True),
+        false_rows=powergroup[~np.asarray(inside_some, dtype=bool)].reset_index(drop=True),
+    )
