@@ -24,6 +24,7 @@ _COMMANDS = {
     "make-test-data": ("testdata", "run_make_test_data"),
     "fetch-oms": ("omsclient", "run_fetch_oms"),
     "era": ("era", "run_era"),
+    "plot": ("figures", "run_plot"),
 }
 
 
@@ -173,6 +174,29 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "plot",
+        help="plot one LS (occupancy, reconstruction, significance, bad ROCs) or an era's runs",
+    )
+    p.add_argument("--parquet", type=Path, nargs="+", default=None, help="DIALS parquet(s)/dirs")
+    p.add_argument("--run", type=int, default=None, help="run of the LS to plot")
+    p.add_argument("--ls", type=int, default=None, help="lumisection to plot")
+    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
+    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    p.add_argument(
+        "--rule", choices=("significance", "original"), default="significance", help="bad-ROC rule"
+    )
+    p.add_argument("--era", type=Path, default=None, help="an `era` output directory")
+    p.add_argument("--runs", type=int, nargs="+", default=None, help="with --era: these runs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="figure file: .png (one file per run with --era) or .pdf (one page per run)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pixelring2nmf",
@@ -189,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_make_test_data,
         _add_fetch_oms,
         _add_era,
+        _add_plot,
     ):
         add(sub)
     return parser
