@@ -169,6 +169,7 @@ def analyse_era(
     progress: bool = True,
 ) -> EraRun:
     """Judge every LS of the files; keep going past a bad file, keep what was computed."""
+    from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
     parts: list[pd.DataFrame] = []
@@ -178,6 +179,9 @@ def analyse_era(
     level = LOGGER.level
     LOGGER.setLevel(logging.WARNING)  # the pipeline's per-call [INFO] lines: totals at the end
     bar = tqdm(total=_n_rows(paths), unit="LS", desc="era", disable=not progress, mininterval=0.5)
+    # One BLAS thread: the model's products are small (16 LS at a time), and OpenBLAS threads
+    # that wake for each of them made the whole era ~6x slower on 2 cores (bench/era.py).
+    blas = threadpool_limits(1, user_api="blas")
     try:
         for index, path in enumerate(paths):
             try:
@@ -194,6 +198,7 @@ def analyse_era(
         interrupted = True
     finally:
         bar.close()
+        blas.restore_original_limits()
         LOGGER.setLevel(level)
     results = pd.concat(parts, ignore_index=True) if parts else _empty_results()
     results, duplicate_problem = _drop_duplicates(results, paths)

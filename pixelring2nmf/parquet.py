@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 DIALS_COLUMNS = ("run_number", "ls_number", "x_bin", "y_bin", "data")
 _N_ROWS, _N_COLUMNS = MAP_SHAPE  # (y_bin, x_bin) = (140, 56)
 _READ_BATCH_LS = 1000  # LS decoded at a time by read_dials_parquet (~60 MB of float64 lists)
+_READ_BUFFER_BYTES = 4 << 20  # file bytes read at a time while decoding a column chunk
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,11 @@ def _open_dials_parquet(path: str | Path) -> pq.ParquetFile:
     if not Path(path).is_file():
         raise FileNotFoundError(f"DIALS parquet not found: {path}")
     try:
-        parquet_file = pq.ParquetFile(path)
+        # No pre-buffering, a bounded read buffer: pyarrow otherwise caches the compressed
+        # column chunks of every row group it is asked for, so memory grew with the file
+        # (9 kB per LS); this way only the pages of the current batch are held, whatever the
+        # row-group layout (pandas writes a whole download as one row group).
+        parquet_file = pq.ParquetFile(path, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
     except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
         raise ValueError(f"{path} is not a readable parquet file: {error}") from error
     names = set(parquet_file.schema_arrow.names)

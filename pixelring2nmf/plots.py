@@ -261,7 +261,7 @@ def era_run_figure(results: pd.DataFrame, run: int) -> Figure:
     pileup.set_ylabel("pileup (OMS)", color="#1f77b4")
     pileup.tick_params(axis="y", colors="#1f77b4")
     pileup.set_ylim(bottom=0)
-    handles, labels = top.get_legend_handles_labels()
+    handles, _ = top.get_legend_handles_labels()
     handles.append(
         plt.Line2D([], [], marker="o", ls="", mfc="none", mec="k", label="flagged (Flag)")
     )

@@ -1,0 +1,148 @@
+"""`pixelring2nmf era` end to end on simulated eras: LS/s, peak memory, and the truth.
+
+    python bench/era.py [--sizes 30000 120000] [--workdir /tmp/pixelring2nmf-bench-era]
+
+For each size, an era of real-layout parquet (list<list<double>>, row groups of 1000 LS, one
+file) with its OMS JSON and injected anomalies is simulated once (kept in --workdir), then
+`pixelring2nmf era --xlsx` runs in a fresh process with the shipped model. Measured from
+outside: wall time from process start to exit (imports, reading, the model, tables, CSV,
+parquet, XLSX: end to end) and the process's peak RSS (wait4's ru_maxrss). The tables are
+then matched with the simulator's truth (pixelring2nmf/truthcheck.py).
+
+Goals: >= 3,000 LS/s end to end on the 2-core machine; peak RSS at the largest size within
+1.2x of that at the smallest (memory must not grow with the number of LS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import write_section
+
+from mlserver_model.pixelring2nmf import PixelRing2NMF
+from pixelring2nmf import simulate as simulator
+from pixelring2nmf.truthcheck import compare_with_truth
+
+LS_PER_RUN = 1000
+GOAL_LS_PER_S = 3000.0
+GOAL_RSS_RATIO = 1.2
+
+
+def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
+    """The era of `n_ls` LS (runs of 1000 LS, default anomalies), simulated once."""
+    out = workdir / f"era_{n_ls}"
+    paths = {
+        "parquet": out / simulator.parquet_name("Run2025Z"),
+        "oms": out / "omsdata_Run2025Z-v1.json",
+        "truth": out / "truth.csv",
+    }
+    if not all(p.exists() for p in paths.values()):
+        print(f"simulating {n_ls} LS into {out} ...", flush=True)
+        paths = simulator.simulate(out, runs=n_ls // LS_PER_RUN, seed=7, ls_per_run=LS_PER_RUN)
+    return paths
+
+
+def run_era(paths: dict[str, Path], out: Path) -> dict:
+    """One `pixelring2nmf era` process: wall seconds, peak RSS (MB), its own summary."""
+    command = [sys.executable, "-m", "pixelring2nmf.cli", "era", "--parquet", str(paths["parquet"])]
+    command += ["--oms", str(paths["oms"]), "--out", str(out), "--xlsx", "--no-progress"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    stdout = process.stdout.read()
+    process.stdout.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"era failed ({status}): {stdout}")
+    summary = json.loads((out / "era.json").read_text())
+    return {
+        "seconds": seconds,
+        "rss_mb": usage.ru_maxrss / 1024,  # kB on Linux
+        "summary": summary,
+        "line": stdout.strip().splitlines()[-1],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[30000, 120000])
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/pixelring2nmf-bench-era"))
+    args = parser.parse_args()
+    model = PixelRing2NMF.load()
+    rows, checks = [], []
+    for n_ls in args.sizes:
+        paths = simulated_era(args.workdir, n_ls)
+        measured = run_era(paths, args.workdir / f"out_{n_ls}")
+        n_read = measured["summary"]["n_ls"]
+        comparison = compare_with_truth(
+            pd.read_csv(args.workdir / f"out_{n_ls}" / "powergroup.csv"),
+            pd.read_csv(paths["truth"], keep_default_na=False),
+            model.unjudged_groups,
+        )
+        rows.append(
+            {
+                "n_ls": n_read,
+                "file_mb": paths["parquet"].stat().st_size / 1e6,
+                "seconds": measured["seconds"],
+                "ls_per_s": n_read / measured["seconds"],
+                "inner_ls_per_s": n_read / measured["summary"]["seconds"],
+                "rss_mb": measured["rss_mb"],
+                "flagged": measured["summary"]["n_flagged"],
+                "rows": sum(measured["summary"]["rows_by_type"].values()),
+            }
+        )
+        checks.append((n_read, comparison))
+        print(measured["line"])
+        print(f"  end to end {rows[-1]['ls_per_s']:.0f} LS/s, peak RSS {rows[-1]['rss_mb']:.0f} MB")
+        print(f"  truth: {comparison.describe()}")
+    write_section("era", "Era analysis: `pixelring2nmf era` end to end", report(rows, checks))
+    return 0
+
+
+def report(rows: list[dict], checks: list) -> str:
+    lines = [
+        "`python bench/era.py` — simulated eras of real-layout parquet (`list<list<double>>`,",
+        "zstd, row groups of 1000 LS) with their OMS JSON, runs of 1000 LS with the simulator's",
+        "default anomalies; `pixelring2nmf era --xlsx` with the shipped model, one fresh process",
+        "per size. Wall time is process start to exit (imports, reading, the model, tables, CSV,",
+        "parquet, XLSX); peak RSS is the process's `ru_maxrss`.",
+        "",
+        "| LS | parquet | end to end | LS/s end to end | LS/s inside `era` | peak RSS | flagged LS | table rows |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n_ls']:,} | {r['file_mb']:.0f} MB | {r['seconds']:.1f} s | "
+            f"**{r['ls_per_s']:,.0f}** | {r['inner_ls_per_s']:,.0f} | **{r['rss_mb']:.0f} MB** | "
+            f"{r['flagged']} | {r['rows']} |"
+        )
+    slowest = min(r["ls_per_s"] for r in rows)
+    ratio = rows[-1]["rss_mb"] / rows[0]["rss_mb"]
+    lines += [
+        "",
+        f"Slowest end to end: {slowest:,.0f} LS/s (goal >= {GOAL_LS_PER_S:,.0f}: "
+        f"{'met' if slowest >= GOAL_LS_PER_S else 'NOT met'}). Peak RSS at {rows[-1]['n_ls']:,} LS "
+        f"/ at {rows[0]['n_ls']:,} LS = **{ratio:.2f}** (goal <= {GOAL_RSS_RATIO}: "
+        f"{'met' if ratio <= GOAL_RSS_RATIO else 'NOT met'}).",
+        "",
+        "Tables against the simulator's truth (every injected Multi-Disk, Quarter and Single-Disk",
+        "range as one row with its exact first/last LS, type and groups; rows where nothing was",
+        "injected):",
+        "",
+    ]
+    for n_ls, comparison in checks:
+        lines.append(f"- {n_ls:,} LS: {comparison.describe()}.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
