@@ -110,6 +110,7 @@ def outline_groups(ax: Axes, anomalous: np.ndarray | None = None, *, names: bool
                 lw=2.2 if bad else 0.5,
                 ec=ANOMALY_EDGE if bad else "0.35",
                 zorder=3 if bad else 2,
+                gid=f"power-group:{GROUP_NAMES[g]}",
             )
         )
         if bad and names:

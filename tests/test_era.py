@@ -14,42 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 from conftest import REPO, cli_command, outputs_by_name
 
 from mlserver_model.geometry import GROUP_ID_MAP, group_index
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf import tables
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.train import train_model
 from pixelring2nmf.truthcheck import compare_with_truth
-
-
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model trained on 400 clean LS of the project's simulated detector."""
-    detector = simulator.default_detector()
-    sim = simulator.simulate_run(391000, 400, detector, np.random.default_rng(11), anomalies="none")
-    model = train_model(sim.maps[sim.dcs_good], passes=100, seed=0)
-    return model.save(tmp_path_factory.mktemp("model") / "small.joblib")
-
-
-@pytest.fixture(scope="session")
-def era_sim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """About 4,000 LS in 6 runs with many anomalies of every kind."""
-    out = tmp_path_factory.mktemp("era_sim")
-    return simulator.simulate(out, runs=6, seed=21, ls_per_run=700, anomaly_rate=0.012)
-
-
-@pytest.fixture(scope="session")
-def era_out(
-    era_sim: dict[str, Path], small_model: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    out = tmp_path_factory.mktemp("era_out")
-    args = ["era", "--parquet", str(era_sim["parquet"].parent), "--oms", str(era_sim["oms"])]
-    args += ["--model", str(small_model), "--out", str(out), "--xlsx", "--no-progress"]
-    assert cli_main(args) == 0
-    return out
 
 
 def _truth(era_sim: dict[str, Path]) -> pd.DataFrame:
