@@ -25,7 +25,11 @@ _COMMANDS = {
     "fetch-oms": ("omsclient", "run_fetch_oms"),
     "era": ("era", "run_era"),
     "plot": ("figures", "run_plot"),
+    "fetch-dials": ("dials", "run_fetch_dials"),
+    "dials-flags": ("dials", "run_dials_flags"),
 }
+# `fetch-oms --via dials` is the same command through DIALS's OMS proxy
+_FETCH_OMS_VIA_DIALS = ("dials", "run_fetch_oms_via_dials")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -133,6 +137,61 @@ def _add_fetch_oms(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fetch-oms", help="download OMS lumisections of runs (needs credentials)")
     p.add_argument("--runs", type=int, nargs="+", required=True, help="run numbers")
     p.add_argument("--out", type=Path, required=True, help="OMS JSON file to write")
+    p.add_argument(
+        "--via",
+        choices=("oms", "dials"),
+        default="oms",
+        help="oms: the OMS API with an OMS application (default); dials: DIALS's OMS proxy "
+        "with DIALS credentials",
+    )
+    _add_dials_connection(p)
+
+
+def _add_dials_connection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", default="tracker", help="DIALS workspace (default tracker)")
+    p.add_argument(
+        "--base-url",
+        default=None,
+        help="DIALS URL (default: $DIALS_BASE_URL, else the production DIALS)",
+    )
+
+
+def _add_fetch_dials(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fetch-dials", help="download the Ring 2 ME of runs from DIALS into a parquet (resumable)"
+    )
+    p.add_argument("--dataset", required=True, help="dataset regex, e.g. '/ZeroBias/Run2025C.*'")
+    runs = p.add_mutually_exclusive_group(required=True)
+    runs.add_argument("--runs", type=int, nargs="+", help="run numbers")
+    runs.add_argument("--run-range", type=int, nargs=2, metavar=("FIRST", "LAST"))
+    p.add_argument("--out", type=Path, required=True, help="parquet file to write")
+    p.add_argument("--page-size", type=int, default=100, help="LS per page (default 100)")
+    p.add_argument("--attempts", type=int, default=4, help="tries per page (default 4)")
+    p.add_argument(
+        "--retry-wait", type=float, default=5.0, help="seconds before the 2nd try, doubling"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_dials_connection(p)
+
+
+def _add_dials_flags(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "dials-flags",
+        help="what a registered model flagged in DIALS, LS by LS against a local prediction",
+    )
+    p.add_argument("--model-id", type=int, required=True, help="DIALS id of the registered model")
+    p.add_argument("--runs", type=int, nargs="+", required=True, help="run numbers")
+    p.add_argument(
+        "--parquet",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="the same data DIALS judged (from fetch-dials)",
+    )
+    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
+    p.add_argument("--model", type=Path, default=None, help="local model (default: shipped)")
+    p.add_argument("--out", type=Path, default=None, help="CSV of the LS flagged by either")
+    _add_dials_connection(p)
 
 
 def _add_era(sub: argparse._SubParsersAction) -> None:
@@ -214,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_fetch_oms,
         _add_era,
         _add_plot,
+        _add_fetch_dials,
+        _add_dials_flags,
     ):
         add(sub)
     return parser
@@ -226,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(message)s",
     )
     module_name, function_name = _COMMANDS[args.command]
+    if args.command == "fetch-oms" and args.via == "dials":
+        module_name, function_name = _FETCH_OMS_VIA_DIALS
     module = importlib.import_module(f"{__package__}.{module_name}")
     try:
         return int(getattr(module, function_name)(args) or 0)

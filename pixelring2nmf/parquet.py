@@ -30,6 +30,41 @@ _READ_BATCH_LS = 1000  # LS decoded at a time by read_dials_parquet (~60 MB of f
 _READ_BUFFER_BYTES = 4 << 20  # file bytes read at a time while decoding a column chunk
 
 
+# What `data` holds: "double" is the layout users have (cmsdials declares `list[list[float]]`,
+# so `.to_pandas().to_parquet()` writes list<list<double>>); "int32" is the compact variant
+# some older files use. Readers accept both, so tests can cover both.
+VALUE_TYPES = ("double", "int32")
+DEFAULT_VALUE_TYPE = "double"
+
+
+def dials_schema(value_type: str = DEFAULT_VALUE_TYPE):
+    """The columns of a DIALS per-LS histogram file, in cmsdials' order."""
+    import pyarrow as pa
+
+    if value_type not in VALUE_TYPES:
+        raise ValueError(f"value_type must be one of {VALUE_TYPES}, got {value_type!r}")
+    values = pa.float64() if value_type == "double" else pa.int32()
+    return pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("me", pa.string()),
+            ("dataset_id", pa.int64()),
+            ("file_id", pa.int64()),
+            ("run_number", pa.int64()),
+            ("ls_number", pa.int64()),
+            ("me_id", pa.int64()),
+            ("x_min", pa.float64()),
+            ("x_max", pa.float64()),
+            ("x_bin", pa.float64()),
+            ("y_min", pa.float64()),
+            ("y_max", pa.float64()),
+            ("y_bin", pa.float64()),
+            ("entries", pa.int64()),
+            ("data", pa.list_(pa.list_(values))),
+        ]
+    )
+
+
 @dataclass(frozen=True)
 class Ring2Data:
     """Ring 2 maps of a set of lumisections, sorted by (run, LS)."""

@@ -68,6 +68,8 @@ from mlserver_model.geometry import (
 from mlserver_model.omstools import OMS_COLUMNS
 from mlserver_model.preprocessor import insert_cross
 
+from .parquet import DEFAULT_VALUE_TYPE, dials_schema
+
 logger = logging.getLogger(__name__)
 
 # --- DIALS / OMS naming -------------------------------------------------------------------------
@@ -947,40 +949,6 @@ def _iter_runs(
         run += int(schedule_rng.integers(1, 4))
 
 
-# What `data` holds: "double" is the layout users have (cmsdials declares `list[list[float]]`,
-# so `.to_pandas().to_parquet()` writes list<list<double>>); "int32" is the compact variant
-# some older files use. Readers accept both, so tests can cover both.
-VALUE_TYPES = ("double", "int32")
-DEFAULT_VALUE_TYPE = "double"
-
-
-def _parquet_schema(value_type: str = DEFAULT_VALUE_TYPE):
-    import pyarrow as pa
-
-    if value_type not in VALUE_TYPES:
-        raise ValueError(f"value_type must be one of {VALUE_TYPES}, got {value_type!r}")
-    values = pa.float64() if value_type == "double" else pa.int32()
-    return pa.schema(
-        [
-            ("dataset", pa.string()),
-            ("me", pa.string()),
-            ("dataset_id", pa.int64()),
-            ("file_id", pa.int64()),
-            ("run_number", pa.int64()),
-            ("ls_number", pa.int64()),
-            ("me_id", pa.int64()),
-            ("x_min", pa.float64()),
-            ("x_max", pa.float64()),
-            ("x_bin", pa.float64()),
-            ("y_min", pa.float64()),
-            ("y_max", pa.float64()),
-            ("y_bin", pa.float64()),
-            ("entries", pa.int64()),
-            ("data", pa.list_(pa.list_(values))),
-        ]
-    )
-
-
 def dials_table(
     maps: np.ndarray,
     run: np.ndarray,
@@ -991,7 +959,7 @@ def dials_table(
     """Arrow table in the DIALS layout of (N, 140, 56) maps, built from flat numpy arrays."""
     import pyarrow as pa
 
-    schema = _parquet_schema(value_type)
+    schema = dials_schema(value_type)
     maps = np.ascontiguousarray(maps, dtype=np.int32)
     n = maps.shape[0]
     run = np.broadcast_to(np.asarray(run, dtype=np.int64), (n,))
@@ -1030,7 +998,7 @@ def _parquet_writer(path: Path, value_type: str = DEFAULT_VALUE_TYPE):
 
     return pq.ParquetWriter(
         path,
-        _parquet_schema(value_type),
+        dials_schema(value_type),
         compression="zstd",
         compression_level=1,
         write_statistics=["run_number", "ls_number"],

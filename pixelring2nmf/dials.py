@@ -1,0 +1,533 @@
+"""DIALS through `cmsdials`: the Ring 2 ME, OMS lumisections, and what a registered model flagged.
+
+Experts downloaded the data by hand in notebooks; this makes it one command that survives a
+failure. `fetch-dials` asks DIALS's `h2d` endpoint one cursor page at a time
+(`list_all(max_pages=1, resume_from=...)`, the package's own resume), writes each page to disk as
+it arrives (a page is a row group: memory stays bounded) and records the cursor of the next page
+after each one. A page that fails is retried a few times; if it still fails, the command stops
+with the cursor saved, and running the same command again continues from that page: no page is
+fetched twice. The finished file has the layout users have (`list<list<double>>`, as
+`.to_pandas().to_parquet()` writes it).
+
+Credentials are read from the environment or from the cmsdials device-flow cache, never from
+the project: `DIALS_CLIENT_ID` + `DIALS_CLIENT_SECRET` (an application with DIALS API access,
+client-credentials token from the CERN SSO), or `DIALS_CLIENT_SECRET` alone (the older
+X-CLIENT-SECRET header), or the cached interactive login (`DIALS_CREDS_CACHE`, default
+~/.cache/pixelring2nmf/dials, outside any repository). TLS verification is never turned off;
+plain http is accepted only for a DIALS on this machine (tests).
+
+`cmsdials` and `requests` are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+
+from mlserver_model.omstools import OMS_COLUMNS
+
+from .oms import oms_from_lumisections
+
+logger = logging.getLogger(__name__)
+
+RING2_ME = (
+    "PixelPhase1/Phase1_MechanicalView/PXForward/"
+    "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
+)
+DEFAULT_WORKSPACE = "tracker"
+DEFAULT_PAGE_SIZE = 100  # ~4 MB of JSON per page: small enough to retry cheaply
+DEFAULT_ATTEMPTS = 4
+DEFAULT_RETRY_WAIT_S = 5.0  # doubled after each failed attempt
+OMS_PAGE_LIMIT = 5000
+
+CLIENT_ID_VAR = "DIALS_CLIENT_ID"
+CLIENT_SECRET_VAR = "DIALS_CLIENT_SECRET"
+CREDS_CACHE_VAR = "DIALS_CREDS_CACHE"
+KEYCLOAK_URL_VAR = "DIALS_KEYCLOAK_URL"  # another SSO (a test or dev instance)
+BASE_URL_VAR = "DIALS_BASE_URL"
+DEFAULT_CREDS_CACHE = Path("~/.cache/pixelring2nmf/dials")
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+_STATE_NAME = "state.json"
+
+
+class DialsAccessError(RuntimeError):
+    """DIALS could not be reached, refused us, or a page kept failing (the cursor is saved)."""
+
+
+# ---- connection --------------------------------------------------------------------------------
+
+
+def checked_url(url: str, what: str) -> str:
+    """https anywhere; plain http only on loopback, where no secret leaves the machine."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return url
+    raise ValueError(
+        f"The {what} must be an https URL (plain http only for a server on this machine), "
+        f"got {url!r}"
+    )
+
+
+def credentials(environ: dict[str, str] | None = None, *, interactive: bool | None = None):
+    """cmsdials credentials from the environment, else from the device-flow cache.
+
+    The interactive device flow (a URL to open in a browser) starts only on a terminal; a batch
+    job without credentials gets a clear error instead of waiting for a login nobody sees.
+    """
+    env = os.environ if environ is None else environ
+    client_id, secret = env.get(CLIENT_ID_VAR), env.get(CLIENT_SECRET_VAR)
+    keycloak = env.get(KEYCLOAK_URL_VAR)
+    auth_client = None
+    if keycloak:
+        from cmsdials.auth.client import AuthClient
+
+        auth_client = AuthClient(keycloak_url=checked_url(keycloak, KEYCLOAK_URL_VAR))
+    if secret and client_id:
+        from cmsdials.auth.client_credentials import Credentials
+
+        return _with_requests_errors(
+            "the CERN SSO", lambda: Credentials(client_id, secret, client=auth_client)
+        )
+    if secret:
+        from cmsdials.auth.secret_key import Credentials
+
+        with warnings.catch_warnings():  # the header is deprecated, not yet refused
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return Credentials(secret)
+    cache = Path(env.get(CREDS_CACHE_VAR) or DEFAULT_CREDS_CACHE).expanduser()
+    if interactive is None:
+        interactive = sys.stdin is not None and sys.stdin.isatty()
+    if not (cache / "creds").is_file() and not interactive:
+        raise DialsAccessError(
+            f"No DIALS credentials: set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} (an application "
+            f"with DIALS API access), or log in once from a terminal (the device flow caches "
+            f"the token in {cache}; {CREDS_CACHE_VAR} moves it)."
+        )
+    from cmsdials.auth.device import Credentials
+
+    return _with_requests_errors(
+        "the CERN SSO",
+        lambda: Credentials.from_creds_file(cache_dir=str(cache), client=auth_client),
+    )
+
+
+def _with_requests_errors(what: str, call):
+    import requests
+
+    try:
+        return call()
+    except requests.HTTPError as error:
+        status = error.response.status_code if error.response is not None else "?"
+        raise DialsAccessError(
+            f"{what} refused the DIALS credentials (HTTP {status}): check {CLIENT_ID_VAR} and "
+            f"{CLIENT_SECRET_VAR}"
+        ) from error
+    except requests.RequestException as error:
+        raise DialsAccessError(f"could not reach {what}: {error}") from error
+
+
+def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE, creds=None):
+    """A `cmsdials.Dials` for the production DIALS, or `base_url` (another or a local one)."""
+    from cmsdials import Dials
+
+    base_url = base_url or os.environ.get(BASE_URL_VAR)
+    kwargs = {"base_url": checked_url(base_url, "DIALS URL")} if base_url else {}
+    return Dials(creds if creds is not None else credentials(), workspace=workspace, **kwargs)
+
+
+def _refusal(error: Exception, url: str) -> DialsAccessError | None:
+    """A clear error for answers that retrying cannot fix (401/403/404/400), else None."""
+    response = getattr(error, "response", None)
+    status = getattr(response, "status_code", None)
+    if status in (401, 403):
+        return DialsAccessError(
+            f"DIALS refused the request (HTTP {status} from {url}): the credentials are missing, "
+            f"expired or lack access to this workspace. Set {CLIENT_ID_VAR}/{CLIENT_SECRET_VAR} "
+            f"or log in again (delete the cached token in {CREDS_CACHE_VAR} or "
+            f"{DEFAULT_CREDS_CACHE}); what was downloaded is kept, rerun to continue."
+        )
+    if status is not None and 400 <= status < 500 and status != 429:
+        body = " ".join(getattr(response, "text", "").split())[:300]
+        return DialsAccessError(f"DIALS answered HTTP {status} from {url}: {body!r}")
+    return None
+
+
+# ---- fetch-dials: h2d pages to parquet, resumable -----------------------------------------------
+
+
+@dataclass
+class DownloadState:
+    """Where a download stands: which query, the cursor of its next page, pages written."""
+
+    request: dict
+    query_index: int = 0
+    next_url: str | None = None
+    pages: int = 0
+    n_ls: int = 0
+
+    def save(self, folder: Path) -> None:
+        partial = folder / (_STATE_NAME + ".tmp")
+        partial.write_text(json.dumps(self.__dict__, indent=1))
+        partial.replace(folder / _STATE_NAME)  # never a half-written state
+
+    @classmethod
+    def load_or_start(cls, folder: Path, request: dict) -> DownloadState:
+        path = folder / _STATE_NAME
+        if not path.is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            return cls(request=request)
+        state = cls(**json.loads(path.read_text()))
+        if state.request != request:
+            raise ValueError(
+                f"{folder} holds an unfinished download of another request ({state.request}); "
+                "rerun that command to finish it, or delete the folder"
+            )
+        return state
+
+
+def h2d_queries(
+    dataset_regex: str,
+    runs: Sequence[int] | None,
+    run_range: tuple[int, int] | None,
+    page_size: int,
+    me: str = RING2_ME,
+) -> list[dict]:
+    """One filter set per query: DIALS filters h2d by one run or by a run range."""
+    base = {"me": me, "dataset__regex": dataset_regex, "page_size": page_size}
+    if runs:
+        return [{**base, "run_number": int(run)} for run in dict.fromkeys(runs)]
+    if run_range is None:
+        raise ValueError("give --runs or --run-range")
+    first, last = run_range
+    if first > last:
+        raise ValueError(f"--run-range {first} {last}: the first run is after the last")
+    return [{**base, "run_number__gte": int(first), "run_number__lte": int(last)}]
+
+
+def _page_table(results: list) -> Any:
+    """One page of `LumisectionHistogram2D` models -> an Arrow table in the DIALS layout."""
+    import pyarrow as pa
+
+    from .parquet import dials_schema
+
+    schema = dials_schema("double")
+    rows = [r.model_dump() for r in results]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def fetch_h2d(
+    dials,
+    queries: list[dict],
+    out: Path,
+    *,
+    attempts: int = DEFAULT_ATTEMPTS,
+    retry_wait_s: float = DEFAULT_RETRY_WAIT_S,
+    progress: bool = True,
+) -> DownloadState:
+    """Download every page of every query into `out`, resuming a previous partial download."""
+    import pyarrow.parquet as pq
+    from cmsdials.filters import LumisectionHistogram2DFilters
+    from tqdm import tqdm
+
+    folder = out.with_name(out.name + ".partial")
+    state = DownloadState.load_or_start(folder, {"queries": queries, "out": str(out)})
+    if state.pages:
+        logger.info(
+            "fetch-dials: resuming %s after %d page(s) (%d LS)", out, state.pages, state.n_ls
+        )
+    pagination = dials.h2d.pagination_model
+    url = dials.h2d.api_url + dials.h2d.lookup_url
+    with tqdm(desc="fetch-dials", unit="LS", initial=state.n_ls, disable=not progress) as bar:
+        while state.query_index < len(queries):
+            filters = LumisectionHistogram2DFilters(**queries[state.query_index])
+            resume = (
+                None
+                if state.next_url is None
+                else pagination(next=state.next_url, previous=None, results=[])
+            )
+            page = _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder)
+            if page.results:  # the page first, then the cursor past it: a crash between the
+                # two refetches this page and overwrites the same part, never duplicates it
+                part = folder / f"page-{state.pages:06d}.parquet"
+                pq.write_table(_page_table(page.results), part.with_suffix(".tmp"))
+                part.with_suffix(".tmp").replace(part)
+            state.pages += 1
+            state.n_ls += len(page.results)
+            state.next_url = None if page.next is None else str(page.next)
+            if state.next_url is None:
+                state.query_index += 1
+            state.save(folder)
+            bar.update(len(page.results))
+            bar.set_postfix(pages=state.pages)
+    _assemble(folder, out)
+    return state
+
+
+def _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder):
+    """One page through cmsdials' list_all, retried; a refusal or exhaustion keeps the cursor."""
+    import requests
+
+    for attempt in range(1, attempts + 1):
+        try:
+            return dials.h2d.list_all(filters, max_pages=1, resume_from=resume, retries=0)
+        except (requests.RequestException, OSError) as error:
+            refusal = _refusal(error, url)
+            if refusal is not None:
+                state.save(folder)
+                raise refusal from error
+            if attempt == attempts:
+                state.save(folder)
+                raise DialsAccessError(
+                    f"a page from {url} failed {attempts} times ({error}); the {state.n_ls} LS "
+                    f"downloaded so far are kept in {folder}: rerun the same command to continue "
+                    "from the failed page"
+                ) from error
+            wait = retry_wait_s * 2 ** (attempt - 1)
+            logger.warning(
+                "fetch-dials: page failed (%s), attempt %d of %d, next in %.0f s",
+                error,
+                attempt,
+                attempts,
+                wait,
+            )
+            time.sleep(wait)  # back-off for a struggling server
+    raise AssertionError("unreachable")
+
+
+def _assemble(folder: Path, out: Path) -> None:
+    """The pages, in order, into one parquet (a row group each); then the partial folder goes."""
+    import pyarrow.parquet as pq
+
+    from .parquet import dials_schema
+
+    parts = sorted(folder.glob("page-*.parquet"))
+    partial_out = out.with_name(out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(partial_out, dials_schema("double"), compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(pq.read_table(part))
+    partial_out.replace(out)
+    shutil.rmtree(folder)
+
+
+def run_fetch_dials(args: argparse.Namespace) -> int:
+    """CLI: `fetch-dials --dataset REGEX (--runs R... | --run-range A B) --out FILE.parquet`."""
+    import pyarrow.parquet as pq
+
+    queries = h2d_queries(
+        args.dataset, args.runs, tuple(args.run_range) if args.run_range else None, args.page_size
+    )
+    dials = connect(args.base_url, args.workspace)
+    state = fetch_h2d(
+        dials,
+        queries,
+        Path(args.out),
+        attempts=args.attempts,
+        retry_wait_s=args.retry_wait,
+        progress=not args.no_progress,
+    )
+    table = pq.read_table(args.out, columns=["dataset", "run_number"])
+    datasets = sorted(set(table.column("dataset").to_pylist()))
+    n_runs = len(set(table.column("run_number").to_pylist()))
+    print(
+        f"fetch-dials: {table.num_rows} LS of {n_runs} run(s) in {state.pages} page(s) "
+        f"written to {args.out}"
+    )
+    if len(datasets) > 1:
+        logger.warning(
+            "fetch-dials: the regex matched %d datasets %s: an LS may appear once per dataset; "
+            "narrow --dataset before running `era`",
+            len(datasets),
+            datasets,
+        )
+    if table.num_rows == 0:
+        logger.warning("fetch-dials: DIALS had no LS of %s for this request", RING2_ME)
+    return 0
+
+
+# ---- fetch-oms --via dials ------------------------------------------------------------------
+
+
+def oms_lumisections(dials, runs: Iterable[int], page_limit: int = OMS_PAGE_LIMIT) -> list[dict]:
+    """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed)."""
+    import requests
+    from cmsdials.clients.oms_proxy.models import OMSFilter, OMSPage
+
+    url = dials.oms.api_url + dials.oms.lookup_url
+    rows: list[dict] = []
+    for run in dict.fromkeys(int(r) for r in runs):
+        offset = 0
+        while True:
+            try:
+                payload = dials.oms.query(
+                    "lumisections",
+                    [OMSFilter(attribute_name="run_number", value=run, operator="EQ")],
+                    [
+                        OMSPage(attribute_name="limit", value=page_limit),
+                        OMSPage(attribute_name="offset", value=offset),
+                    ],
+                    retries=0,
+                )
+            except requests.RequestException as error:
+                raise _refusal(error, url) or DialsAccessError(
+                    f"DIALS OMS proxy failed for run {run}: {error}"
+                ) from error
+            page = _oms_rows(payload, run)
+            rows.extend(page)
+            offset += len(page)
+            links = payload.get("links") if isinstance(payload, dict) else None
+            if len(page) < page_limit or (isinstance(links, dict) and not links.get("next")):
+                break
+        if not any(r["run_number"] == run for r in rows):
+            logger.warning("DIALS OMS proxy has no lumisection for run %d", run)
+    return sorted(rows, key=lambda r: (r["run_number"], r["lumisection_number"]))
+
+
+def _oms_rows(payload: Any, run: int) -> list[dict]:
+    """Rows of an OMS JSON:API page (`data[i].attributes`), checked and reduced to OMS_COLUMNS."""
+    data = payload.get("data") if isinstance(payload, dict) else None
+    if not isinstance(data, list):
+        raise DialsAccessError(f"DIALS OMS proxy answer for run {run} has no 'data' list")
+    rows = []
+    for item in data:
+        attributes = item.get("attributes", item) if isinstance(item, dict) else None
+        missing = [
+            c for c in OMS_COLUMNS if not isinstance(attributes, dict) or c not in attributes
+        ]
+        if missing:
+            raise DialsAccessError(
+                f"DIALS OMS proxy: a lumisection of run {run} lacks attribute(s) {missing}"
+            )
+        if attributes["run_number"] != run:
+            raise DialsAccessError(
+                f"DIALS OMS proxy returned run {attributes['run_number']!r} when asked for {run}"
+            )
+        rows.append({c: attributes[c] for c in OMS_COLUMNS})
+    return rows
+
+
+def run_fetch_oms_via_dials(args: argparse.Namespace) -> int:
+    """CLI: `fetch-oms --via dials --runs ... --out FILE`: the same JSON as `fetch-oms`."""
+    dials = connect(args.base_url, args.workspace)
+    rows = oms_lumisections(dials, args.runs)
+    if not rows:
+        raise RuntimeError(f"DIALS OMS proxy has no lumisection for run(s) {args.runs}")
+    columns = oms_from_lumisections(rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    partial.write_text(json.dumps(columns, allow_nan=False))
+    partial.replace(out)
+    print(f"Wrote OMS information of {len(rows)} lumisections (via DIALS) to {out}")
+    return 0
+
+
+# ---- dials-flags: DIALS's flags against a local prediction ----------------------------------
+
+
+def dials_flags(dials, model_id: int, runs: Sequence[int], dataset_ids: Sequence[int]):
+    """(run, ls, dataset_id, metric_value) of every LS the registered model flagged in DIALS."""
+    import requests
+    from cmsdials.filters import MLBadLumisectionFilters
+
+    filters = MLBadLumisectionFilters(
+        model_id__in=[int(model_id)],
+        run_number__in=[int(r) for r in runs],
+        dataset_id__in=[int(d) for d in dataset_ids] or None,
+        page_size=1000,
+    )
+    url = dials.ml_bad_lumis.api_url + dials.ml_bad_lumis.lookup_url
+    try:
+        page = dials.ml_bad_lumis.list_all(filters, retries=0)
+    except requests.RequestException as error:
+        raise _refusal(error, url) or DialsAccessError(f"DIALS failed: {error}") from error
+    columns = ["run", "ls", "dataset_id", "dials_metric"]
+    rows = [(r.run_number, r.ls_number, r.dataset_id, r.metric_value) for r in page.results]
+    return pd.DataFrame(rows, columns=columns).drop_duplicates(["run", "ls"])
+
+
+def compare_flags(dials_flagged: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
+    """LS flagged by either side: `agree`, `only DIALS` or `only local`, with both Metrics.
+
+    `local` are per-LS results (`predict.results_table`) of the same data; an LS DIALS flagged
+    that is not in the local data is `only DIALS` with an empty local Metric.
+    """
+    mine = local[["run", "ls", "flag", "metric", "type", "groups"]].rename(
+        columns={"flag": "local_flag", "metric": "local_metric"}
+    )
+    merged = mine.merge(dials_flagged, on=["run", "ls"], how="outer", indicator=True)
+    merged["dials_flag"] = merged._merge != "left_only"
+    merged["local_flag"] = merged.local_flag.fillna(False).astype(bool)
+    either = merged[merged.dials_flag | merged.local_flag].copy()
+    either["status"] = np.select(
+        [either.dials_flag & either.local_flag, either.dials_flag],
+        ["agree", "only DIALS"],
+        "only local",
+    )
+    columns = ["run", "ls", "status", "dials_metric", "local_metric", "type", "groups"]
+    return either.sort_values(["run", "ls"])[columns].reset_index(drop=True)
+
+
+def run_dials_flags(args: argparse.Namespace) -> int:
+    """CLI: what model N flagged in DIALS, LS by LS against a local prediction of the same data."""
+    import pyarrow.parquet as pq
+
+    from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
+
+    from .era import OmsLookup, analyse_era, parquet_inputs
+
+    paths = parquet_inputs(args.parquet)
+    runs = args.runs
+    local_era = analyse_era(
+        paths,
+        PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH),
+        OmsLookup.read(args.oms) if args.oms else None,
+        progress=False,
+    )
+    if local_era.failures:
+        raise ValueError("; ".join(local_era.failures))
+    local = local_era.results[local_era.results.run.isin(runs)]
+    missing_runs = sorted(set(runs) - set(local.run.unique().tolist()))
+    if missing_runs:
+        raise ValueError(
+            f"run(s) {missing_runs} are not in {', '.join(map(str, paths))}: fetch them first "
+            "with `pixelring2nmf fetch-dials`"
+        )
+    dataset_ids = sorted(
+        {
+            int(d)
+            for p in paths
+            for d in pq.read_table(p, columns=["dataset_id"]).column(0).to_pylist()
+        }
+    )
+    dials = connect(args.base_url, args.workspace)
+    comparison = compare_flags(dials_flags(dials, args.model_id, runs, dataset_ids), local)
+    counts = comparison.status.value_counts()
+    if args.out:
+        comparison.to_csv(args.out, index=False)
+    print(
+        f"dials-flags: model {args.model_id}, {len(local)} LS of {len(runs)} run(s): "
+        f"agree {counts.get('agree', 0)}, only DIALS {counts.get('only DIALS', 0)}, "
+        f"only local {counts.get('only local', 0)}"
+        + (f"; per-LS comparison written to {args.out}" if args.out else "")
+    )
+    differing = comparison[comparison.status != "agree"]
+    if len(differing):
+        print(differing.to_string(index=False, max_rows=50))
+    return 0
