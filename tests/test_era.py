@@ -14,9 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import REPO, cli_command, outputs_by_name
 
+from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.geometry import GROUP_ID_MAP, group_index
+from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf import tables
 from pixelring2nmf.cli import main as cli_main
@@ -249,3 +252,57 @@ def test_ranges_split_on_a_changed_set_and_on_gaps() -> None:
     assert first.Powergroup == f"{a}:{b}" and first.Disk == "-2:-3"
     assert out.condensed["Layer/Disk"].tolist() == ["Disk -2:-3", "Disk -2", "Disk -2", "Disk -2"]
     assert tables.disks_of("FPix_BpO_D3_ROG1;FPix_BmO_D1_ROG1;FPix_BpO_D1_ROG1") == "-1:1:3"
+
+
+REAL_OMS = REPO.parent / "shared" / "reference" / "omsdata_Run2024I-v1.json"
+
+
+@pytest.mark.skipif(not REAL_OMS.is_file(), reason=f"no real OMS file at {REAL_OMS}")
+def test_real_oms_file_of_2024i_drives_the_dcs_filter_and_pileup(small_model, tmp_path) -> None:
+    """Maps placed at the real (run, LS) of three 2024I runs; DCS and pileup from the real file."""
+    oms = pd.DataFrame(json.loads(REAL_OMS.read_text()))
+    runs = oms.run_number.value_counts().index[:3].tolist()
+    real = oms[oms.run_number.isin(runs)]
+    detector = simulator.default_detector()
+    rng = np.random.default_rng(2)
+    expected = simulator.expected_maps(detector, np.full(len(real), 600.0))
+    maps = insert_cross(simulator.sample_maps(expected, rng))
+    parquet = simulator.write_dials_parquet(
+        tmp_path / "real_keys.parquet", maps, real.run_number.to_numpy(), real.lumisection_number
+    )
+    out = tmp_path / "out"
+    args = ["era", "--parquet", str(parquet), "--oms", str(REAL_OMS), "--model", str(small_model)]
+    assert cli_main([*args, "--out", str(out), "--no-progress"]) == 0
+    summary = pd.read_csv(out / "run_summary.csv").set_index("Run_Number")
+    flags = real[list(DCS_FLAGS)]
+    good = flags.apply(lambda column: column.map(lambda v: v is True)).all(axis=1)
+    expected_good = good.groupby(real.run_number).sum()
+    assert summary.loc[runs, "DCS_Good_LS"].tolist() == expected_good.loc[runs].tolist()
+    assert 0 < expected_good.sum() < len(real)  # the real file has DCS-bad LS in these runs
+    results = pd.read_parquet(out / "lumisections.parquet")
+    merged = results.merge(
+        real, left_on=["run", "ls"], right_on=["run_number", "lumisection_number"]
+    )
+    assert len(merged) == len(real)
+    np.testing.assert_allclose(
+        merged.pileup_x, pd.to_numeric(merged.pileup_y, errors="coerce"), equal_nan=True
+    )
+
+
+def test_a_file_saved_the_way_cmsdials_users_save_it(era_sim, era_out, small_model, tmp_path):
+    """`.to_pandas().to_parquet()` of cmsdials results: nested Python float lists, one row group."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(era_sim["parquet"]).slice(1000, 300).to_pylist()
+    for row in rows:  # cmsdials' model declares data: list[list[float]]
+        row["data"] = [[float(v) for v in line] for line in row["data"]]
+    saved = tmp_path / "from_cmsdials.parquet"
+    pd.DataFrame(rows).to_parquet(saved)
+    assert pq.ParquetFile(saved).metadata.num_row_groups == 1
+    out = tmp_path / "out"
+    args = ["era", "--parquet", str(saved), "--oms", str(era_sim["oms"])]
+    assert cli_main([*args, "--model", str(small_model), "--out", str(out), "--no-progress"]) == 0
+    mine = pd.read_parquet(out / "lumisections.parquet")
+    reference = pd.read_parquet(era_out / "lumisections.parquet").merge(mine[["run", "ls"]])
+    assert len(mine) == 300
+    pd.testing.assert_frame_equal(mine, reference)
