@@ -84,12 +84,25 @@ def checked_url(url: str, what: str) -> str:
     )
 
 
+def _require_cmsdials() -> None:
+    """A clear message, not an ImportError, when the optional dependency is missing."""
+    from importlib.util import find_spec
+
+    if find_spec("cmsdials") is None:
+        raise RuntimeError(
+            "DIALS access needs the cmsdials package: pip install 'pixelring2nmf[dials]' (in an "
+            "environment with MLServer 1.7, whose tritonclient needs urllib3 2 while cmsdials "
+            'pins urllib3<2: pip install --no-deps "cmsdials>=2.4")'
+        )
+
+
 def credentials(environ: dict[str, str] | None = None, *, interactive: bool | None = None):
     """cmsdials credentials from the environment, else from the device-flow cache.
 
     The interactive device flow (a URL to open in a browser) starts only on a terminal; a batch
     job without credentials gets a clear error instead of waiting for a login nobody sees.
     """
+    _require_cmsdials()
     env = os.environ if environ is None else environ
     client_id, secret = env.get(CLIENT_ID_VAR), env.get(CLIENT_SECRET_VAR)
     keycloak = env.get(KEYCLOAK_URL_VAR)
@@ -144,6 +157,7 @@ def _with_requests_errors(what: str, call):
 
 def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE, creds=None):
     """A `cmsdials.Dials` for the production DIALS, or `base_url` (another or a local one)."""
+    _require_cmsdials()
     from cmsdials import Dials
 
     base_url = base_url or os.environ.get(BASE_URL_VAR)

@@ -8,7 +8,9 @@ fake. The data it serves are real parquet rows of a simulated run with a Multi-D
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,13 @@ from mlserver_model.geometry import GROUP_ID_MAP, MULTIDISK_CANDIDATES
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf.cli import main as cli_main
 from pixelring2nmf.parquet import read_dials_parquet
+
+# cmsdials is added to the dev environment without its urllib3 pin (.ci/run, pyproject.toml);
+# locally these tests skip without it, in CI (CI=true) they must run, so a missing install fails.
+pytestmark = pytest.mark.skipif(
+    find_spec("cmsdials") is None and not os.environ.get("CI"),
+    reason='cmsdials not installed: pip install --no-deps "cmsdials>=2.4"',
+)
 
 RUNS = (392001, 392002, 392003)
 N_LS = 45
@@ -141,8 +150,6 @@ def test_resume_after_a_failed_page_fetches_no_page_twice(fake, secret_env, sour
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return {k: v for k, v in os.environ.items() if not k.startswith("DIALS_")}
 
 
