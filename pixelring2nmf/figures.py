@@ -79,7 +79,13 @@ def era_plot(args: argparse.Namespace) -> list[Path]:
     unknown = sorted(set(runs) - set(results.run.unique().tolist()))
     if unknown:
         raise ValueError(f"run(s) {unknown} are not in {path}")
-    return save_figures([era_run_figure(results, int(run)) for run in runs], args.out)
+    persistent_path = Path(args.era) / "persistent.csv"
+    persistent = pd.read_csv(persistent_path) if persistent_path.is_file() else pd.DataFrame()
+    figures = []
+    for run in runs:
+        groups = persistent[persistent.Run_Number == run].Powergroup if len(persistent) else []
+        figures.append(era_run_figure(results, int(run), list(groups)))
+    return save_figures(figures, args.out)
 
 
 def run_plot(args: argparse.Namespace) -> int:

@@ -229,10 +229,13 @@ def _image_kwargs() -> dict:
     return {"origin": "lower", "extent": EXTENT, "aspect": "auto", "interpolation": "nearest"}
 
 
-def era_run_figure(results: pd.DataFrame, run: int) -> Figure:
+def era_run_figure(
+    results: pd.DataFrame, run: int, persistent_groups: Sequence[str] = ()
+) -> Figure:
     """One run of an era: Metric and pileup against LS, DCS-bad LS shaded, anomalous groups.
 
-    `results` are the per-LS results `era` writes (lumisections.parquet), all runs or one.
+    `results` are the per-LS results `era` writes (lumisections.parquet), all runs or one;
+    `persistent_groups` the run's groups in `era`'s persistent table (named in the title).
     """
     plt = _pyplot()
     from matplotlib.patches import Patch
@@ -256,17 +259,19 @@ def era_run_figure(results: pd.DataFrame, run: int) -> Figure:
         flagged.ls, flagged.metric, s=60, facecolors="none", edgecolors="k", lw=0.8, zorder=4
     )
     top.set_ylabel("Metric")
-    top.set_ylim(bottom=min(-0.05 * max(lumis.metric.max(), 1.0), -0.05))
-    pileup = top.twinx()
-    pileup.plot(ls, lumis.pileup, color="#1f77b4", lw=1.0, alpha=0.7)
-    pileup.set_ylabel("pileup (OMS)", color="#1f77b4")
-    pileup.tick_params(axis="y", colors="#1f77b4")
-    pileup.set_ylim(bottom=0)
+    highest = max(float(lumis.metric.max()), 1.0)  # a healthy run still shows the scale
+    top.set_ylim(-0.05 * highest, 1.1 * highest)
     handles, _ = top.get_legend_handles_labels()
     handles.append(
         plt.Line2D([], [], marker="o", ls="", mfc="none", mec="k", label="flagged (Flag)")
     )
-    handles.append(plt.Line2D([], [], color="#1f77b4", label="pileup"))
+    if lumis.pileup.notna().any():
+        pileup = top.twinx()
+        pileup.plot(ls, lumis.pileup, color="#1f77b4", lw=1.0, alpha=0.7)
+        pileup.set_ylabel("pileup (OMS)", color="#1f77b4")
+        pileup.tick_params(axis="y", colors="#1f77b4")
+        pileup.set_ylim(bottom=0)
+        handles.append(plt.Line2D([], [], color="#1f77b4", label="pileup"))
     handles.append(Patch(color="0.8", label="DCS-bad LS"))
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=len(handles))
 
@@ -278,9 +283,15 @@ def era_run_figure(results: pd.DataFrame, run: int) -> Figure:
         for kind in TYPE_COLOURS
         if kind in set(good.type)
     )
+    persistent = (
+        f"\npersistent (most DCS-good LS): {describe_groups(persistent_groups)}"
+        if len(persistent_groups)
+        else ""
+    )
     fig.suptitle(
         f"Run {run}: {len(lumis)} LS, {len(good)} DCS-good, {int(lumis.flag.sum())} flagged"
-        + (f"; anomalous DCS-good LS: {counts}" if counts else "; no anomalous DCS-good LS"),
+        + (f"; anomalous DCS-good LS: {counts}" if counts else "; no anomalous DCS-good LS")
+        + persistent,
         fontsize=12,
     )
     return fig
@@ -298,7 +309,7 @@ def _group_raster(ax: Axes, lumis: pd.DataFrame) -> None:
                 xs.append(ls)
                 ys.append(row_of[name])
         ax.scatter(xs, ys, marker="|", s=40, color=colour, lw=1.5)
-    ax.set_ylim(-0.5, len(GROUP_NAMES) - 0.5)
+    ax.set_ylim(-1.0, len(GROUP_NAMES))  # room for the marks of the first and last group
     # one tick per (shell, disk) block of 4 ROGs, at its middle
     first_of_block = range(0, len(GROUP_NAMES), 4)
     ax.set_yticks([g + 1.5 for g in first_of_block])

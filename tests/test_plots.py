@@ -108,3 +108,19 @@ def test_plot_of_an_absent_ls_is_a_clear_error(era_sim, tmp_path) -> None:
     )
     assert done.returncode == 2
     assert "run 1, LS 1 is not in" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_era_page_names_persistent_groups_and_draws_without_oms(era_out) -> None:
+    import matplotlib.pyplot as plt
+
+    from pixelring2nmf.plots import era_run_figure
+
+    results = pd.read_parquet(era_out / "lumisections.parquet").assign(pileup=np.nan)
+    run = int(results.run.iloc[0])
+    figure = era_run_figure(results, run, ["FPix_BpI_D2_ROG3"])
+    title = figure._suptitle.get_text()
+    assert (
+        title.startswith(f"Run {run}: ") and "persistent (most DCS-good LS): BpI D2 ROG3" in title
+    )
+    assert len(figure.axes) == 2  # no pileup axis without OMS pileup
+    plt.close(figure)
