@@ -27,11 +27,6 @@ LOG_LINES = (
 
 
 @pytest.fixture(scope="module")
-def model() -> PixelRing2NMF:
-    return PixelRing2NMF.load()
-
-
-@pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     paths = simulator.simulate(out, runs=1, seed=1, scenario="demo")

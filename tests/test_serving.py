@@ -8,6 +8,7 @@ demo request (~30 MB), whose single-client answer `demo_answer` is the reference
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -271,3 +272,63 @@ def test_image_environment_serves_a_copy_of_the_build_alone(
     assert outputs_by_name(answer) == outputs_by_name(demo_answer)
     assert (answer["model_name"], answer["model_version"]) == (MODEL_NAME, "0.1.0")
     assert "flagged 1 out of 750 lumisections" in log
+
+
+# A handler whose power-group search breaks the way a bug would: the fault is ours, not the
+# client's, so the answer must be a 500 that says so without a traceback, even with MLServer's
+# debug mode on (which would otherwise send the whole traceback to DIALS).
+_FAULTY_HANDLER = """
+import sys
+from app import Handler
+
+
+def _broken_search(*args, **kwargs):
+    raise IndexError("index 48 is out of bounds for axis 1 with size 48")
+
+
+class FaultyHandler(Handler):
+    async def load(self):
+        sys.modules["mlserver_model.pixelring2nmf"].search_significance = _broken_search
+        return await super().load()
+"""
+
+
+@pytest.mark.parametrize(
+    "python", [pytest.param(None, id="main"), pytest.param(IMAGE_PYTHON, id="image")]
+)
+def test_a_pipeline_fault_is_a_500_without_traceback_and_bad_input_still_400(
+    python: Path | None,
+    build_folder: Path,
+    small_request: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    if python is not None and not python.exists() and not os.environ.get("CI"):
+        pytest.skip(f"no image-emulation venv at {python} (CI always has one)")
+    folder = tmp_path / MODEL_NAME
+    shutil.copytree(build_folder, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "faulty.py").write_text(_FAULTY_HANDLER)
+    model_settings = json.loads((folder / "model-settings.json").read_text())
+    model_settings["implementation"] = "faulty.FaultyHandler"
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    port = free_port()
+    settings = json.loads((folder / "settings.json").read_text())
+    (folder / "settings.json").write_text(
+        json.dumps({**settings, "http_port": port, "debug": True})
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    command = mlserver_command(folder, python) if python else mlserver_command(folder)
+    server = start_server(command, port, tmp_path / "faulty.log", cwd=tmp_path, env=env)
+    try:
+        fault = server.infer(small_request)
+        bad_input = dict(small_request)
+        bad_input["inputs"] = [{**small_request["inputs"][0], "shape": [N_SMALL, 139, 56]}]
+        refused = server.infer(bad_input)
+        log = server.log()
+    finally:
+        stop_server(server)
+    assert fault.status_code == 500
+    assert "Internal error of the PixelRing2NMF model" in fault.json()["error"]
+    assert "Traceback" not in fault.text and "IndexError" not in fault.text
+    assert "Traceback" in log and "IndexError: index 48 is out of bounds" in log
+    assert refused.status_code == 400
+    assert "[N, 140, 56]" in refused.json()["error"]
