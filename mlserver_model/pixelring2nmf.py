@@ -28,7 +28,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .artifact import GEOMETRY_VERSION, load_artifact, save_artifact
+from . import __version__
+from .artifact import GEOMETRY_VERSION, ArtifactError, load_artifact, save_artifact
 from .bad_ROC import (
     RULE_ORIGINAL,
     RULE_SIGNIFICANCE,
@@ -220,8 +221,10 @@ class PixelRing2NMF:
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> PixelRing2NMF:
         payload = load_artifact(path)
-        known = {f for f in Thresholds.__dataclass_fields__}
-        thresholds = Thresholds(**{k: v for k, v in payload["thresholds"].items() if k in known})
+        try:
+            thresholds = Thresholds.from_mapping(payload["thresholds"])
+        except ValueError as error:
+            raise ArtifactError(f"{path}: {error}") from None
         return cls(
             components=payload["components"],
             model_error=payload["model_error"],
@@ -231,6 +234,8 @@ class PixelRing2NMF:
 
     def save(self, path: str | Path) -> Path:
         payload = {
+            "version": __version__,
+            "training": {},
             **self.metadata,
             "name": MODEL_NAME,
             "geometry_version": GEOMETRY_VERSION,
