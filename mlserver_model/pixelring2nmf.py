@@ -4,15 +4,15 @@ validate -> project on the components (the cross has no weight) -> reconstruct (
 -> screen the power groups -> deficit significance per ROC of the screened groups -> power-group
 search -> DCS filter -> one PredictionResult.
 
-Why a screen: testing all 6528 ROCs of every LS costs ~40 ms for a 750-LS run, ten elementwise
-passes over 20 MB. But a group can only have 40 % of its live ROCs significantly low if its
-total count is clearly below its expected total, and both totals come almost for free: the
-observed ones from the same matrix product that projects the maps on the components (48 extra
-columns of group indicators), the expected ones from W times the components' group totals. So
-only groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS,
-none in a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a
-5 % model error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one
-unless hot ROCs in the same group add more than the missing counts.
+Why a screen: testing all 6528 ROCs of every LS takes ten elementwise passes over 20 MB for a 750-LS
+run, the largest cost of inference. But a group can only have 40 % of its live ROCs significantly
+low if its total count is clearly below its expected total, and both totals come almost for free:
+the observed ones from the same matrix product that projects the maps on the components (48 extra
+columns of group indicators), the expected ones from W times the components' group totals. So only
+groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS, none in
+a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a 5 % model
+error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one unless hot ROCs
+in the same group add more than the missing counts.
 
 Lumisections are processed in chunks of _CHUNK_LS so that temporaries stay in the CPU cache;
 there is no Python loop over individual lumisections.
@@ -48,6 +48,7 @@ from .geometry import (
     ANOMALY_TYPES,
     CROSS_COLUMNS,
     CROSS_ROWS,
+    GROUP_BINS_MAP,
     GROUP_ID_FLAT,
     GROUP_ID_MAP,
     GROUP_N_ROCS,
@@ -165,9 +166,7 @@ def _group_bins_in_map() -> tuple[np.ndarray, np.ndarray]:
     width = int(GROUP_N_ROCS.max())
     bins = np.full((len(GROUP_NAMES_ARRAY), width), _CROSS_BIN, dtype=np.intp)
     valid = np.zeros(bins.shape, dtype=bool)
-    flat_ids = GROUP_ID_MAP.ravel()
-    for g in range(len(GROUP_NAMES_ARRAY)):
-        members = np.flatnonzero(flat_ids == g)
+    for g, members in enumerate(GROUP_BINS_MAP):
         bins[g, : len(members)] = members
         valid[g, : len(members)] = True
     return bins, valid

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mlserver_model.errors import checked_integer
 from mlserver_model.geometry import MAP_SHAPE
 
 if TYPE_CHECKING:
@@ -83,8 +84,7 @@ def iter_dials_parquet(
     streaming and a full read accept the same files; remembering the keys costs ~100 bytes per LS,
     negligible next to the 31 kB of its map.
     """
-    if isinstance(max_ls, bool) or not isinstance(max_ls, (int, np.integer)) or max_ls < 1:
-        raise ValueError(f"max_ls must be a positive integer, got {max_ls!r}")
+    checked_integer(max_ls, "max_ls", minimum=1)
     parquet_file = _open_dials_parquet(path)
     row_groups = _row_groups_with_runs(parquet_file, runs)
     if not row_groups:

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 import requests
 
-from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf import simulate
 from pixelring2nmf.local_server import (
@@ -39,7 +39,6 @@ from pixelring2nmf.local_server import (
 from pixelring2nmf.local_server import stop_local_server as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_NAME = "pixel-ring2-nmf"
 BUILD_KEY = "PixelRing2NMF"
 TEST_MODEL_FILE = "test-model.joblib"  # not the shipped file's name: a build holds both
 IMAGE_PYTHON = image_python(REPO)

@@ -23,9 +23,8 @@ from mlserver.types import InferenceRequest
 from mlserver_model import datatype
 from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS, Handler
 from mlserver_model.dftools import DCS_FLAGS
-from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 
-MODEL_NAME = "pixel-ring2-nmf"
 N_WINDOW = 6  # LS per small request: enough to hold the demo's Multi-Disk LS and healthy ones
 
 

@@ -15,6 +15,7 @@ import yaml
 from dism_core.template import Template
 from dism_core.validation.isvc import InferenceServiceValidator
 
+from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf import dism as dism_build
 from pixelring2nmf.cli import main as cli_main
 
@@ -46,7 +47,7 @@ def test_template_is_valid_under_dism_core(in_repo: Path) -> None:
     resource = template.Resources[KEY]
     props = resource.Properties
     assert (resource.Type, resource.Workspace) == ("InferenceService::MLServer::SKLearn", "global")
-    assert props.Name == "pixel-ring2-nmf"
+    assert props.Name == MODEL_NAME  # the name the model file and the tests use
     assert props.Image == "registry.cern.ch/docker.io/seldonio/mlserver:1.5.0"
     assert (props.BuiltinThreshold, props.FlaggingKey, props.MetricKey) == (True, "Flag", "Metric")
     assert props.AnomalyThreshold is None
@@ -120,7 +121,7 @@ def test_build_writes_the_dismcli_layout(in_repo: Path, capsys: pytest.CaptureFi
     assert built_files == code_files | {Path("pixelring2nmf.joblib")} | extra
     assert not list(folder.rglob("__pycache__"))
     assert json.loads((folder / "model-settings.json").read_text()) == {
-        "name": "pixel-ring2-nmf",
+        "name": MODEL_NAME,
         "implementation": "app.Handler",
         "parameters": {"uri": "pixelring2nmf.joblib", "version": "0.1.0"},
     }

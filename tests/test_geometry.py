@@ -1,4 +1,4 @@
-"""Ring 2 geometry (DOMAIN.md section 2), cross removal, and the folder's two ways of loading."""
+"""Ring 2 geometry (docs/domain.md section 2), cross removal, and the folder's loading."""
 
 from __future__ import annotations
 

@@ -26,7 +26,7 @@ from pixelring2nmf import cli, omsclient, omsid
 from pixelring2nmf import oms as omstools
 from pixelring2nmf.omsclient import OMSAccessError, fetch_lumisections
 
-# DOMAIN.md section 3, written out again so a typo in the module cannot hide behind itself.
+# docs/domain.md section 3, written out again so a typo in the module cannot hide behind itself.
 EXPECTED_KEYS = [
     "delivered_lumi_per_lumisection",
     "recorded_lumi_per_lumisection",
