@@ -217,6 +217,9 @@ def _wanted_outputs(payload: InferenceRequest) -> list[str]:
         raise InputError(
             f"Unknown output(s) {unknown} requested; this model returns {list(OUTPUT_ENCODERS)}"
         )
+    repeated = sorted({name for name in wanted if wanted.count(name) > 1})
+    if repeated:
+        raise InputError(f"Output(s) {repeated} requested more than once; ask for each once")
     return wanted
 
 
