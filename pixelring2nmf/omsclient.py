@@ -81,11 +81,13 @@ def _short_body(response: Any) -> str:
 
 
 def _send(session: Any, method: str, url: str, timeout_s: tuple[float, float], **kwargs: Any):
-    """One HTTP request; network failures become OMSAccessError naming the host."""
+    """One HTTP request; network failures and redirects become OMSAccessError naming the URL."""
     import requests
 
     try:
-        return session.request(method, url, timeout=timeout_s, **kwargs)
+        # Never follow a redirect: the token request carries the client secret and every OMS
+        # request the bearer token, and a redirect may point anywhere (plain http included).
+        response = session.request(method, url, timeout=timeout_s, allow_redirects=False, **kwargs)
     except requests.exceptions.SSLError as error:
         raise OMSAccessError(
             f"TLS verification failed for {url}: {error}. If the server uses a private CA, "
@@ -98,6 +100,14 @@ def _send(session: Any, method: str, url: str, timeout_s: tuple[float, float], *
         ) from error
     except requests.exceptions.RequestException as error:
         raise OMSAccessError(f"Could not reach {url}: {error}") from error
+    if 300 <= response.status_code < 400:
+        raise OMSAccessError(
+            f"{url} answered a redirect (HTTP {response.status_code} to "
+            f"{response.headers.get('Location', 'nowhere')!r}); not followed: credentials and "
+            "tokens go only to the configured URLs. Point OMS_API_URL / OMS_TOKEN_URL at the "
+            "final address."
+        )
+    return response
 
 
 def _json_object(response: Any, what: str) -> dict:
