@@ -55,7 +55,9 @@ PredictionResult = _pipeline.PredictionResult
 
 RING2_INPUT = "Ring2"
 RING2_SHAPE = (140, 56)  # (rows, columns) of one LS, as DIALS sends it
-DEFAULT_MAX_LUMISECTIONS = 10_000  # a run rarely exceeds 3000 LS
+# A run rarely exceeds 3000 LS. MLServer holds ~0.44 MB per LS while it parses a request
+# (BENCHMARKS.md, memory), so 5000 LS peak at ~2.4 GB, within template.yaml's 3Gi limit.
+DEFAULT_MAX_LUMISECTIONS = 5_000
 MAX_LUMISECTIONS_PARAMETER = "max_lumisections"  # in model-settings parameters.extra
 
 LOGGER = logging.getLogger("pixelring2nmf.app")

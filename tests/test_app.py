@@ -203,7 +203,7 @@ def test_lumisection_limit_is_configurable(window: dict[str, np.ndarray], model_
     small = make_handler(model_path, extra={"max_lumisections": N_WINDOW - 1})
     with pytest.raises(InferenceError, match=rf"{N_WINDOW} lumisections.*\({N_WINDOW - 1}"):
         predict(small, {"inputs": [ring2_tensor(window["Ring2"])]})
-    assert DEFAULT_MAX_LUMISECTIONS == 10_000
+    assert DEFAULT_MAX_LUMISECTIONS == 5_000
 
 
 def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
@@ -245,7 +245,7 @@ def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
         (
             "too many LS",
             {"inputs": [{**good, "shape": [DEFAULT_MAX_LUMISECTIONS + 1, 140, 56]}]},
-            "10001 lumisections",
+            "5001 lumisections",
         ),
         ("unknown output", {"inputs": [good], "outputs": [{"name": "Score"}]}, "Score"),
     ]

@@ -90,9 +90,21 @@ def test_template_is_valid_under_dism_core(in_repo: Path) -> None:
         "GLOBAL-RUN",
     )
     assert (conditions.MinBField, conditions.MinEnergy) == (3.5, 6500)
+    # the deployed original's conditions, known to select the runs DIALS should score
+    assert conditions.MaxRunNumber == 999999
+    assert (
+        conditions.L1KeyMatch.pattern,
+        conditions.L1MenuMatch.pattern,
+        conditions.HLTConfigMatch.pattern,
+    ) == (".*collisions.*", ".*_Collisions.*_.*", ".*/physics/.*")
     assert conditions.L1KeyMatch.match("l1_trg_collisions2024/v64")
+    assert conditions.L1MenuMatch.match("L1Menu_Collisions2024_v1_3_0")
     assert conditions.HLTConfigMatch.match("/cdaq/physics/Run2024/2e34/v1.4.9/HLT/V1")
     assert not conditions.HLTConfigMatch.match("/cdaq/special/Run2024/VdM/v1/HLT/V1")
+    # set from bench/memory.py: the limit covers a request of max_lumisections LS
+    resources = props.Resources
+    assert (resources.Requests.cpu, resources.Requests.memory) == ("1", "1Gi")
+    assert (resources.Limits.cpu, resources.Limits.memory) == ("2", "3Gi")
     assert (str(props.CodeUri), props.Handler, str(props.ModelUri)) == (
         "mlserver_model",
         "app.Handler",

@@ -205,7 +205,7 @@ def _bad_cases(small: dict[str, Any]) -> list[tuple[str, dict[str, Any] | bytes,
             "oms_lumisection_info__tecm_ready",
         ),
         ("some DCS", {"inputs": [ring2, *dcs[:6]]}, 400, "missing ['tecp_ready', 'tecm_ready']"),
-        ("limit", ring2_only(shape=[10_001, 140, 56]), 400, "10001 lumisections"),
+        ("limit", ring2_only(shape=[5_001, 140, 56]), 400, "5001 lumisections"),
         ("unknown output", {**small, "outputs": [{"name": "Score"}]}, 400, "'Score'"),
         (
             "output twice",
