@@ -66,7 +66,7 @@ MODEL_NAME = "pixel-ring2-nmf"
 LOGGER = logging.getLogger("pixelring2nmf")
 
 
-class _OnePrefixFormatter(logging.Formatter):
+class OnePrefixFormatter(logging.Formatter):
     """'[LEVEL]: message', unless the message already starts with its own '[...]' prefix.
 
     The three flagging lines carry the original deployment's '[INFO]: ' in their text (tools
@@ -88,18 +88,17 @@ def show_logs(stream: TextIO) -> None:
     """
     if LOGGER.level == logging.NOTSET:
         LOGGER.setLevel(logging.INFO)
-    ours = [h for h in LOGGER.handlers if h.get_name() == _HANDLER_NAME]
-    if ours:
-        ours[0].setStream(stream)
-    elif not LOGGER.handlers:
+    for handler in [h for h in LOGGER.handlers if h.get_name() == HANDLER_NAME]:
+        LOGGER.removeHandler(handler)  # not setStream: it flushes the old, maybe closed, stream
+    if not LOGGER.handlers:
         handler = logging.StreamHandler(stream)
-        handler.set_name(_HANDLER_NAME)
-        handler.setFormatter(_OnePrefixFormatter())
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(OnePrefixFormatter())
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
 
 
-_HANDLER_NAME = "pixelring2nmf-lines"
+HANDLER_NAME = "pixelring2nmf-lines"  # ours, told apart from handlers configured by others
 
 
 @dataclass(frozen=True)

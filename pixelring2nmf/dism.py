@@ -219,8 +219,23 @@ def mlserver_command(folder: Path, python: str | Path = sys.executable) -> list[
     return [str(python), "-c", launcher, "start", str(folder)]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail now, in one line, rather than after "Loaded model" with uvicorn's tracebacks."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(
+                f"cannot listen on {host}:{port} ({error.strerror}): another server is using "
+                "it? Choose another with --port"
+            ) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Build when needed, then become `mlserver start <build folder>` (same PID, same signals)."""
+    check_port_free(args.host, args.port)
     template = load_template(args.template)
     resources = mlserver_resources(template)
     if len(resources) != 1:

@@ -1116,8 +1116,10 @@ def simulate(
 
 def run_simulate(args) -> int:
     """CLI `pixelring2nmf simulate`: write the three files and summarise what was injected."""
+    from .outputs import output_folder
+
     paths = simulate(
-        args.out,
+        output_folder(args.out, force=args.force, what="--out folder"),
         runs=args.runs,
         seed=args.seed,
         ls_per_run=args.ls_per_run,

@@ -516,7 +516,7 @@ def test_fetch_oms_command_writes_the_oms_json(serve_fake, two_runs, monkeypatch
     )
 
     assert result.returncode == 0, result.stderr
-    assert "11 lumisections from 2 run(s)" in result.stderr
+    assert "11 lumisections from 2 run(s)" in result.stdout
     with out_path.open() as stream:
         columns = json.load(stream)
     assert list(columns) == EXPECTED_KEYS
