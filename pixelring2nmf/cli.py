@@ -110,20 +110,20 @@ _TEMPLATE_HELP = "DISM template (default template.yaml; paths in it resolve from
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="validate template.yaml and write the DISM build folder")
-    p.add_argument(
-        "-f", "--template", type=Path, default=Path("template.yaml"), help=_TEMPLATE_HELP
-    )
-    p.add_argument("--host", default="127.0.0.1", help="host written to settings.json")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port written to settings.json")
+    _add_server_options(p, "written to settings.json")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="build when needed and serve with MLServer (no Docker)")
+    _add_server_options(p, "to listen on")
+
+
+def _add_server_options(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument(
         "-f", "--template", type=Path, default=Path("template.yaml"), help=_TEMPLATE_HELP
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help=f"address {use} (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help=f"HTTP port {use} (default 8080)")
 
 
 def _add_make_test_data(sub: argparse._SubParsersAction) -> None:
