@@ -41,6 +41,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
+from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf.dism import mlserver_command, server_settings
 from pixelring2nmf.local_server import LocalServer as Server
@@ -49,7 +50,6 @@ from pixelring2nmf.local_server import stop_local_server as stop_server
 from pixelring2nmf.testdata import make_test_data
 
 REPO = Path(__file__).resolve().parents[1]
-MODEL_NAME = "pixel-ring2-nmf"
 BUILD_KEY = "PixelRing2NMF"
 IMAGE_PYTHON = image_python(REPO)
 N_LS = 750

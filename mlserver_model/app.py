@@ -48,13 +48,16 @@ from mlserver.utils import get_model_uri  # noqa: E402
 _pipeline = importlib.import_module(f"{PACKAGE_NAME}.pixelring2nmf")
 _datatype = importlib.import_module(f"{PACKAGE_NAME}.datatype")
 _omstools = importlib.import_module(f"{PACKAGE_NAME}.omstools")
-InputError = importlib.import_module(f"{PACKAGE_NAME}.errors").InputError
+_errors = importlib.import_module(f"{PACKAGE_NAME}.errors")
+InputError = _errors.InputError
 PixelRing2NMF = _pipeline.PixelRing2NMF
 PredictionResult = _pipeline.PredictionResult
 
 RING2_INPUT = "Ring2"
 RING2_SHAPE = (140, 56)  # (rows, columns) of one LS, as DIALS sends it
-DEFAULT_MAX_LUMISECTIONS = 10_000  # a run rarely exceeds 3000 LS
+# A run rarely exceeds 3000 LS. MLServer holds ~0.44 MB per LS while it parses a request
+# (BENCHMARKS.md, memory), so 5000 LS peak at ~2.4 GB, within template.yaml's 3Gi limit.
+DEFAULT_MAX_LUMISECTIONS = 5_000
 MAX_LUMISECTIONS_PARAMETER = "max_lumisections"  # in model-settings parameters.extra
 
 LOGGER = logging.getLogger("pixelring2nmf.app")
@@ -118,7 +121,7 @@ class Handler(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        # Decoding (~50 ms) and the pipeline run off the event loop, so health probes and the
+        # Decoding and the pipeline run off the event loop, so health probes and the
         # parsing of other requests go on meanwhile; the model is read-only, hence thread-safe.
         try:
             outputs = await asyncio.to_thread(self._predict_outputs, payload)
@@ -216,27 +219,27 @@ def _wanted_outputs(payload: InferenceRequest) -> list[str]:
         raise InputError(
             f"Unknown output(s) {unknown} requested; this model returns {list(OUTPUT_ENCODERS)}"
         )
+    repeated = sorted({name for name in wanted if wanted.count(name) > 1})
+    if repeated:
+        raise InputError(f"Output(s) {repeated} requested more than once; ask for each once")
     return wanted
 
 
 def _max_lumisections(parameters) -> int:
     extra = (getattr(parameters, "extra", None) or {}) if parameters is not None else {}
     value = extra.get(MAX_LUMISECTIONS_PARAMETER, DEFAULT_MAX_LUMISECTIONS)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"model-settings parameters.extra.{MAX_LUMISECTIONS_PARAMETER} must be a positive "
-            f"integer, got {value!r}"
-        )
-    return value
+    return _errors.checked_integer(
+        value, f"model-settings parameters.extra.{MAX_LUMISECTIONS_PARAMETER}", minimum=1
+    )
 
 
 def _one_blas_thread() -> None:
     """Run BLAS on one thread in this server process.
 
     The pipeline's products are skinny (750 x 7840 times 7840 x 53): a second BLAS thread saves
-    ~1 ms when the machine is idle, but when the cores are busy (other requests' JSON parsing,
-    other containers) its spin-waiting took predict from ~20 ms to ~110 ms. threadpoolctl comes
-    with scikit-learn, so it is in every environment the model runs in.
+    next to nothing when the machine is idle, but when the cores are busy (other requests' JSON
+    parsing, other containers) its spin-waiting made predict several times slower.
+    threadpoolctl comes with scikit-learn, so it is in every environment the model runs in.
     """
     from threadpoolctl import threadpool_limits
 

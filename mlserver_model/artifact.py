@@ -1,16 +1,34 @@
-"""The model file `pixelring2nmf.joblib`: plain values and numpy arrays, loaded safely.
+"""The model file `pixelring2nmf.joblib`: a small declared schema of plain values, loaded safely.
 
 The original deployment pickled its own classes, so the file only loaded with the exact module
 layout and library versions it was written with, and loading it could run any code inside it.
-Ours is a standard pickle (protocol 4, which `joblib.load` also reads) of a dict holding only
-numpy arrays and plain Python values. `load_artifact` unpickles it with an allowlist: the three
-numpy names that rebuild an ndarray, under both their numpy 1 and numpy 2 module paths, and
-nothing else. A file that asks for any other global (the way a pickle runs code) is refused.
+Ours is a standard pickle (protocol 4, which `joblib.load` also reads) of a dict that holds only
+Python's plain types: no global at all is admitted when it is read back, so no numpy object
+is rebuilt by the unpickler (numpy's own pickles let a file describe a dtype that makes numpy
+read memory it does not own). Each array travels as `{"dtype", "shape", "data": bytes}`; its
+dtype must be a plain number type and its shape the one the schema declares, checked against
+the byte count before numpy sees the bytes.
+
+The schema (format 2):
+
+| key | value |
+|---|---|
+| format_version | 2 |
+| name, version, geometry_version | text |
+| components | array (K, 136, 48), K in 1..10, finite, >= 0, each component of mean 1 |
+| model_error | array (136, 48), finite, >= 0 |
+| thresholds | {name: number}, checked against `bad_ROC.Thresholds` by the pipeline |
+| training | provenance: nested dicts/lists of text, numbers, booleans, null |
+
+Anything else, a value of another type, or nesting deeper than MAX_DEPTH is refused with an
+`ArtifactError` naming the key; the walk over values visits each object once, so shared
+references cannot make it slow.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,52 +36,110 @@ from typing import Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
-GEOMETRY_VERSION = "ring2-140x56-cross-removed-136x48-v1"
+from .geometry import MODEL_SHAPE
 
-# Local numpy callables that rebuild an array; taken from numpy itself so the allowlist does not
-# depend on where this numpy version keeps them (numpy.core in 1.x, numpy._core in 2.x).
-_RECONSTRUCT = np.ndarray((0,)).__reduce__()[0]
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
-    ("numpy", "ndarray"): np.ndarray,
-    ("numpy", "dtype"): np.dtype,
-}
-_PLAIN_TYPES = (str, int, float, bool, type(None), bytes)
+FORMAT_VERSION = 2
+GEOMETRY_VERSION = "ring2-140x56-cross-removed-136x48-v1"
+MAX_COMPONENTS = 10
+MAX_DEPTH = 32  # provenance is a few levels deep; anything deeper is not a model file
+MAX_VALUES = 1_000_000  # plain values in the whole file (the arrays are one bytes value each)
+MEAN_ONE_TOLERANCE = 1e-3  # inference assumes each component has mean 1 (training scales it)
+
+_ARRAY_KEYS = ("dtype", "shape", "data")
+_PLAIN_NUMBER_KINDS = "biuf"  # bool, signed, unsigned, float: nothing with fields or objects
+_TEXT_KEYS = ("name", "version", "geometry_version")
+_KNOWN_KEYS = ("format_version", *_TEXT_KEYS, "components", "model_error", "thresholds", "training")
+_LEAF_TYPES = (str, int, float, bool, type(None), bytes)
 
 
 class ArtifactError(ValueError):
-    """The model file is missing, unreadable, unsafe, or of an unknown format."""
+    """The model file is missing, unreadable, unsafe, or does not follow the schema."""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _NoGlobalsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED_GLOBALS[(module, name)]
-        except KeyError:
-            raise ArtifactError(
-                f"Refusing to load {module}.{name} from the model file: a PixelRing2NMF model "
-                "holds only numpy arrays and plain values, so this file is not one (or was "
-                "tampered with)"
-            ) from None
+        raise ArtifactError(
+            f"refusing {module}.{name}: a PixelRing2NMF model file holds only plain values "
+            "(dicts, lists, text, numbers, bytes), so this file is not one or was tampered with"
+        )
 
 
-def _check_plain(value: Any, where: str) -> None:
-    """Refuse anything but dicts/lists/tuples of plain values and numeric/string arrays."""
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise ArtifactError(f"Model file: key {key!r} in {where} is not a string")
-            _check_plain(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-    elif isinstance(value, np.ndarray):
-        if value.dtype.hasobject:
-            raise ArtifactError(f"Model file: array {where} holds Python objects")
-    elif not isinstance(value, _PLAIN_TYPES):
-        raise ArtifactError(f"Model file: {where} is a {type(value).__name__}, not a plain value")
+# --------------------------------------------------------------------------- arrays
+
+
+def encode_array(array: np.ndarray) -> dict[str, Any]:
+    """A plain numeric array as the schema stores it."""
+    array = np.ascontiguousarray(array)
+    _check_plain_dtype(array.dtype, "array")
+    return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
+
+
+def decode_array(value: Any, key: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """Check an encoded array against the schema and only then build it (read-only copy-free)."""
+    if not isinstance(value, dict) or sorted(value) != sorted(_ARRAY_KEYS):
+        raise ArtifactError(f"{key!r} must be an encoded array {{dtype, shape, data}}")
+    dtype_text, declared, data = value["dtype"], value["shape"], value["data"]
+    if not isinstance(dtype_text, str) or not isinstance(data, bytes):
+        raise ArtifactError(f"{key!r}: dtype must be text and data bytes")
+    try:
+        dtype = np.dtype(dtype_text)
+    except TypeError:
+        raise ArtifactError(f"{key!r}: unknown dtype {dtype_text!r}") from None
+    _check_plain_dtype(dtype, key)
+    if (
+        not isinstance(declared, list)
+        or len(declared) != len(shape)
+        or not all(type(d) is int and d >= 0 for d in declared)
+        or any(want is not None and d != want for d, want in zip(declared, shape, strict=True))
+    ):
+        wanted = ", ".join("K" if d is None else str(d) for d in shape)
+        raise ArtifactError(f"{key!r}: shape must be ({wanted}), got {declared!r}")
+    if math.prod(declared) * dtype.itemsize != len(data):
+        raise ArtifactError(
+            f"{key!r}: {len(data)} bytes do not hold shape {declared} of {dtype_text} "
+            f"({math.prod(declared) * dtype.itemsize} bytes)"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(declared)
+
+
+def _check_plain_dtype(dtype: np.dtype, key: str) -> None:
+    if dtype.kind not in _PLAIN_NUMBER_KINDS or dtype.fields or dtype.subdtype or dtype.hasobject:
+        raise ArtifactError(f"{key!r}: dtype {dtype.str!r} is not a plain number type")
+
+
+# --------------------------------------------------------------------------- plain values
+
+
+def _check_plain_values(payload: dict[str, Any]) -> None:
+    """Every value is a plain type, nesting is at most MAX_DEPTH, at most MAX_VALUES values.
+
+    Iterative (no recursion limit to hit) and visiting each container once (a file that
+    shares one list a thousand times over is not walked a thousand times).
+    """
+    seen: set[int] = set()
+    stack: list[tuple[Any, str, int]] = [(payload, "model", 0)]
+    n_values = 0
+    while stack:
+        value, where, depth = stack.pop()
+        n_values += 1
+        if n_values > MAX_VALUES:
+            raise ArtifactError(f"more than {MAX_VALUES} values: not a model file")
+        if isinstance(value, _LEAF_TYPES):
+            continue
+        if not isinstance(value, dict | list | tuple):
+            raise ArtifactError(f"{where} is a {type(value).__name__}, not a plain value")
+        if depth >= MAX_DEPTH:
+            raise ArtifactError(f"{where} is nested deeper than {MAX_DEPTH} levels")
+        if id(value) in seen:
+            continue
+        seen.add(id(value))
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if not isinstance(name, str):
+                    raise ArtifactError(f"key {name!r} in {where} is not text")
+                stack.append((item, f"{where}.{name}", depth + 1))
+        else:
+            stack.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
 
 
 def _to_plain(value: Any) -> Any:
@@ -72,17 +148,73 @@ def _to_plain(value: Any) -> Any:
         return {str(k): _to_plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_to_plain(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return np.ascontiguousarray(value)
     if isinstance(value, np.generic):
         return value.item()
     return value
 
 
+# --------------------------------------------------------------------------- the schema
+
+
+def _check_schema(payload: Any) -> dict[str, Any]:
+    """The payload's keys, types and arrays against the schema; arrays decoded."""
+    if not isinstance(payload, dict):
+        raise ArtifactError(f"expected a dict of model fields, got {type(payload).__name__}")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"model format version {version!r} is not supported (expected {FORMAT_VERSION}); "
+            "retrain the model with this version's `pixelring2nmf train`"
+        )
+    unknown = sorted(set(payload) - set(_KNOWN_KEYS))
+    missing = sorted(set(_KNOWN_KEYS) - set(payload))
+    if unknown or missing:
+        raise ArtifactError(f"unknown key(s) {unknown} / missing key(s) {missing}")
+    _check_plain_values(payload)
+    for key in _TEXT_KEYS:
+        if not isinstance(payload[key], str):
+            raise ArtifactError(f"{key!r} must be text, got {type(payload[key]).__name__}")
+    if payload["geometry_version"] != GEOMETRY_VERSION:
+        raise ArtifactError(
+            f"geometry {payload['geometry_version']!r} does not match this code's "
+            f"{GEOMETRY_VERSION!r}"
+        )
+    for key in ("thresholds", "training"):
+        if not isinstance(payload[key], dict):
+            raise ArtifactError(f"{key!r} must be a dict, got {type(payload[key]).__name__}")
+    components = decode_array(payload["components"], "components", (None, *MODEL_SHAPE))
+    model_error = decode_array(payload["model_error"], "model_error", MODEL_SHAPE)
+    _check_components(components)
+    if not np.all(np.isfinite(model_error)) or model_error.min() < 0:
+        raise ArtifactError("'model_error' must be finite and >= 0")
+    return {**payload, "components": components, "model_error": model_error}
+
+
+def _check_components(components: np.ndarray) -> None:
+    """The invariants inference relies on: 1..10 finite, non-negative components of mean 1."""
+    if not 1 <= len(components) <= MAX_COMPONENTS:
+        raise ArtifactError(f"'components': 1..{MAX_COMPONENTS} components, got {len(components)}")
+    if not np.all(np.isfinite(components)) or components.min() < 0:
+        raise ArtifactError("'components' must be finite and >= 0")
+    means = components.reshape(len(components), -1).mean(axis=1, dtype=np.float64)
+    off = np.flatnonzero(np.abs(means - 1.0) > MEAN_ONE_TOLERANCE)
+    if off.size:
+        raise ArtifactError(
+            f"'components': every component must have mean 1 (training scales them so), "
+            f"component(s) {off.tolist()} have mean {np.round(means[off], 6).tolist()}"
+        )
+
+
+# --------------------------------------------------------------------------- files
+
+
 def save_artifact(payload: Mapping[str, Any], path: str | Path) -> Path:
-    """Write `payload` (plain values and arrays) as a version-proof model file."""
-    plain = _to_plain({"format_version": FORMAT_VERSION, **payload})
-    _check_plain(plain, "model")
+    """Write a model (arrays as numpy arrays) as a version-proof model file, atomically."""
+    plain = _to_plain({k: v for k, v in payload.items() if k not in ("components", "model_error")})
+    plain["format_version"] = FORMAT_VERSION
+    plain["components"] = encode_array(np.asarray(payload["components"]))
+    plain["model_error"] = encode_array(np.asarray(payload["model_error"]))
+    _check_schema(plain)  # never write a file that would not load
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -92,7 +224,7 @@ def save_artifact(payload: Mapping[str, Any], path: str | Path) -> Path:
 
 
 def load_artifact(path: str | Path) -> dict[str, Any]:
-    """Read a model file safely: no code from the file runs, whatever it contains."""
+    """Read a model file safely: no code from the file runs and numpy builds only checked arrays."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -101,26 +233,11 @@ def load_artifact(path: str | Path) -> dict[str, Any]:
     except OSError as error:
         raise ArtifactError(f"Cannot read model file {path}: {error}") from None
     try:
-        payload = _RestrictedUnpickler(io.BytesIO(raw)).load()
+        payload = _NoGlobalsUnpickler(io.BytesIO(raw)).load()
+        return _check_schema(payload)
     except ArtifactError as error:
         raise ArtifactError(f"{path}: {error}") from None
     except Exception as error:  # a truncated or foreign file: say so, do not crash
         raise ArtifactError(
             f"{path} is not a readable PixelRing2NMF model file ({type(error).__name__}: {error})"
         ) from None
-    if not isinstance(payload, dict):
-        raise ArtifactError(
-            f"{path}: expected a dict of model fields, got {type(payload).__name__}"
-        )
-    _check_plain(payload, "model")
-    version = payload.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path}: model format version {version!r} is not supported (expected {FORMAT_VERSION})"
-        )
-    if payload.get("geometry_version") != GEOMETRY_VERSION:
-        raise ArtifactError(
-            f"{path}: geometry {payload.get('geometry_version')!r} does not match this code's "
-            f"{GEOMETRY_VERSION!r}"
-        )
-    return payload

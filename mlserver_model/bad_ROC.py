@@ -21,7 +21,10 @@ are bad (and it has at least `min_live_rocs` live ROCs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +56,33 @@ class Thresholds:
     metric_threshold: float = 1.0  # Flag = Metric >= this (see multidisk_metric)
     original_loss: float = 1e5  # original rule: (x - mu)^2 > 1e5 ...
     original_group_fraction: float = 0.40  # ... on int(0.40 * n_rocs) ROCs of a group
+
+    def __post_init__(self) -> None:
+        """Refuse what would silently change the decisions: text ("4" loads, then every request
+        fails), NaN (never flags), negative values, fractions above 1."""
+        for field in fields(self):
+            value = getattr(self, field.name)
+            integral = field.type == "int"
+            if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
+                kind = "an integer" if integral else "a number"
+                raise ValueError(
+                    f"threshold {field.name!r} must be {kind}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"threshold {field.name!r} must be finite and >= 0, got {value!r}")
+            if field.name.endswith("_fraction") and value > 1:
+                raise ValueError(f"threshold {field.name!r} is a fraction (<= 1), got {value!r}")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> Thresholds:
+        """Exactly the declared thresholds: a model file that lacks one or adds another was
+        written for another version of the rule, and guessing would change its decisions."""
+        names = {field.name for field in fields(cls)}
+        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        if unknown or missing:
+            raise ValueError(f"thresholds: unknown key(s) {unknown}, missing key(s) {missing}")
+        return cls(**values)
 
 
 def group_counts(per_roc: np.ndarray) -> np.ndarray:

@@ -62,9 +62,9 @@ def to_v2_datatype(dtype: Any) -> str:
 def decode_dtype(datatype: str) -> np.dtype:
     """The dtype used to convert a JSON list of a numeric or BOOL datatype in one pass.
 
-    Python ints convert fastest to int64 (0.12 s for 5.9 M values, int32 0.18 s) and Python
-    floats to float64; the width declared on the wire only limits what the client may send,
-    so decoding wide costs nothing and never overflows a valid value.
+    Python ints convert faster to int64 than to narrower types, Python floats to float64; the
+    width declared on the wire only limits what the client may send, so decoding wide costs
+    nothing and never overflows a valid value.
     """
     if datatype in INTEGER_DATATYPES:
         return np.dtype(np.int64)
@@ -81,10 +81,9 @@ def tensor_values(data: Any) -> Any:
     750-LS tensor costs ~0.1 s, which is why the attribute is read directly.
     """
     for attribute in ("root", "__root__"):
-        values = getattr(data, attribute, None)
-        if isinstance(values, list):
-            return values
-    return data if isinstance(data, list) else list(data)
+        if hasattr(data, attribute):
+            return getattr(data, attribute)  # whatever it is: the decoders check it is a list
+    return data
 
 
 def expected_size(shape: Any) -> int:
@@ -106,12 +105,12 @@ _FAST_COUNTS = array.array(_COUNT_TYPECODE).itemsize == np.dtype(np.uint32).item
 def flat_counts(values: Any) -> np.ndarray | None:
     """A flat list of Python ints in [0, 2^32) as a uint32 array, else None.
 
-    For the 5.9 M ints of a 750-LS request: array.array("I") ~50 ms (one C pass that also
-    checks each item: an int, not negative, not too big), marshal plus a check of its type
-    codes ~75 ms, np.asarray ~200 ms (two passes: shape discovery, then conversion). The array
-    shares array.array's buffer (contiguous, no copy). Anything else (float, null, text,
-    nesting, a negative or huge int) returns None and the caller takes the general path,
-    which names the problem; a bool is an int here, as in numpy (True -> 1).
+    For the 5.9 M ints of a 750-LS request, array.array("I") is the fastest conversion we
+    measured: one C pass that also checks each item (an int, not negative, not too big), where
+    marshal needs a check of its type codes and np.asarray two passes (shape discovery, then
+    conversion). The array shares array.array's buffer (contiguous, no copy). Anything else
+    (float, null, text, nesting, a negative or huge int) returns None and the caller takes the
+    general path, which names the problem; a bool is an int here, as in numpy (True -> 1).
     """
     if not _FAST_COUNTS or type(values) is not list or not values:
         return None
@@ -122,49 +121,109 @@ def flat_counts(values: Any) -> np.ndarray | None:
     return np.frombuffer(packed, dtype=np.uint32)
 
 
+def _value_range(datatype: str) -> tuple[float, float]:
+    """The values a tensor of this datatype may hold (what the client declared it sends)."""
+    dtype = V2_TO_NUMPY[datatype]
+    info = np.iinfo(dtype) if datatype in INTEGER_DATATYPES else np.finfo(dtype)
+    return info.min, info.max
+
+
 def decode_numeric(values: Any, datatype: str, shape: list[int], dtype: Any = None) -> np.ndarray:
     """Flat or nested JSON numbers -> array of the declared shape (one numpy conversion).
 
     Flat lists of counts come back as uint32 (see `flat_counts`) unless `dtype` asks for
     another dtype; consumers that read them in chunks (the pipeline) save a whole-array pass.
 
-    Raises ValueError naming the problem: a non-numeric datatype, values that are not numbers
-    (null in an integer tensor, text, ragged nesting), or a size that is not the shape's product.
+    Raises ValueError naming the problem and where: data that is not a list, a non-numeric
+    datatype, values that are not numbers (null, text, a boolean), nesting that does not follow
+    the declared shape at every level, a value outside the datatype's range (INT32 2^31, INT8
+    1000, FP16 70000), a fraction in an integer tensor, or a size that is not the shape's.
     """
     if datatype not in NUMERIC_DATATYPES:
         raise ValueError(
             f"datatype must be numeric ({', '.join(sorted(NUMERIC_DATATYPES))}), got {datatype!r}"
         )
     size = expected_size(shape)
-    if isinstance(values, list) and values and not isinstance(values[0], list):
+    _check_is_list(values)
+    if values and not isinstance(values[0], list):
         _check_length(len(values), size, shape)  # flat data: fail before converting
         fast = flat_counts(values)
         if fast is not None:
+            _check_range(fast, values, datatype, shape, flat=True)
             return (fast if dtype is None else fast.astype(dtype)).reshape(shape)
     try:
         # No dtype: numpy infers ints, floats, or reveals text and nulls, which a cast to a
         # numeric dtype would parse ("3") or truncate (2.5) silently.
         decoded = np.asarray(values)
-    except ValueError as error:  # ragged nesting
+    except (ValueError, OverflowError) as error:  # ragged nesting
         raise ValueError(f"data must be {datatype} numbers of shape {shape}: {error}") from None
+    flat = decoded.ndim == 1
     if decoded.dtype.kind not in "iuf":
         raise ValueError(f"data must be {datatype} numbers; found {_first_non_number(values)}")
+    if not flat and list(decoded.shape) != list(shape):
+        raise ValueError(
+            f"nested data has shape {list(decoded.shape)} but the tensor declares {shape} "
+            "(nesting must follow the shape at every level, or the data be flat)"
+        )
     _check_length(decoded.size, size, shape)
     if datatype in INTEGER_DATATYPES and decoded.dtype.kind == "f":
-        finite = decoded[np.isfinite(decoded)]
-        if np.any(finite != np.round(finite)):
-            raise ValueError(f"data must be {datatype} numbers; found non-integer values")
+        fractional = decoded != np.round(decoded)
+        if np.any(fractional):
+            where = _position(int(np.argmax(fractional.ravel())), shape, flat)
+            raise ValueError(f"data must be {datatype} numbers; found a fraction at {where}")
+    _check_range(decoded, values, datatype, shape, flat)
     return decoded.reshape(shape).astype(dtype or decode_dtype(datatype), copy=False)
+
+
+def _check_is_list(values: Any) -> None:
+    if not isinstance(values, list):
+        shown = "null" if values is None else f"{type(values).__name__} {values!r:.40}"
+        raise ValueError(f"data must be a list of values, got {shown}")
+
+
+def _check_range(
+    decoded: np.ndarray, values: list, datatype: str, shape: list[int], flat: bool
+) -> None:
+    """Refuse values the declared datatype cannot hold: the client's data are not what it says."""
+    if not decoded.size:
+        return
+    low, high = _value_range(datatype)
+    outside = None
+    if decoded.max() > high:
+        outside = int(np.argmax(decoded.ravel() > high))
+    elif decoded.dtype.kind != "u" and decoded.min() < low:
+        outside = int(np.argmax(decoded.ravel() < low))
+    if outside is not None:
+        value = values  # the client's own value, exactly as sent (numpy may have rounded it)
+        for i in [outside] if flat else np.unravel_index(outside, decoded.shape):
+            value = value[int(i)]
+        raise ValueError(
+            f"value {value} at {_position(outside, shape, flat)} is outside the {datatype} "
+            f"range [{_number(low)}, {_number(high)}]"
+        )
+
+
+def _number(limit: float) -> str:
+    return str(int(limit)) if float(limit).is_integer() else f"{limit:g}"
+
+
+def _position(flat_index: int, shape: list[int], flat: bool) -> str:
+    if flat or len(shape) < 2:
+        return f"flat position {flat_index}"
+    return f"index {list(map(int, np.unravel_index(flat_index, shape)))}"
 
 
 def _first_non_number(values: Any) -> str:
     """Describe the first value that is not a number (error path only: a Python loop is fine)."""
-    flat = np.asarray(values, dtype=object).ravel()
+    try:
+        flat = np.asarray(values, dtype=object).ravel()
+    except ValueError:  # ragged nesting of objects
+        return "values that are not numbers, or ragged nesting"
     for index, value in enumerate(flat):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
             shown = "null" if value is None else repr(value)
             return f"{shown} at flat position {index}"
-    return "values that are not numbers"
+    return "values that are not numbers (e.g. an integer beyond 64 bits)"
 
 
 def decode_nullable(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
@@ -172,24 +231,49 @@ def decode_nullable(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
 
     Nulls must stay distinguishable from False/0 (a null DCS flag fails the DCS filter), so
     BOOL and BYTES tensors become object arrays holding None, and numeric tensors with nulls
-    become float64 with NaN. Shapes [N] and [N, 1] both give (N,).
+    become float64 with NaN. Shapes [N] and [N, 1] both give (N,). Each value must be of the
+    declared kind: text is never parsed as a number ("1" in a numeric tensor is refused), and
+    numbers must fit the datatype.
     """
     to_numpy_dtype(datatype)  # rejects unknown datatypes with a clear message
     size = expected_size(shape)
     if len(shape) > 2 or (len(shape) == 2 and shape[1] != 1):
         raise ValueError(f"shape must be [N] or [N, 1], got {shape}")
-    try:
-        if datatype in NUMERIC_DATATYPES:
-            try:
-                column = np.asarray(values, dtype=decode_dtype(datatype))
-            except TypeError:  # null in an integer tensor: keep it as NaN
-                column = np.asarray(values, dtype=np.float64)
-        else:
-            column = np.asarray(values, dtype=object)
-    except (TypeError, ValueError, OverflowError) as error:
-        raise ValueError(f"data must be {datatype} values or null: {error}") from None
-    _check_length(column.size, size, shape)
-    return column.reshape(-1)
+    _check_is_list(values)
+    if len(shape) == 2 and values and isinstance(values[0], list):
+        if not all(isinstance(v, list) and len(v) == 1 for v in values):
+            raise ValueError(f"nested data must be {shape[0]} lists of one value each")
+        values = [v[0] for v in values]
+    _check_length(len(values), size, shape)
+    column = np.empty(len(values), dtype=object)
+    column[:] = values  # one object per value, whatever it is (no numpy guessing)
+    kinds = _ALLOWED_KINDS.get(datatype, _NUMBER_KINDS)
+    bad = [i for i, value in enumerate(values) if type(value) not in kinds]
+    if bad:
+        shown = "a list" if isinstance(values[bad[0]], list) else repr(values[bad[0]])
+        raise ValueError(
+            f"data must be {datatype} values or null; found {shown} at position {bad[0]}"
+        )
+    if datatype not in NUMERIC_DATATYPES:
+        return column
+    is_null = np.array([value is None for value in values], dtype=bool)
+    numbers = np.where(is_null, np.nan, column).astype(np.float64)
+    low, high = _value_range(datatype)
+    outside = np.flatnonzero(~is_null & ((numbers < low) | (numbers > high)))
+    if outside.size:
+        i = int(outside[0])
+        raise ValueError(f"value {values[i]!r} at position {i} is outside the {datatype} range")
+    if datatype in INTEGER_DATATYPES:
+        if np.any(numbers[~is_null] != np.round(numbers[~is_null])):
+            raise ValueError(f"data must be {datatype} values or null; found a fraction")
+        if not is_null.any():
+            return numbers.astype(np.int64)
+    return numbers
+
+
+_NONE = type(None)
+_NUMBER_KINDS = frozenset({int, float, _NONE})
+_ALLOWED_KINDS = {"BOOL": frozenset({bool, _NONE}), "BYTES": frozenset({str, bytes, _NONE})}
 
 
 def _check_length(n_values: int, size: int, shape: list[int]) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from .errors import InputError, checked_integer
 
 if TYPE_CHECKING:
     from numpy.typing import ArrayLike
@@ -56,9 +56,7 @@ def dcs_filter(oms_columns: Mapping[str, ArrayLike] | None, n_ls: int) -> DcsRes
     request or file was cut short, which is an error rather than a silent pass. Keys other than
     the 8 flags (pileup, run_number, ...) are ignored.
     """
-    if isinstance(n_ls, bool) or not isinstance(n_ls, (int, np.integer)) or n_ls < 0:
-        raise ValueError(f"n_ls must be a non-negative integer, got {n_ls!r}")
-    n_ls = int(n_ls)
+    n_ls = checked_integer(n_ls, "n_ls")
     present = [] if oms_columns is None else [f for f in DCS_FLAGS if f in oms_columns]
     failed = np.zeros((n_ls, len(DCS_FLAGS)), dtype=bool)
     if not present:

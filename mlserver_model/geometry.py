@@ -1,6 +1,6 @@
 """Ring 2 geometry of the FPix cluster-occupancy ME, as data (masks and index arrays).
 
-Everything here is computed once at import from the facts of DOMAIN.md section 2 and never
+Everything here is computed once at import from the facts of docs/domain.md (section 2) and never
 mutated, so inference code reduces over fixed index arrays instead of parsing names per LS.
 
 Two coordinate systems:
@@ -78,6 +78,9 @@ N_GROUPS = len(GROUP_NAMES)
 GROUP_ID_MODEL = GROUP_ID_MAP[np.ix_(MODEL_ROWS_IN_MAP, MODEL_COLUMNS_IN_MAP)]
 GROUP_ID_FLAT = GROUP_ID_MODEL.ravel()
 GROUP_N_ROCS = np.bincount(GROUP_ID_FLAT, minlength=N_GROUPS)
+# Flat indices of each group's ROCs: in the model space (6528) and in the map (7840).
+GROUP_ROCS_MODEL = tuple(np.flatnonzero(GROUP_ID_FLAT == g) for g in range(N_GROUPS))
+GROUP_BINS_MAP = tuple(np.flatnonzero(GROUP_ID_MAP.ravel() == g) for g in range(N_GROUPS))
 
 # Every group is a block of model rows (one blade range) x 8 model columns (one disk), so sums
 # per group are a reduceat over 8 row blocks, then over 6 column blocks of 8.

@@ -4,15 +4,15 @@ validate -> project on the components (the cross has no weight) -> reconstruct (
 -> screen the power groups -> deficit significance per ROC of the screened groups -> power-group
 search -> DCS filter -> one PredictionResult.
 
-Why a screen: testing all 6528 ROCs of every LS costs ~40 ms for a 750-LS run, ten elementwise
-passes over 20 MB. But a group can only have 40 % of its live ROCs significantly low if its
-total count is clearly below its expected total, and both totals come almost for free: the
-observed ones from the same matrix product that projects the maps on the components (48 extra
-columns of group indicators), the expected ones from W times the components' group totals. So
-only groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS,
-none in a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a
-5 % model error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one
-unless hot ROCs in the same group add more than the missing counts.
+Why a screen: testing all 6528 ROCs of every LS takes ten elementwise passes over 20 MB for a 750-LS
+run, the largest cost of inference. But a group can only have 40 % of its live ROCs significantly
+low if its total count is clearly below its expected total, and both totals come almost for free:
+the observed ones from the same matrix product that projects the maps on the components (48 extra
+columns of group indicators), the expected ones from W times the components' group totals. So only
+groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS, none in
+a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a 5 % model
+error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one unless hot ROCs
+in the same group add more than the missing counts.
 
 Lumisections are processed in chunks of _CHUNK_LS so that temporaries stay in the CPU cache;
 there is no Python loop over individual lumisections.
@@ -28,7 +28,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from .artifact import GEOMETRY_VERSION, load_artifact, save_artifact
+from . import __version__
+from .artifact import GEOMETRY_VERSION, ArtifactError, load_artifact, save_artifact
 from .bad_ROC import (
     RULE_ORIGINAL,
     RULE_SIGNIFICANCE,
@@ -47,6 +48,7 @@ from .geometry import (
     ANOMALY_TYPES,
     CROSS_COLUMNS,
     CROSS_ROWS,
+    GROUP_BINS_MAP,
     GROUP_ID_FLAT,
     GROUP_ID_MAP,
     GROUP_N_ROCS,
@@ -64,7 +66,7 @@ MODEL_NAME = "pixel-ring2-nmf"
 LOGGER = logging.getLogger("pixelring2nmf")
 
 
-class _OnePrefixFormatter(logging.Formatter):
+class OnePrefixFormatter(logging.Formatter):
     """'[LEVEL]: message', unless the message already starts with its own '[...]' prefix.
 
     The three flagging lines carry the original deployment's '[INFO]: ' in their text (tools
@@ -86,18 +88,17 @@ def show_logs(stream: TextIO) -> None:
     """
     if LOGGER.level == logging.NOTSET:
         LOGGER.setLevel(logging.INFO)
-    ours = [h for h in LOGGER.handlers if h.get_name() == _HANDLER_NAME]
-    if ours:
-        ours[0].setStream(stream)
-    elif not LOGGER.handlers:
+    for handler in [h for h in LOGGER.handlers if h.get_name() == HANDLER_NAME]:
+        LOGGER.removeHandler(handler)  # not setStream: it flushes the old, maybe closed, stream
+    if not LOGGER.handlers:
         handler = logging.StreamHandler(stream)
-        handler.set_name(_HANDLER_NAME)
-        handler.setFormatter(_OnePrefixFormatter())
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(OnePrefixFormatter())
         LOGGER.addHandler(handler)
         LOGGER.propagate = False
 
 
-_HANDLER_NAME = "pixelring2nmf-lines"
+HANDLER_NAME = "pixelring2nmf-lines"  # ours, told apart from handlers configured by others
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,7 @@ def _group_bins_in_map() -> tuple[np.ndarray, np.ndarray]:
     width = int(GROUP_N_ROCS.max())
     bins = np.full((len(GROUP_NAMES_ARRAY), width), _CROSS_BIN, dtype=np.intp)
     valid = np.zeros(bins.shape, dtype=bool)
-    flat_ids = GROUP_ID_MAP.ravel()
-    for g in range(len(GROUP_NAMES_ARRAY)):
-        members = np.flatnonzero(flat_ids == g)
+    for g, members in enumerate(GROUP_BINS_MAP):
         bins[g, : len(members)] = members
         valid[g, : len(members)] = True
     return bins, valid
@@ -220,8 +219,10 @@ class PixelRing2NMF:
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> PixelRing2NMF:
         payload = load_artifact(path)
-        known = {f for f in Thresholds.__dataclass_fields__}
-        thresholds = Thresholds(**{k: v for k, v in payload["thresholds"].items() if k in known})
+        try:
+            thresholds = Thresholds.from_mapping(payload["thresholds"])
+        except ValueError as error:
+            raise ArtifactError(f"{path}: {error}") from None
         return cls(
             components=payload["components"],
             model_error=payload["model_error"],
@@ -231,6 +232,8 @@ class PixelRing2NMF:
 
     def save(self, path: str | Path) -> Path:
         payload = {
+            "version": __version__,
+            "training": {},
             **self.metadata,
             "name": MODEL_NAME,
             "geometry_version": GEOMETRY_VERSION,

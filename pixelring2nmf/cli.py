@@ -14,6 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import __version__
+
 # subcommand -> (module inside this package, function taking the parsed arguments)
 _COMMANDS = {
     "simulate": ("simulate", "run_simulate"),
@@ -37,7 +39,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
         "simulate",
         help="write a realistic DIALS parquet, OMS JSON and truth table of simulated runs",
     )
-    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (created; must be empty)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument("--runs", type=int, default=5, help="number of runs (default 5)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
@@ -82,9 +85,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--exclude",
         type=Path,
         default=None,
-        help="CSV of (run, ls_first, ls_last) ranges to leave out of training",
+        help="CSV of LS to leave out of training: run,ls_first,ls_last ranges, or run,ls rows "
+        "(the simulator's truth.csv works as it is)",
     )
     p.add_argument("--out", type=Path, required=True, help="model file to write (.joblib)")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite an existing --out (e.g. the shipped model)"
+    )
     p.add_argument("--components", type=int, default=5, help="NMF components (default 5)")
     p.add_argument(
         "--alpha-h", type=float, default=0.1, help="L2 regularisation of H (default 0.1)"
@@ -110,18 +117,25 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
 
 
+_TEMPLATE_HELP = "DISM template (default template.yaml; paths in it resolve from here)"
+
+
 def _add_build(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="validate template.yaml and write the DISM build folder")
-    p.add_argument("-f", "--template", type=Path, default=Path("template.yaml"))
-    p.add_argument("--host", default="127.0.0.1", help="host written to settings.json")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port written to settings.json")
+    _add_server_options(p, "written to settings.json")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="build when needed and serve with MLServer (no Docker)")
-    p.add_argument("-f", "--template", type=Path, default=Path("template.yaml"))
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080)")
+    _add_server_options(p, "to listen on")
+
+
+def _add_server_options(p: argparse.ArgumentParser, use: str) -> None:
+    p.add_argument(
+        "-f", "--template", type=Path, default=Path("template.yaml"), help=_TEMPLATE_HELP
+    )
+    p.add_argument("--host", default="127.0.0.1", help=f"address {use} (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help=f"HTTP port {use} (default 8080)")
 
 
 def _add_make_test_data(sub: argparse._SubParsersAction) -> None:
@@ -130,7 +144,9 @@ def _add_make_test_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--oms", type=Path, default=None, help="OMS JSON to add its columns")
     p.add_argument("--batch-size", type=int, default=750, help="LS per batch (default 750)")
     p.add_argument("--batch-id", type=int, default=0, help="which batch (default 0)")
-    p.add_argument("--out", type=Path, default=Path("test_data.pkl"))
+    p.add_argument(
+        "--out", type=Path, default=Path("test_data.pkl"), help="pickle to write (test_data.pkl)"
+    )
 
 
 def _add_fetch_oms(sub: argparse._SubParsersAction) -> None:
@@ -163,7 +179,13 @@ def _add_fetch_dials(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="dataset regex, e.g. '/ZeroBias/Run2025C.*'")
     runs = p.add_mutually_exclusive_group(required=True)
     runs.add_argument("--runs", type=int, nargs="+", help="run numbers")
-    runs.add_argument("--run-range", type=int, nargs=2, metavar=("FIRST", "LAST"))
+    runs.add_argument(
+        "--run-range",
+        type=int,
+        nargs=2,
+        metavar=("FIRST", "LAST"),
+        help="all runs from FIRST to LAST (one query)",
+    )
     p.add_argument("--out", type=Path, required=True, help="parquet file to write")
     p.add_argument("--page-size", type=int, default=100, help="LS per page (default 100)")
     p.add_argument("--attempts", type=int, default=4, help="tries per page (default 4)")
@@ -262,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="NMF anomaly detection for Ring 2 of the CMS forward pixel detector.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (
         _add_simulate,
@@ -280,12 +303,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stdout(verbose: bool) -> None:
+    """Every log line of a command on stdout, with one '[LEVEL]: ' prefix (errors: stderr).
+
+    The pipeline's own handler (for servers) is taken off so its lines are not printed twice;
+    `force` replaces the previous command's handler when several run in one process.
+    """
+    from mlserver_model.pixelring2nmf import HANDLER_NAME, LOGGER, OnePrefixFormatter
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(OnePrefixFormatter())
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, handlers=[handler], force=True
+    )
+    for own in [h for h in LOGGER.handlers if h.get_name() == HANDLER_NAME]:
+        LOGGER.removeHandler(own)
+    LOGGER.propagate = True
+    LOGGER.setLevel(logging.NOTSET)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(message)s",
-    )
+    _log_to_stdout(args.verbose)
     module_name, function_name = _COMMANDS[args.command]
     if args.command == "fetch-oms" and args.via == "dials":
         module_name, function_name = _FETCH_OMS_VIA_DIALS

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mlserver_model.errors import checked_integer
+
 BUILD_PATH_ENV = "BUILD_PATH"
 DEFAULT_BUILD_PATH = Path(".dism-artifacts/build")
 MODEL_SETTINGS_FILE = "model-settings.json"
@@ -103,7 +105,7 @@ def server_settings(host: str = "127.0.0.1", http_port: int = 8080) -> dict[str,
     take a free port chosen by the OS (0): two local servers then never clash; nothing local
     uses them, and gRPC would refuse a 750-LS request (> 4 MiB) anyway.
     """
-    if isinstance(http_port, bool) or not isinstance(http_port, int) or not 0 < http_port < 65536:
+    if checked_integer(http_port, "HTTP port", minimum=1) > 65535:
         raise ValueError(f"HTTP port must be an integer in 1..65535, got {http_port!r}")
     return {
         "debug": False,
@@ -217,8 +219,23 @@ def mlserver_command(folder: Path, python: str | Path = sys.executable) -> list[
     return [str(python), "-c", launcher, "start", str(folder)]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Fail now, in one line, rather than after "Loaded model" with uvicorn's tracebacks."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ValueError(
+                f"cannot listen on {host}:{port} ({error.strerror}): another server is using "
+                "it? Choose another with --port"
+            ) from None
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """Build when needed, then become `mlserver start <build folder>` (same PID, same signals)."""
+    check_port_free(args.host, args.port)
     template = load_template(args.template)
     resources = mlserver_resources(template)
     if len(resources) != 1:

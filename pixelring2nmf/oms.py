@@ -9,7 +9,9 @@ is on the pair itself.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +22,63 @@ from mlserver_model.dftools import DcsResult, dcs_filter
 from mlserver_model.omstools import OMS_COLUMNS
 
 OMS_KEY_COLUMNS = ("run_number", "lumisection_number")
+LOGGER = logging.getLogger("pixelring2nmf.oms")
 
 
 def read_oms_json(path: str | Path) -> pd.DataFrame:
     """Read an OMS JSON file in the column-dict layout; one DataFrame row per LS."""
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder: give the OMS JSON file inside it")
     try:
         with open(path, encoding="utf-8") as handle:
             columns = json.load(handle)
+    except UnicodeDecodeError:
+        raise ValueError(
+            f"{path} is not an OMS JSON file: it is binary (a parquet file given as --oms?)"
+        ) from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+        raise ValueError(f"{path} is not an OMS JSON file: invalid JSON ({error})") from None
     return oms_frame(columns, source=str(path))
+
+
+@dataclass(frozen=True)
+class OmsCoverage:
+    """How much of the data the OMS file describes: an LS it lacks fails the DCS filter."""
+
+    n_ls: int
+    n_found: int
+    runs_without_oms: list[int]
+
+    def warning(self, source: str) -> str | None:
+        """A line for the user when OMS does not cover every LS, else None."""
+        if self.n_found == self.n_ls:
+            return None
+        if self.n_found == 0:
+            return (
+                f"{source} has no OMS data for any of the {self.n_ls} LS (runs "
+                f"{self.runs_without_oms[:10]}): every LS fails the DCS filter and nothing can be "
+                "flagged. Is it the OMS file of these runs?"
+            )
+        return (
+            f"{source} covers {self.n_found} of {self.n_ls} LS; the other "
+            f"{self.n_ls - self.n_found} fail the DCS filter (runs without any OMS data: "
+            f"{self.runs_without_oms[:10] or 'none'})"
+        )
+
+
+def oms_coverage(oms: pd.DataFrame, run: np.ndarray, ls: np.ndarray) -> OmsCoverage:
+    found = (
+        _oms_index(oms).get_indexer(
+            pd.MultiIndex.from_arrays([np.asarray(run, np.int64), np.asarray(ls, np.int64)])
+        )
+        >= 0
+    )
+    oms_runs = set(oms["run_number"].astype(np.int64).tolist())
+    return OmsCoverage(
+        n_ls=len(found),
+        n_found=int(found.sum()),
+        runs_without_oms=sorted(int(r) for r in np.unique(run) if int(r) not in oms_runs),
+    )
 
 
 def oms_frame(columns: Any, *, source: str = "OMS data") -> pd.DataFrame:
@@ -158,3 +207,20 @@ def oms_from_lumisections(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
                 known.add(name)
                 names.append(name)
     return {name: [row.get(name) for row in rows] for name in names}
+
+
+def checked_oms_columns(
+    oms: pd.DataFrame | None, run: np.ndarray, ls: np.ndarray, source: str | None
+) -> dict[str, np.ndarray] | None:
+    """OMS columns aligned to the maps, saying how far they cover them (or that there are none).
+
+    Without OMS data every LS passes the DCS filter, as in the original deployment; a user who
+    forgot `--oms` should hear it, and one who gave the OMS file of other runs even more so.
+    """
+    if oms is None:
+        LOGGER.warning("No OMS data given (--oms): the DCS filter was skipped, every LS may flag")
+        return None
+    message = oms_coverage(oms, run, ls).warning(source or "the OMS data")
+    if message:
+        LOGGER.warning(message)
+    return align_oms(oms, run, ls)

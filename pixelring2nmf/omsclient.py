@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from mlserver_model.errors import checked_integer
 from mlserver_model.omstools import OMS_COLUMNS
 
 from .oms import oms_from_lumisections
@@ -66,8 +66,7 @@ def _validated_runs(runs: Iterable[int]) -> list[int]:
         raise ValueError(f"runs must be an iterable of run numbers, got the string {runs!r}.")
     run_numbers: list[int] = []
     for run in runs:
-        if isinstance(run, bool) or not isinstance(run, numbers.Integral) or run <= 0:
-            raise ValueError(f"Run numbers must be positive integers, got {run!r}.")
+        checked_integer(run, "Run numbers", minimum=1)
         if int(run) not in run_numbers:
             run_numbers.append(int(run))
     if not run_numbers:
@@ -82,11 +81,13 @@ def _short_body(response: Any) -> str:
 
 
 def _send(session: Any, method: str, url: str, timeout_s: tuple[float, float], **kwargs: Any):
-    """One HTTP request; network failures become OMSAccessError naming the host."""
+    """One HTTP request; network failures and redirects become OMSAccessError naming the URL."""
     import requests
 
     try:
-        return session.request(method, url, timeout=timeout_s, **kwargs)
+        # Never follow a redirect: the token request carries the client secret and every OMS
+        # request the bearer token, and a redirect may point anywhere (plain http included).
+        response = session.request(method, url, timeout=timeout_s, allow_redirects=False, **kwargs)
     except requests.exceptions.SSLError as error:
         raise OMSAccessError(
             f"TLS verification failed for {url}: {error}. If the server uses a private CA, "
@@ -99,6 +100,14 @@ def _send(session: Any, method: str, url: str, timeout_s: tuple[float, float], *
         ) from error
     except requests.exceptions.RequestException as error:
         raise OMSAccessError(f"Could not reach {url}: {error}") from error
+    if 300 <= response.status_code < 400:
+        raise OMSAccessError(
+            f"{url} answered a redirect (HTTP {response.status_code} to "
+            f"{response.headers.get('Location', 'nowhere')!r}); not followed: credentials and "
+            "tokens go only to the configured URLs. Point OMS_API_URL / OMS_TOKEN_URL at the "
+            "final address."
+        )
+    return response
 
 
 def _json_object(response: Any, what: str) -> dict:
@@ -291,8 +300,7 @@ def fetch_lumisections(
     from . import omsid
 
     run_numbers = _validated_runs(runs)
-    if isinstance(page_limit, bool) or not isinstance(page_limit, int) or page_limit < 1:
-        raise ValueError(f"page_limit must be a positive integer, got {page_limit!r}.")
+    checked_integer(page_limit, "page_limit", minimum=1)
     lumisections_url = _checked_url(api_url or omsid.api_url(), "OMS API URL").rstrip("/")
     lumisections_url += "/lumisections"
     token_endpoint = _checked_url(token_url or omsid.token_url(), "SSO token URL")

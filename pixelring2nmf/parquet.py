@@ -17,14 +17,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mlserver_model.errors import checked_integer
 from mlserver_model.geometry import MAP_SHAPE
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-# Only these columns are read: the others (dataset, me, ids, ranges, entries) repeat per row.
+# Only these columns are read: the others (dataset, ids, ranges, entries) repeat per row.
 DIALS_COLUMNS = ("run_number", "ls_number", "x_bin", "y_bin", "data")
+ME_COLUMN = "me"  # checked when present: another ME of the same binning must not pass as Ring 2
+RING2_ME_SUFFIX = "_PXRing_2"  # clusters_per_... and digi_occupancy_per_... share the layout
 _N_ROWS, _N_COLUMNS = MAP_SHAPE  # (y_bin, x_bin) = (140, 56)
 _READ_BATCH_LS = 1000  # LS decoded at a time by read_dials_parquet (~60 MB of float64 lists)
 _READ_BUFFER_BYTES = 4 << 20  # file bytes read at a time while decoding a column chunk
@@ -94,7 +97,7 @@ def read_dials_parquet(path: str | Path, *, runs: Collection[int] | None = None)
     n_read = 0
     if row_groups:
         batches = parquet_file.iter_batches(
-            batch_size=_READ_BATCH_LS, row_groups=row_groups, columns=list(DIALS_COLUMNS)
+            batch_size=_READ_BATCH_LS, row_groups=row_groups, columns=_columns_to_read(parquet_file)
         )
         for batch in batches:
             batch_maps, batch_run, batch_ls = _batch_arrays(batch, path, runs)
@@ -119,15 +122,14 @@ def iter_dials_parquet(
     streaming and a full read accept the same files; remembering the keys costs ~100 bytes per LS,
     negligible next to the 31 kB of its map.
     """
-    if isinstance(max_ls, bool) or not isinstance(max_ls, (int, np.integer)) or max_ls < 1:
-        raise ValueError(f"max_ls must be a positive integer, got {max_ls!r}")
+    checked_integer(max_ls, "max_ls", minimum=1)
     parquet_file = _open_dials_parquet(path)
     row_groups = _row_groups_with_runs(parquet_file, runs)
     if not row_groups:
         return
     seen: set[tuple[int, int]] = set()
     batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=row_groups, columns=list(DIALS_COLUMNS)
+        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
     )
     for batch in batches:
         chunk = _sorted_ring2(*_batch_arrays(batch, path, runs))
@@ -149,6 +151,8 @@ def _open_dials_parquet(path: str | Path) -> pq.ParquetFile:
     """Open the file and check the needed columns exist before reading any data."""
     import pyarrow.parquet as pq
 
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder: give the DIALS parquet file(s) inside it")
     if not Path(path).is_file():
         raise FileNotFoundError(f"DIALS parquet not found: {path}")
     try:
@@ -167,6 +171,11 @@ def _open_dials_parquet(path: str | Path) -> pq.ParquetFile:
             f"columns found: {sorted(names)}"
         )
     return parquet_file
+
+
+def _columns_to_read(parquet_file: pq.ParquetFile) -> list[str]:
+    present = parquet_file.schema_arrow.names
+    return [*DIALS_COLUMNS, *([ME_COLUMN] if ME_COLUMN in present else [])]
 
 
 def _row_groups_with_runs(parquet_file: pq.ParquetFile, runs: Collection[int] | None) -> list[int]:
@@ -208,6 +217,7 @@ def _batch_arrays(
         table = table.filter(pc.fill_null(pc.is_in(run_column, value_set=wanted), False))
     run = _integer_column(table, "run_number", path)
     ls = _integer_column(table, "ls_number", path)
+    _check_me(table, path)
     _check_binning(table, path)
     maps = _nested_data_to_maps(table.column("data"), path)
     return maps, run, ls
@@ -230,6 +240,21 @@ def _integer_column(table: pa.Table, name: str, path: str | Path) -> np.ndarray:
     if values.dtype.kind == "f" and not np.all(values == np.round(values)):
         raise ValueError(f"{path}: column {name!r} has non-integral values")
     return values.astype(np.int64)
+
+
+def _check_me(table: pa.Table, path: str | Path) -> None:
+    """Every row must be a Ring 2 ME: the model knows nothing else."""
+    import pyarrow.compute as pc
+
+    if ME_COLUMN not in table.column_names:
+        return
+    names = pc.unique(table.column(ME_COLUMN)).to_pylist()
+    others = [name for name in names if not str(name).endswith(RING2_ME_SUFFIX)]
+    if others:
+        raise ValueError(
+            f"{path}: the model reads the Ring 2 ME (...{RING2_ME_SUFFIX}), but the file holds "
+            f"{others[:3]}"
+        )
 
 
 def _check_binning(table: pa.Table, path: str | Path) -> None:

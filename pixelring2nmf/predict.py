@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +12,6 @@ from mlserver_model.pixelring2nmf import (
     DEFAULT_MODEL_PATH,
     PixelRing2NMF,
     PredictionResult,
-    show_logs,
 )
 
 
@@ -35,18 +33,20 @@ def results_table(run: np.ndarray, ls: np.ndarray, result: PredictionResult) -> 
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from .oms import align_oms, read_oms_json
+    from .oms import checked_oms_columns, read_oms_json
+    from .outputs import output_file
     from .parquet import read_dials_parquet
 
-    show_logs(sys.stdout)  # the three [INFO] lines go to stdout, as the original printed them
+    out = output_file(args.out, what="--out") if args.out else None  # before the work
     model = PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH)
+    oms_table = read_oms_json(args.oms) if args.oms else None  # a bad file fails before the maps
     data = read_dials_parquet(args.parquet)
-    oms = align_oms(read_oms_json(args.oms), data.run, data.ls) if args.oms else None
+    oms = checked_oms_columns(oms_table, data.run, data.ls, str(args.oms))
     result = model.predict(data.maps, oms, rule=args.rule)
     table = results_table(data.run, data.ls, result)
-    if args.out:
-        table.to_csv(args.out, index=False)
-        print(f"Per-LS results written to {args.out}")
+    if out:
+        table.to_csv(out, index=False)
+        print(f"Per-LS results written to {out}")
     flagged = table[table.flag]
     if len(flagged):
         print(flagged[["run", "ls", "metric", "type", "groups"]].to_string(index=False))

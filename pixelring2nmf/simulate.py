@@ -2,7 +2,7 @@
 
 Real per-LS maps need CERN credentials, so every test, benchmark and demo of the project runs
 on data made here. The simulator stands alone (no reference data is read) and follows the
-typical values of DOMAIN.md section 3:
+typical values of docs/domain.md (section 3):
 
 - a *detector* (`make_detector`) holds everything that stays fixed for months: per-ROC gain
   spread, module/panel/disk differences, the radial gradient inside each disk, permanently dead
@@ -53,10 +53,12 @@ import numpy as np
 import pandas as pd
 
 from mlserver_model.dftools import DCS_FLAGS
+from mlserver_model.errors import checked_integer
 from mlserver_model.geometry import (
     DISKS,
     GROUP_ID_FLAT,
     GROUP_NAMES,
+    GROUP_ROCS_MODEL,
     MODEL_ROWS_IN_MAP,
     MODEL_SHAPE,
     MULTIDISK_CANDIDATES,
@@ -84,7 +86,7 @@ TRUTH_COLUMNS = ("run", "ls", "anomaly_type", "groups", "n_dead_rocs")
 
 ANOMALY_KINDS = ("Multi-Disk", "Quarter", "Single-Disk", "Partial", "Hot-ROC", "Missing")
 # Mix of injected kinds in the era scenario: Multi-Disk and Single-Disk are about as common
-# in reality (DOMAIN.md 3); whole quarters are rarer.
+# in reality (docs/domain.md, 3); whole quarters are rarer.
 _ERA_KIND_PROBABILITIES = np.array([0.28, 0.08, 0.24, 0.16, 0.12, 0.12])
 MAX_ANOMALY_LS = 16  # real Multi-Disk anomalies last 1-16 LS
 
@@ -118,7 +120,6 @@ _POISSON_EXACT_BELOW = 50.0  # expected counts under this are drawn with numpy's
 _SAMPLING_BLOCK = 1 << 16  # values sampled at once: float32 work buffers stay in cache
 
 # Model-space flat ROC indices of each power group, fixed geometry.
-_GROUP_ROCS = tuple(np.flatnonzero(g == GROUP_ID_FLAT) for g in range(N_GROUPS))
 
 
 # ================================================================================================
@@ -200,7 +201,7 @@ def _random_roc_rows(rng: np.random.Generator, n_rows: int) -> np.ndarray:
 def _dead_map(rng: np.random.Generator, coords: dict[str, np.ndarray]) -> np.ndarray:
     """Permanently dead ROCs: one whole group, a few modules, ROC rows and single ROCs."""
     dead = np.zeros(MODEL_SHAPE, dtype=bool)
-    dead.ravel()[_GROUP_ROCS[group_index(PERMANENTLY_DEAD_GROUP)]] = True
+    dead.ravel()[GROUP_ROCS_MODEL[group_index(PERMANENTLY_DEAD_GROUP)]] = True
     modules = rng.choice(6 * 35 * 2, size=rng.integers(4, 8), replace=False)
     dead |= np.isin(coords["module"], modules)
     dead |= _random_roc_rows(rng, int(rng.integers(5, 10)))
@@ -270,7 +271,7 @@ def make_detector(seed: int | np.random.Generator) -> Detector:
     gain = np.where(live, gain / gain[live].mean(), 0.0)
     shapes = _spatial_patterns(rng, coords) * gain[None]
     shapes /= shapes[:, live].mean(axis=1)[:, None, None]
-    dead_groups = tuple(g for g in range(N_GROUPS) if dead.ravel()[_GROUP_ROCS[g]].all())
+    dead_groups = tuple(g for g in range(N_GROUPS) if dead.ravel()[GROUP_ROCS_MODEL[g]].all())
     for array in (gain, dead, shapes):
         array.setflags(write=False)
     return Detector(gain_model=gain, dead_rocs=dead, patterns=shapes, dead_group_ids=dead_groups)
@@ -394,7 +395,7 @@ def _group_roc_subset(
         raise ValueError("a random generator `rng` is needed to kill a fraction of a group")
     parts = []
     for g in group_ids:
-        rocs = _GROUP_ROCS[g]
+        rocs = GROUP_ROCS_MODEL[g]
         if fraction < 1.0:
             n_killed = max(1, round(fraction * rocs.size))
             rocs = np.sort(rng.choice(rocs, size=n_killed, replace=False))
@@ -762,10 +763,8 @@ class SimulatedRun:
 
 
 def _check_run_arguments(run: int, n_ls: int, anomalies: str) -> None:
-    if not isinstance(run, (int, np.integer)) or run <= 0:
-        raise ValueError(f"run must be a positive integer, got {run!r}")
-    if not isinstance(n_ls, (int, np.integer)) or n_ls < 1:
-        raise ValueError(f"n_ls must be a positive integer, got {n_ls!r}")
+    checked_integer(run, "run", minimum=1)
+    checked_integer(n_ls, "n_ls", minimum=1)
     if anomalies not in ("era", "demo", "none"):
         raise ValueError(f"anomalies must be 'era', 'demo' or 'none', got {anomalies!r}")
 
@@ -1053,14 +1052,12 @@ def simulate(
     _check_era(era)
     if scenario not in ("era", "demo"):
         raise ValueError(f"scenario must be 'era' or 'demo', got {scenario!r}")
-    if not isinstance(runs, (int, np.integer)) or runs < 1:
-        raise ValueError(f"runs must be a positive integer, got {runs!r}")
-    if ls_per_run is not None and ls_per_run < 1:
-        raise ValueError(f"ls_per_run must be a positive integer, got {ls_per_run!r}")
+    checked_integer(runs, "runs", minimum=1)
+    if ls_per_run is not None:
+        checked_integer(ls_per_run, "ls_per_run", minimum=1)
     if anomaly_rate is not None and anomaly_rate < 0:
         raise ValueError(f"anomaly_rate must be >= 0, got {anomaly_rate}")
-    if first_run < 1:
-        raise ValueError(f"first_run must be a positive run number, got {first_run}")
+    checked_integer(first_run, "first_run", minimum=1)
     if scenario == "demo":
         if clean:
             raise ValueError("--clean and --scenario demo contradict each other: pick one")
@@ -1113,8 +1110,10 @@ def simulate(
 
 def run_simulate(args) -> int:
     """CLI `pixelring2nmf simulate`: write the three files and summarise what was injected."""
+    from .outputs import output_folder
+
     paths = simulate(
-        args.out,
+        output_folder(args.out, force=args.force, what="--out folder"),
         runs=args.runs,
         seed=args.seed,
         ls_per_run=args.ls_per_run,

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mlserver_model.errors import checked_integer
+
 from .oms import align_oms, read_oms_json
 from .parquet import read_dials_parquet
 
@@ -29,10 +31,8 @@ def make_test_data(
     batch_id: int = 0,
 ) -> dict[str, np.ndarray]:
     """Batch `batch_id` (0-based) of `batch_size` LS, in (run, LS) order, as the pickle's dict."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    if isinstance(batch_id, bool) or not isinstance(batch_id, int) or batch_id < 0:
-        raise ValueError(f"--batch-id must be a non-negative integer, got {batch_id!r}")
+    checked_integer(batch_size, "--batch-size", minimum=1)
+    checked_integer(batch_id, "--batch-id")
     data = read_dials_parquet(parquet_path)
     n_batches = -(-len(data) // batch_size)
     if batch_id >= n_batches:

@@ -113,18 +113,30 @@ def estimate_model_error(model: PixelRing2NMF, x: np.ndarray, floor: float) -> n
 
 
 def read_exclusions(path: Path) -> np.ndarray:
-    """(k, 3) int array of (run, first LS, last LS) from a CSV with those three columns."""
+    """(k, 3) int array of (run, first LS, last LS) from a CSV of ranges or of single LS.
+
+    Ranges: columns `run, ls_first, ls_last`. Single LS: columns `run, ls`, as in the
+    simulator's `truth.csv` or a `predict` output filtered to the LS to leave out.
+    """
     import pandas as pd
 
-    table = pd.read_csv(path)
-    needed = ["run", "ls_first", "ls_last"]
-    missing = [c for c in needed if c not in table.columns]
-    if missing:
+    try:
+        table = pd.read_csv(path)
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as error:
+        raise ValueError(f"{path}: not a readable exclusion CSV ({error})") from None
+    if {"run", "ls_first", "ls_last"} <= set(table.columns):
+        ranges = table[["run", "ls_first", "ls_last"]]
+    elif {"run", "ls"} <= set(table.columns):
+        ranges = table[["run", "ls", "ls"]]
+    else:
         raise ValueError(
-            f"{path}: exclusion CSV needs columns {needed}, missing {missing} "
-            f"(found {list(table.columns)})"
+            f"{path}: an exclusion CSV needs columns run, ls_first, ls_last (ranges) or run, ls "
+            f"(single LS, e.g. truth.csv); found {list(table.columns)}"
         )
-    return table[needed].to_numpy(dtype=np.int64)
+    try:
+        return ranges.to_numpy(dtype=np.int64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: run and LS numbers must be integers") from None
 
 
 def excluded_mask(run: np.ndarray, ls: np.ndarray, ranges: np.ndarray) -> np.ndarray:
@@ -198,41 +210,74 @@ def load_good_maps(
     seed: int = 0,
 ) -> tuple[np.ndarray, dict]:
     """Good maps of the given files and the provenance that describes how they were chosen."""
-    from .oms import dcs_filter_for, read_oms_json
+    from mlserver_model.dftools import dcs_filter
+
+    from .oms import checked_oms_columns, read_oms_json
     from .parquet import read_dials_parquet
 
     oms = read_oms_json(oms_file) if oms_file is not None else None
     ranges = read_exclusions(exclude_file) if exclude_file is not None else np.zeros((0, 3))
-    chunks, runs, n_total = [], set(), 0
+    chunks, run_of_map, n_total = [], [], 0
     for path in parquet_files:
         data = read_dials_parquet(path)
         n_total += len(data)
-        good = dcs_filter_for(oms, data.run, data.ls).good & ~excluded_mask(
-            data.run, data.ls, ranges
-        )
+        columns = checked_oms_columns(oms, data.run, data.ls, str(oms_file))
+        good = dcs_filter(columns, len(data)).good & ~excluded_mask(data.run, data.ls, ranges)
         chunks.append(data.maps[good])
-        runs.update(int(r) for r in np.unique(data.run[good]))
+        run_of_map.append(data.run[good])
     maps = np.concatenate(chunks) if chunks else np.zeros((0, 140, 56), np.int32)
+    runs = np.concatenate(run_of_map) if run_of_map else np.zeros(0, np.int64)
     n_good = len(maps)
     if max_ls is not None and n_good > max_ls:
         pick = np.sort(np.random.default_rng(seed).choice(n_good, max_ls, replace=False))
-        maps = maps[pick]
+        maps, runs = maps[pick], runs[pick]
     if len(maps) == 0:
         raise ValueError("No good LS left to train on (check the DCS flags and exclusions)")
+    used_runs, used_per_run = np.unique(runs, return_counts=True)
     provenance = {
         "data_files": [Path(p).name for p in parquet_files],
         "oms_file": Path(oms_file).name if oms_file else None,
         "exclusions": ranges.astype(int).tolist(),
-        "runs": sorted(runs),
+        "runs": used_runs.tolist(),
+        "ls_used_per_run": {str(r): int(n) for r, n in zip(used_runs, used_per_run, strict=True)},
         "n_ls_read": n_total,
         "n_ls_good": n_good,
     }
     return maps, provenance
 
 
+def fit_report(model: PixelRing2NMF, maps_nyx: np.ndarray) -> list[str]:
+    """What a user checks before deploying a model: how well it fits its own training data.
+
+    A relative residual of a few percent is the Poisson noise of real occupancies; much more,
+    or a model error far above its floor on many ROCs, says the training data were not
+    homogeneous (an outage or a detector change inside them).
+    """
+    x = to_model_space(maps_nyx)
+    expected = model.reconstruct(x)
+    residual = np.linalg.norm(x - expected, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-9)
+    eps = model.model_error
+    floor = model.thresholds.model_error_floor
+    at_floor = float(np.mean(eps <= floor * 1.0001))
+    per_run = model.metadata.get("training", {}).get("ls_used_per_run", {})
+    return [
+        "Fit report:",
+        f"  reconstruction error |x - WH| / |x| per LS: median {np.median(residual):.2%}, "
+        f"95th percentile {np.percentile(residual, 95):.2%}, max {residual.max():.2%}",
+        f"  per-ROC model error eps: median {np.median(eps):.1%}, 95th percentile "
+        f"{np.percentile(eps, 95):.1%}, max {eps.max():.1%}; {at_floor:.0%} of ROCs at the "
+        f"{floor:.0%} floor",
+        "  LS used per run: "
+        + (", ".join(f"{run}: {n}" for run, n in per_run.items()) or "not recorded"),
+    ]
+
+
 def run_train(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from .outputs import output_file
+
+    out = output_file(args.out, force=args.force, what="model file --out")  # before the work
     maps, provenance = load_good_maps(args.parquet, args.oms, args.exclude, args.max_ls, args.seed)
     print(
         f"Training on {len(maps)} good LS ({provenance['n_ls_good']} good of "
@@ -248,6 +293,7 @@ def run_train(args: argparse.Namespace) -> int:
             provenance=provenance,
             on_pass=lambda _: bar.update(1),
         )
-    path = model.save(args.out)
+    path = model.save(out)
+    print("\n".join(fit_report(model, maps)))
     print(f"Model written to {path}")
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A virtualenv with the library versions of the production image seldonio/mlserver:1.5.0
-# (DOMAIN.md section 5), for the tests that load the model and serve the build folder the way
+# (docs/domain.md, section 6), for the tests that load the model and serve the build folder the way
 # DIALS does. The project itself is not installed there: only the copied folder is visible.
 # Usage: bash scripts/make_image_venv.sh [DIR]   (default .venv-image)
 set -euo pipefail

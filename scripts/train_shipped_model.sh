@@ -5,13 +5,18 @@
 # it was trained on the simulator's detector, not on CMS data. A real deployment retrains on
 # real DIALS parquet files of a recent era (see README, "Training on real data").
 #
-# Usage: bash scripts/train_shipped_model.sh [OUTPUT]   (needs `pip install -e .`)
+# Usage: bash scripts/train_shipped_model.sh [OUTPUT] [DETECTOR_SEED]   (needs `pip install -e .`)
+# DETECTOR_SEED (default 2024, the shipped model's) picks another simulated detector: CI trains
+# one on seed 7 and runs the whole suite with it, as after a user's retraining.
 set -euo pipefail
 out=${1:-mlserver_model/pixelring2nmf.joblib}
+detector_seed=${2:-2024}
+bin=$(dirname "$(command -v pixelring2nmf 2>/dev/null || echo .venv/bin/pixelring2nmf)")
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # Two clean runs (no injected anomalies) of the simulated detector; the DCS filter then keeps
 # the LS with all 8 flags true, and 900 of those train the model, as the original used ~900.
-pixelring2nmf simulate --out "$work" --runs 2 --ls-per-run 600 --seed 11 --clean --era Run2025Z
-pixelring2nmf train --parquet "$work"/*.parquet --oms "$work"/omsdata_Run2025Z-v1.json \
+"$bin/pixelring2nmf" simulate --out "$work/sim" --runs 2 --ls-per-run 600 --seed 11 --clean \
+    --era Run2025Z --detector-seed "$detector_seed"
+"$bin/pixelring2nmf" train --parquet "$work"/sim/*.parquet --oms "$work"/sim/omsdata_Run2025Z-v1.json \
     --max-ls 900 --seed 11 --out "$out"

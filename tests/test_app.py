@@ -23,13 +23,12 @@ from mlserver.types import InferenceRequest
 from mlserver_model import datatype
 from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS, Handler
 from mlserver_model.dftools import DCS_FLAGS
-from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
+from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 
-MODEL_NAME = "pixel-ring2-nmf"
 N_WINDOW = 6  # LS per small request: enough to hold the demo's Multi-Disk LS and healthy ones
 
 
-def make_handler(model_uri: str | Path = DEFAULT_MODEL_PATH, extra: dict | None = None) -> Handler:
+def make_handler(model_uri: str | Path, extra: dict | None = None) -> Handler:
     settings = ModelSettings(
         name=MODEL_NAME,
         implementation=Handler,
@@ -49,13 +48,8 @@ def outputs(response) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def handler() -> Handler:
-    return make_handler()
-
-
-@pytest.fixture(scope="module")
-def model() -> PixelRing2NMF:
-    return PixelRing2NMF.load(DEFAULT_MODEL_PATH)
+def handler(model_path: Path) -> Handler:
+    return make_handler(model_path)
 
 
 @pytest.fixture(scope="module")
@@ -89,10 +83,10 @@ def dcs_tensors(window: dict[str, np.ndarray], prefix: str = "oms_lumisection_in
     return [oms_tensor(f, window[f].tolist(), prefix=prefix) for f in DCS_FLAGS]
 
 
-def test_load_resolves_uri_relative_to_model_settings(tmp_path: Path) -> None:
+def test_load_resolves_uri_relative_to_model_settings(tmp_path: Path, model_path: Path) -> None:
     folder = tmp_path / "pixel-ring2-nmf"
     folder.mkdir()
-    shutil.copy2(DEFAULT_MODEL_PATH, folder / "model.joblib")
+    shutil.copy2(model_path, folder / "model.joblib")
     settings_path = folder / "model-settings.json"
     settings_path.write_text(
         json.dumps(
@@ -108,9 +102,9 @@ def test_load_resolves_uri_relative_to_model_settings(tmp_path: Path) -> None:
     assert handler.version == "0.1.0"
 
 
-def test_load_refuses_a_bad_max_lumisections() -> None:
+def test_load_refuses_a_bad_max_lumisections(model_path: Path) -> None:
     with pytest.raises(ValueError, match="max_lumisections"):
-        make_handler(extra={"max_lumisections": "many"})
+        make_handler(model_path, extra={"max_lumisections": "many"})
 
 
 def test_answer_matches_the_pipeline_in_request_order(
@@ -205,11 +199,11 @@ def test_unknown_inputs_are_ignored_with_a_log_line(
     assert "[INFO]: Flagging results (after filtering)" in caplog.text
 
 
-def test_lumisection_limit_is_configurable(window: dict[str, np.ndarray]) -> None:
-    small = make_handler(extra={"max_lumisections": N_WINDOW - 1})
+def test_lumisection_limit_is_configurable(window: dict[str, np.ndarray], model_path: Path) -> None:
+    small = make_handler(model_path, extra={"max_lumisections": N_WINDOW - 1})
     with pytest.raises(InferenceError, match=rf"{N_WINDOW} lumisections.*\({N_WINDOW - 1}"):
         predict(small, {"inputs": [ring2_tensor(window["Ring2"])]})
-    assert DEFAULT_MAX_LUMISECTIONS == 10_000
+    assert DEFAULT_MAX_LUMISECTIONS == 5_000
 
 
 def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
@@ -251,7 +245,7 @@ def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
         (
             "too many LS",
             {"inputs": [{**good, "shape": [DEFAULT_MAX_LUMISECTIONS + 1, 140, 56]}]},
-            "10001 lumisections",
+            "5001 lumisections",
         ),
         ("unknown output", {"inputs": [good], "outputs": [{"name": "Score"}]}, "Score"),
     ]
@@ -320,12 +314,12 @@ def test_fast_path_takes_only_lists_of_counts(values, fast) -> None:
 
 
 def test_decoding_is_the_same_where_the_fast_path_is_off(monkeypatch) -> None:
-    values = [7, 0, 2**31, 3]
+    values = [7, 0, 2**31 - 1, 3]
     fast = datatype.decode_numeric(values, "INT32", [2, 2])
     monkeypatch.setattr(datatype, "_FAST_COUNTS", False)  # as where "I" is not 4 bytes
     assert datatype.flat_counts(values) is None
     general = datatype.decode_numeric(values, "INT32", [2, 2])
-    assert general.tolist() == fast.tolist() == [[7, 0], [2**31, 3]]
+    assert general.tolist() == fast.tolist() == [[7, 0], [2**31 - 1, 3]]
 
 
 def test_negative_values_take_the_general_path_with_their_sign() -> None:
@@ -336,7 +330,7 @@ def test_negative_values_take_the_general_path_with_their_sign() -> None:
 @pytest.mark.parametrize(
     ("values", "v2_type", "message"),
     [
-        ([1, 2.5], "INT32", "non-integer"),
+        ([1, 2.5], "INT32", "a fraction at flat position 1"),
         ([1, "3"], "INT32", "'3' at flat position 1"),
         ([1, None], "FP32", "null"),
     ],

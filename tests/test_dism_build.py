@@ -15,6 +15,7 @@ import yaml
 from dism_core.template import Template
 from dism_core.validation.isvc import InferenceServiceValidator
 
+from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf import dism as dism_build
 from pixelring2nmf.cli import main as cli_main
 
@@ -46,7 +47,7 @@ def test_template_is_valid_under_dism_core(in_repo: Path) -> None:
     resource = template.Resources[KEY]
     props = resource.Properties
     assert (resource.Type, resource.Workspace) == ("InferenceService::MLServer::SKLearn", "global")
-    assert props.Name == "pixel-ring2-nmf"
+    assert props.Name == MODEL_NAME  # the name the model file and the tests use
     assert props.Image == "registry.cern.ch/docker.io/seldonio/mlserver:1.5.0"
     assert (props.BuiltinThreshold, props.FlaggingKey, props.MetricKey) == (True, "Flag", "Metric")
     assert props.AnomalyThreshold is None
@@ -89,9 +90,21 @@ def test_template_is_valid_under_dism_core(in_repo: Path) -> None:
         "GLOBAL-RUN",
     )
     assert (conditions.MinBField, conditions.MinEnergy) == (3.5, 6500)
+    # the deployed original's conditions, known to select the runs DIALS should score
+    assert conditions.MaxRunNumber == 999999
+    assert (
+        conditions.L1KeyMatch.pattern,
+        conditions.L1MenuMatch.pattern,
+        conditions.HLTConfigMatch.pattern,
+    ) == (".*collisions.*", ".*_Collisions.*_.*", ".*/physics/.*")
     assert conditions.L1KeyMatch.match("l1_trg_collisions2024/v64")
+    assert conditions.L1MenuMatch.match("L1Menu_Collisions2024_v1_3_0")
     assert conditions.HLTConfigMatch.match("/cdaq/physics/Run2024/2e34/v1.4.9/HLT/V1")
     assert not conditions.HLTConfigMatch.match("/cdaq/special/Run2024/VdM/v1/HLT/V1")
+    # set from bench/memory.py: the limit covers a request of max_lumisections LS
+    resources = props.Resources
+    assert (resources.Requests.cpu, resources.Requests.memory) == ("1", "1Gi")
+    assert (resources.Limits.cpu, resources.Limits.memory) == ("2", "3Gi")
     assert (str(props.CodeUri), props.Handler, str(props.ModelUri)) == (
         "mlserver_model",
         "app.Handler",
@@ -120,7 +133,7 @@ def test_build_writes_the_dismcli_layout(in_repo: Path, capsys: pytest.CaptureFi
     assert built_files == code_files | {Path("pixelring2nmf.joblib")} | extra
     assert not list(folder.rglob("__pycache__"))
     assert json.loads((folder / "model-settings.json").read_text()) == {
-        "name": "pixel-ring2-nmf",
+        "name": MODEL_NAME,
         "implementation": "app.Handler",
         "parameters": {"uri": "pixelring2nmf.joblib", "version": "0.1.0"},
     }

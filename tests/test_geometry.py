@@ -1,11 +1,6 @@
-"""Ring 2 geometry (DOMAIN.md section 2), cross removal, and the folder's two ways of loading."""
+"""Ring 2 geometry (docs/domain.md section 2), cross removal, and the folder's loading."""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-import sys
-import sysconfig
 
 import numpy as np
 import pytest
@@ -117,26 +112,3 @@ def test_cross_removal_round_trip_and_errors():
         remove_cross(model)
     with pytest.raises(ValueError, match=r"\(n, 136, 48\), got \(4, 140, 56\)"):
         insert_cross(maps)
-
-
-def test_model_folder_imports_alone_in_a_fresh_interpreter(tmp_path):
-    """What `dismcli start-api` does: only the folder (renamed) and site-packages on sys.path."""
-    folder = tmp_path / "pixel-ring2-nmf"
-    shutil.copytree(
-        g.__file__.rsplit("/", 1)[0], folder, ignore=shutil.ignore_patterns("__pycache__")
-    )
-    site = sysconfig.get_paths()["purelib"]
-    code = (
-        "import sys; "
-        f"sys.path[:] = [{str(folder)!r}, {site!r}] + [p for p in sys.path if 'lib/python' in p "
-        "and 'site-packages' not in p]; "
-        "import app; import mlserver_model; "
-        "assert mlserver_model.__file__.startswith(sys.path[0]), mlserver_model.__file__; "
-        "m = app.PixelRing2NMF.load(sys.path[0] + '/pixelring2nmf.joblib'); "
-        "print(app.Handler.__name__, m.components.shape[0])"
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["Handler", "5"]

@@ -26,7 +26,7 @@ from pixelring2nmf import cli, omsclient, omsid
 from pixelring2nmf import oms as omstools
 from pixelring2nmf.omsclient import OMSAccessError, fetch_lumisections
 
-# DOMAIN.md section 3, written out again so a typo in the module cannot hide behind itself.
+# docs/domain.md section 3, written out again so a typo in the module cannot hide behind itself.
 EXPECTED_KEYS = [
     "delivered_lumi_per_lumisection",
     "recorded_lumi_per_lumisection",
@@ -93,6 +93,8 @@ class FakeOMS:
     paging_hints: frozenset[str] = frozenset({"links", "meta"})
     ignore_offset: bool = False  # a broken server that always sends the first page
     lumisections_answer: tuple[int, str, str] | None = None  # forced (status, type, body)
+    redirect_to: str | None = None  # answer every request with a 307 to this URL
+    requests_seen: int = 0
     url: str = ""
     issued_tokens: list[str] = field(default_factory=list)
     queries: list[dict[str, str]] = field(default_factory=list)
@@ -122,7 +124,19 @@ class FakeHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _redirected(self) -> bool:
+        self.fake.requests_seen += 1
+        if self.fake.redirect_to is None:
+            return False
+        self.send_response(307)
+        self.send_header("Location", self.fake.redirect_to)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        return True
+
     def do_POST(self) -> None:
+        if self._redirected():
+            return
         if self.path != TOKEN_PATH:
             self._answer(404, {"error": f"no such path {self.path}"})
             return
@@ -151,6 +165,8 @@ class FakeHandler(BaseHTTPRequestHandler):
         )
 
     def do_GET(self) -> None:
+        if self._redirected():
+            return
         parts = urlsplit(self.path)
         if parts.path != API_PATH + "/lumisections":
             self._answer(404, {"errors": [{"detail": f"no such path {parts.path}"}]})
@@ -349,6 +365,35 @@ def test_oms_errors_are_clear(serve_fake, two_runs, answer, expected):
         fetch(fake, [390001])
 
 
+def test_a_redirect_of_the_token_request_is_not_followed(serve_fake, two_runs):
+    """A 307 keeps the method and body: following it would POST the secret to the new URL."""
+    thief = serve_fake(FakeOMS(lumisections={}))
+    sso = serve_fake(FakeOMS(lumisections=two_runs, redirect_to=thief.token_url))
+    with pytest.raises(OMSAccessError, match=r"redirect \(HTTP 307 to 'http://127\.0\.0\.1"):
+        fetch_lumisections(
+            [390001],
+            api_url=sso.api_url,
+            token_url=sso.token_url,
+            credentials=omsid.OMSCredentials(CLIENT_ID, CLIENT_SECRET),
+        )
+    assert sso.requests_seen == 1 and thief.requests_seen == 0
+
+
+def test_a_redirect_of_the_oms_api_is_not_followed(serve_fake, two_runs):
+    thief = serve_fake(FakeOMS(lumisections={}))
+    oms = serve_fake(FakeOMS(lumisections=two_runs))
+    sso = serve_fake(FakeOMS(lumisections={}))
+    oms.redirect_to = thief.api_url + "/lumisections"
+    with pytest.raises(OMSAccessError, match="not followed"):
+        fetch_lumisections(
+            [390001],
+            api_url=oms.api_url,
+            token_url=sso.token_url,
+            credentials=omsid.OMSCredentials(CLIENT_ID, CLIENT_SECRET),
+        )
+    assert thief.requests_seen == 0
+
+
 def test_an_unreachable_server_is_a_clear_error():
     with socket.socket() as probe:  # a port that was just free: nothing listens there now
         probe.bind(("127.0.0.1", 0))
@@ -471,7 +516,7 @@ def test_fetch_oms_command_writes_the_oms_json(serve_fake, two_runs, monkeypatch
     )
 
     assert result.returncode == 0, result.stderr
-    assert "11 lumisections from 2 run(s)" in result.stderr
+    assert "11 lumisections from 2 run(s)" in result.stdout
     with out_path.open() as stream:
         columns = json.load(stream)
     assert list(columns) == EXPECTED_KEYS

@@ -178,7 +178,7 @@ def test_bad_json_layouts(tmp_path: Path, content: object, message: str) -> None
 def test_invalid_json_names_file(tmp_path: Path) -> None:
     path = tmp_path / "broken.json"
     path.write_text('{"run_number": [1,', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"broken\.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"broken\.json is not an OMS JSON file: invalid JSON"):
         read_oms_json(path)
 
 

@@ -27,11 +27,6 @@ LOG_LINES = (
 
 
 @pytest.fixture(scope="module")
-def model() -> PixelRing2NMF:
-    return PixelRing2NMF.load()
-
-
-@pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     paths = simulator.simulate(out, runs=1, seed=1, scenario="demo")
@@ -194,5 +189,6 @@ def test_cli_train_uses_only_good_ls_outside_exclusions(tmp_path, capsys):
     bad_exclude = tmp_path / "bad.csv"
     bad_exclude.write_text("run,first\n1,2\n")
     args[args.index(str(exclude))] = str(bad_exclude)
+    args[args.index(str(out))] = str(tmp_path / "other.joblib")
     assert cli.main(args) == 2
-    assert "missing ['ls_first', 'ls_last']" in capsys.readouterr().err
+    assert "needs columns run, ls_first, ls_last (ranges) or run, ls" in capsys.readouterr().err

@@ -59,6 +59,10 @@ def test_serve_then_test_predictions_counts_the_flagged_ls(
     )
     assert re.search(r"\[INFO\]: Filtering: selected \d+ out of 750 lumisections\.", log)
     assert "[INFO]: Flagging results (after filtering): flagged 1 out of 750 lumisections." in log
+    # one prefix: the line as the original printed it, not wrapped in a second logger format
+    pipeline_lines = [line for line in log.splitlines() if "Flagging results" in line]
+    assert pipeline_lines and all(line.startswith("[INFO]: ") for line in pipeline_lines)
+    assert "[INFO]: Loaded pixel-ring2-nmf" in log  # our other lines get the same prefix
 
 
 def test_missing_data_file_exits_2_without_traceback(tmp_path: Path) -> None:

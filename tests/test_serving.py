@@ -8,7 +8,9 @@ demo request (~30 MB), whose single-client answer `demo_answer` is the reference
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,6 @@ from conftest import (
     MODEL_NAME,
     RunningServer,
     free_port,
-    needs_image_venv,
     outputs_by_name,
     start_server,
     stop_server,
@@ -95,50 +96,170 @@ def test_demo_answer_shape_and_metadata(demo_answer: dict[str, Any]) -> None:
     assert np.all(metric[flag] > 0)
 
 
-def _bad_cases(small: dict[str, Any]) -> list[tuple[str, dict[str, Any], str]]:
-    ring2 = small["inputs"][0]
-    dcs = small["inputs"][1:]
+@pytest.fixture(scope="module")
+def image_server(build_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The build folder alone, served by the image's MLServer 1.5.0 (numpy 1.26, pydantic 1).
+
+    dismcli mounts the build at /mnt/<Name>; nothing of the repository is visible there.
+    """
+    if not IMAGE_PYTHON.exists() and not os.environ.get("CI"):
+        pytest.skip(f"no image-emulation venv at {IMAGE_PYTHON} (CI always has one)")
+    tmp = tmp_path_factory.mktemp("image")
+    folder = tmp / "mnt" / MODEL_NAME
+    shutil.copytree(build_folder, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    port = free_port()
+    settings = json.loads((folder / "settings.json").read_text())
+    (folder / "settings.json").write_text(json.dumps({**settings, "http_port": port}))
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    server = start_server(
+        mlserver_command(folder, IMAGE_PYTHON), port, tmp / "image.log", cwd=tmp / "mnt", env=env
+    )
+    yield server
+    stop_server(server)
+
+
+def _with(tensor: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    return {**tensor, **changes}
+
+
+def _bad_cases(small: dict[str, Any]) -> list[tuple[str, dict[str, Any] | bytes, int, str]]:
+    """(case, body, status, text the error must contain) for every malformed request we know.
+
+    400 is ours: the request is valid Open Inference Protocol JSON but wrong for this model, and
+    the message names the input and the position. 422 is MLServer's own: the body is not JSON
+    or does not follow the protocol's schema (no NaN in JSON, unknown datatype names, and on
+    MLServer 1.5 a null `data`); the model never sees those.
+    """
+    ring2, dcs = small["inputs"][0], small["inputs"][1:]
     data = ring2["data"]
-    negative = [*data[:10], -1, *data[11:]]
-    with_null = [*data[:10], None, *data[11:]]
+
+    def at(position: int, value: Any) -> list:
+        return [*data[:position], value, *data[position + 1 :]]
+
+    def ring2_only(**changes: Any) -> dict[str, Any]:
+        return {"inputs": [_with(ring2, **changes), *dcs]}
+
+    def oms(name: str, **changes: Any) -> dict[str, Any]:
+        return {
+            "inputs": [
+                ring2,
+                *[_with(t, **changes) if t["name"].endswith(name) else t for t in dcs],
+            ]
+        }
+
+    transposed = np.asarray(data).reshape(N_SMALL, 140, 56).transpose(0, 2, 1).tolist()
     return [
-        ("missing Ring2", {"inputs": dcs}, "Missing input tensor 'Ring2'"),
-        ("shape", {"inputs": [{**ring2, "shape": [N_SMALL, 56, 140]}]}, "[N, 140, 56]"),
-        ("length", {"inputs": [{**ring2, "data": data[:-7]}]}, "product of the shape"),
-        ("text", {"inputs": [{**ring2, "data": ["x", *data[1:]]}]}, "'x'"),
-        ("negative", {"inputs": [{**ring2, "data": negative}]}, "negative"),
-        ("null", {"inputs": [{**ring2, "datatype": "FP32", "data": with_null}]}, "null at"),
+        ("missing Ring2", {"inputs": dcs}, 400, "Missing input tensor 'Ring2'"),
+        ("shape", ring2_only(shape=[N_SMALL, 56, 140]), 400, "[N, 140, 56]"),
+        ("length", ring2_only(data=data[:-7]), 400, "product of the shape"),
+        ("text in Ring2", ring2_only(data=at(3, "x")), 400, "'x' at flat position 3"),
+        ("negative", ring2_only(data=at(10, -1)), 400, "negative"),
+        ("null in FP32", ring2_only(datatype="FP32", data=at(10, None)), 400, "null at flat"),
+        ("Ring2 data is 5", ring2_only(data=5), 400, "data must be a list of values, got int"),
+        ("Ring2 data is true", ring2_only(data=True), 400, "data must be a list of values"),
+        ("OMS data is 5", oms("fpix_ready", data=5), 400, "fpix_ready': data must be a list"),
+        ("transposed nesting", ring2_only(data=transposed), 400, "nested data has shape"),
+        ("INT32 2^31", ring2_only(data=at(7, 2**31)), 400, "2147483648 at flat position 7"),
+        ("INT32 2^40", ring2_only(data=at(7, 2**40)), 400, "outside the INT32 range"),
+        ("INT8 1000", ring2_only(datatype="INT8", data=at(7, 1000)), 400, "outside the INT8"),
+        ("FP16 70000", ring2_only(datatype="FP16", data=at(7, 70000.0)), 400, "outside the FP16"),
+        ("2^64-1", ring2_only(data=at(7, 2**64 - 1)), 400, "18446744073709551615"),
+        (
+            "text in a numeric OMS tensor",
+            {
+                "inputs": [
+                    ring2,
+                    *dcs,
+                    {
+                        "name": "oms__pileup",
+                        "shape": [N_SMALL],
+                        "datatype": "FP32",
+                        "data": ["1", *[50.0] * 5],
+                    },
+                ]
+            },
+            400,
+            "found '1' at position 0",
+        ),
+        (
+            "text with spaces",
+            {
+                "inputs": [
+                    ring2,
+                    *dcs,
+                    {
+                        "name": "oms__pileup",
+                        "shape": [N_SMALL],
+                        "datatype": "FP32",
+                        "data": [" 1e0 ", *[50.0] * 5],
+                    },
+                ]
+            },
+            400,
+            "found ' 1e0 '",
+        ),
         (
             "OMS length",
-            {"inputs": [ring2, *dcs[:-1], {**dcs[-1], "shape": [2], "data": [True, True]}]},
+            oms("tecm_ready", shape=[2], data=[True, True]),
+            400,
             "oms_lumisection_info__tecm_ready",
         ),
-        ("some DCS", {"inputs": [ring2, *dcs[:6]]}, "missing ['tecp_ready', 'tecm_ready']"),
-        ("limit", {"inputs": [{**ring2, "shape": [10_001, 140, 56]}]}, "10001 lumisections"),
+        ("some DCS", {"inputs": [ring2, *dcs[:6]]}, 400, "missing ['tecp_ready', 'tecm_ready']"),
+        ("limit", ring2_only(shape=[5_001, 140, 56]), 400, "5001 lumisections"),
+        ("unknown output", {**small, "outputs": [{"name": "Score"}]}, 400, "'Score'"),
+        (
+            "output twice",
+            {**small, "outputs": [{"name": "Flag"}, {"name": "Flag"}]},
+            400,
+            "['Flag'] requested more than once",
+        ),
+        ("not JSON", b'{"inputs": [', 422, ""),
+        (
+            "NaN token",
+            json.dumps(ring2_only(datatype="FP32", data=at(10, float("nan")))).encode(),
+            422,
+            "",
+        ),
+        ("unknown datatype", ring2_only(datatype="FP128"), 422, ""),
     ]
 
 
-def test_bad_inputs_get_400_and_the_server_keeps_answering(
-    served_model: RunningServer,
+_ZEROS_REQUEST = {
+    "inputs": [{"name": "Ring2", "data": [0] * (N_SMALL * 140 * 56)}]
+    + [{"name": f"oms_lumisection_info__{flag}"} for flag in DCS_FLAGS]
+}
+BAD_CASES = [case for case, *_ in _bad_cases(_ZEROS_REQUEST)]
+
+
+@pytest.mark.parametrize("server_kind", ["main", "image"])
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_request_gets_its_status_and_message_then_a_correct_answer(
+    case: str,
+    server_kind: str,
+    request: pytest.FixtureRequest,
     small_request: dict[str, Any],
     demo_answer: dict[str, Any],
     small_rows: slice,
 ) -> None:
-    expected = expected_small(demo_answer, small_rows)
-    assert_answer(served_model.infer(small_request), expected)
-    data = small_request["inputs"][0]["data"]
-    with_nan = [*data[:10], float("nan"), *data[11:]]  # requests sends the JSON token NaN
-    for case, body, message in _bad_cases(small_request):
-        response = served_model.infer(body)
-        assert response.status_code == 400, (case, response.status_code, response.text[:500])
+    server = request.getfixturevalue("served_model" if server_kind == "main" else "image_server")
+    ((_, body, status, message),) = [c for c in _bad_cases(small_request) if c[0] == case]
+    response = server.infer(body)
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    if status == 400:
         error = response.json()["error"]
-        assert message in error, (case, error)
+        assert message in error, error
         assert "Traceback" not in error
-    # JSON has no NaN: MLServer refuses the bare token as malformed JSON (422) before the model
-    # sees it; a NaN that reaches the model in-process is refused by the pipeline (test_app).
-    nan_body = {"inputs": [{**small_request["inputs"][0], "datatype": "FP32", "data": with_nan}]}
-    assert served_model.infer(nan_body).status_code == 422
-    assert_answer(served_model.infer(small_request), expected)
+    assert_answer(server.infer(small_request), expected_small(demo_answer, small_rows))
+
+
+def test_null_data_is_ours_on_17_and_mlservers_on_15(
+    served_model: RunningServer, image_server: RunningServer, small_request: dict[str, Any]
+) -> None:
+    ring2 = small_request["inputs"][0]
+    body = {"inputs": [_with(ring2, data=None), *small_request["inputs"][1:]]}
+    answer = served_model.infer(body)
+    assert answer.status_code == 400 and "got null" in answer.json()["error"]
+    assert image_server.infer(body).status_code == 422  # pydantic 1 refuses null itself
 
 
 def test_unknown_inputs_are_ignored_and_logged(
@@ -237,37 +358,74 @@ def test_concurrent_clients_get_the_single_client_answer(
         assert got["Metric"]["data"] == reference["Metric"]["data"]
 
 
-@needs_image_venv
 def test_image_environment_serves_a_copy_of_the_build_alone(
-    build_folder: Path,
-    demo_body: bytes,
-    demo_answer: dict[str, Any],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    image_server: RunningServer, demo_body: bytes, demo_answer: dict[str, Any]
 ) -> None:
-    # dismcli mounts the build at /mnt/<Name>; nothing of the repository is visible there
-    folder = tmp_path / "mnt" / MODEL_NAME
-    shutil.copytree(build_folder, folder)
-    port = free_port()
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps({**settings, "http_port": port}))
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
-    server = start_server(
-        mlserver_command(folder, IMAGE_PYTHON),
-        port,
-        tmp_path / "image.log",
-        cwd=tmp_path / "mnt",
-        env=env,
-    )
-    try:
-        version = requests.get(f"{server.base_url}/v2", timeout=10).json()["version"]
-        response = server.infer(demo_body)
-        log = server.log()
-    finally:
-        stop_server(server)
+    version = requests.get(f"{image_server.base_url}/v2", timeout=10).json()["version"]
+    response = image_server.infer(demo_body)
     assert version == "1.5.0"
     assert response.status_code == 200, response.text[:2000]
     answer = response.json()
     assert outputs_by_name(answer) == outputs_by_name(demo_answer)
     assert (answer["model_name"], answer["model_version"]) == (MODEL_NAME, "0.1.0")
-    assert "flagged 1 out of 750 lumisections" in log
+    assert "flagged 1 out of 750 lumisections" in image_server.log()
+
+
+# A handler whose power-group search breaks the way a bug would: the fault is ours, not the
+# client's, so the answer must be a 500 that says so without a traceback, even with MLServer's
+# debug mode on (which would otherwise send the whole traceback to DIALS).
+_FAULTY_HANDLER = """
+import sys
+from app import Handler
+
+
+def _broken_search(*args, **kwargs):
+    raise IndexError("index 48 is out of bounds for axis 1 with size 48")
+
+
+class FaultyHandler(Handler):
+    async def load(self):
+        sys.modules["mlserver_model.pixelring2nmf"].search_significance = _broken_search
+        return await super().load()
+"""
+
+
+@pytest.mark.parametrize(
+    "python", [pytest.param(None, id="main"), pytest.param(IMAGE_PYTHON, id="image")]
+)
+def test_a_pipeline_fault_is_a_500_without_traceback_and_bad_input_still_400(
+    python: Path | None,
+    build_folder: Path,
+    small_request: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    if python is not None and not python.exists() and not os.environ.get("CI"):
+        pytest.skip(f"no image-emulation venv at {python} (CI always has one)")
+    folder = tmp_path / MODEL_NAME
+    shutil.copytree(build_folder, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "faulty.py").write_text(_FAULTY_HANDLER)
+    model_settings = json.loads((folder / "model-settings.json").read_text())
+    model_settings["implementation"] = "faulty.FaultyHandler"
+    (folder / "model-settings.json").write_text(json.dumps(model_settings))
+    port = free_port()
+    settings = json.loads((folder / "settings.json").read_text())
+    (folder / "settings.json").write_text(
+        json.dumps({**settings, "http_port": port, "debug": True})
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    command = mlserver_command(folder, python) if python else mlserver_command(folder)
+    server = start_server(command, port, tmp_path / "faulty.log", cwd=tmp_path, env=env)
+    try:
+        fault = server.infer(small_request)
+        bad_input = dict(small_request)
+        bad_input["inputs"] = [{**small_request["inputs"][0], "shape": [N_SMALL, 139, 56]}]
+        refused = server.infer(bad_input)
+        log = server.log()
+    finally:
+        stop_server(server)
+    assert fault.status_code == 500
+    assert "Internal error of the PixelRing2NMF model" in fault.json()["error"]
+    assert "Traceback" not in fault.text and "IndexError" not in fault.text
+    assert "Traceback" in log and "IndexError: index 48 is out of bounds" in log
+    assert refused.status_code == 400
+    assert "[N, 140, 56]" in refused.json()["error"]
