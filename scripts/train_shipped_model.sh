@@ -19,4 +19,4 @@ trap 'rm -rf "$work"' EXIT
 "$bin/pixelring2nmf" simulate --out "$work/sim" --runs 2 --ls-per-run 600 --seed 11 --clean \
     --era Run2025Z --detector-seed "$detector_seed"
 "$bin/pixelring2nmf" train --parquet "$work"/sim/*.parquet --oms "$work"/sim/omsdata_Run2025Z-v1.json \
-    --max-ls 900 --seed 11 --out "$out"
+    --max-ls 900 --seed 11 --force --out "$out"
