@@ -238,23 +238,7 @@ def outputs_by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {output["name"]: output for output in answer["outputs"]}
 
 
-# --- a simulated era judged by a small model that knows the simulated detector ----------------
-# (test_era.py, test_plots.py). The shipped model may change on main, so these tests train
-# their own on clean maps and compare era output with the model's other paths, LS by LS.
-
-
-@pytest.fixture(scope="session")
-def small_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model trained on 400 clean LS of the project's simulated detector."""
-    import numpy as np
-
-    from pixelring2nmf import simulate as simulator
-    from pixelring2nmf.train import train_model
-
-    detector = simulator.default_detector()
-    sim = simulator.simulate_run(391000, 400, detector, np.random.default_rng(11), anomalies="none")
-    model = train_model(sim.maps[sim.dcs_good], passes=100, seed=0)
-    return model.save(tmp_path_factory.mktemp("model") / "small.joblib")
+# --- a simulated era judged by the session's model (test_era.py, test_plots.py) ------------------
 
 
 @pytest.fixture(scope="session")
@@ -268,12 +252,12 @@ def era_sim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def era_out(
-    era_sim: dict[str, Path], small_model: Path, tmp_path_factory: pytest.TempPathFactory
+    era_sim: dict[str, Path], model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     from pixelring2nmf.cli import main as cli_main
 
     out = tmp_path_factory.mktemp("era_out")
     args = ["era", "--parquet", str(era_sim["parquet"].parent), "--oms", str(era_sim["oms"])]
-    args += ["--model", str(small_model), "--out", str(out), "--xlsx", "--no-progress"]
+    args += ["--model", str(model_path), "--out", str(out), "--xlsx", "--no-progress"]
     assert cli_main(args) == 0
     return out

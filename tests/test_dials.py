@@ -225,7 +225,7 @@ def test_fetch_oms_via_dials_writes_what_fetch_oms_writes(fake, secret_env, sour
 
 
 def test_dials_flags_compares_ls_by_ls(
-    fake, secret_env, source, small_model, tmp_path, capsys
+    fake, secret_env, source, model_path, tmp_path, capsys
 ) -> None:
     """DIALS flagged run 1's dead LS and one more; run 2's dead LS only the local model has."""
     (dataset_id,) = {r["dataset_id"] for r in source["rows"]}
@@ -250,7 +250,7 @@ def test_dials_flags_compares_ls_by_ls(
     out = tmp_path / "flags.csv"
     args = ["dials-flags", "--model-id", "7", "--runs", str(RUNS[0]), str(RUNS[1])]
     args += ["--parquet", str(source["parquet"]), "--out", str(out), "--base-url", fake.url]
-    args += ["--model", str(small_model)]  # knows the simulated detector, whatever is shipped
+    args += ["--model", str(model_path)]  # knows the simulated detector, whatever is shipped
     assert cli_main(args) == 0
     table = pd.read_csv(out)
     got = dict(zip(zip(table.run, table.ls, strict=True), table.status, strict=True))

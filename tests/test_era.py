@@ -1,8 +1,8 @@
 """`pixelring2nmf era` on real parquet files: truth, formats, XLSX, predict, the served model.
 
-The truth test needs a model that knows the simulated detector: a small one is trained here on
-clean simulated maps (the shipped model may change on main). Comparisons with `predict` and
-with the served model are LS by LS, never against numbers of one model file.
+The truth test needs a model that knows the simulated detector: the session's `model_path`
+(conftest), which the shared server also serves. Comparisons with `predict` and with the served
+model are LS by LS, never against numbers of one model file.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ def _truth(era_sim: dict[str, Path]) -> pd.DataFrame:
     return pd.read_csv(era_sim["truth"], keep_default_na=False)
 
 
-def test_tables_match_the_injected_anomalies(era_sim, era_out, small_model) -> None:
+def test_tables_match_the_injected_anomalies(era_sim, era_out, model_path) -> None:
     from mlserver_model.pixelring2nmf import PixelRing2NMF
 
     powergroup = pd.read_csv(era_out / "powergroup.csv")
     comparison = compare_with_truth(
-        powergroup, _truth(era_sim), PixelRing2NMF.load(small_model).unjudged_groups
+        powergroup, _truth(era_sim), PixelRing2NMF.load(model_path).unjudged_groups
     )
     assert all(comparison.injected[k] > 0 for k in ("Multi-Disk", "Quarter", "Single-Disk"))
     assert comparison.missed.empty, comparison.missed.to_string()
@@ -101,7 +101,7 @@ def test_xlsx_opens_with_pandas_and_holds_every_table(era_out) -> None:
     assert len(sheets["Per LS"]) == len(pd.read_csv(era_out / "per_ls.csv"))
 
 
-def test_per_ls_results_are_those_of_predict(era_sim, era_out, small_model, tmp_path) -> None:
+def test_per_ls_results_are_those_of_predict(era_sim, era_out, model_path, tmp_path) -> None:
     csv = tmp_path / "predict.csv"
     assert (
         cli_main(
@@ -112,7 +112,7 @@ def test_per_ls_results_are_those_of_predict(era_sim, era_out, small_model, tmp_
                 "--oms",
                 str(era_sim["oms"]),
                 "--model",
-                str(small_model),
+                str(model_path),
                 "--out",
                 str(csv),
             ]
@@ -129,25 +129,12 @@ def test_per_ls_results_are_those_of_predict(era_sim, era_out, small_model, tmp_
 
 
 def test_era_matches_the_served_model_for_every_ls(
-    demo_files, demo_body, demo_data, served_model, tmp_path
+    demo_files, demo_body, demo_data, served_model, model_path, tmp_path
 ) -> None:
-    """The shipped model as MLServer serves it, on the demo run with OMS, LS by LS."""
+    """The session's model as MLServer serves it, on the demo run with OMS, LS by LS."""
     parquet, oms = demo_files
-    assert (
-        cli_main(
-            [
-                "era",
-                "--parquet",
-                str(parquet),
-                "--oms",
-                str(oms),
-                "--out",
-                str(tmp_path),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    args = ["era", "--parquet", str(parquet), "--oms", str(oms), "--model", str(model_path)]
+    assert cli_main([*args, "--out", str(tmp_path), "--no-progress"]) == 0
     era = pd.read_parquet(tmp_path / "lumisections.parquet").set_index(["run", "ls"])
     body = json.loads(demo_body)
     body["outputs"] = [{"name": n} for n in ("Flag", "Metric", "AnomalyType", "Groups")]
@@ -180,11 +167,11 @@ def _run_with_dead_group(
     return simulator.write_dials_parquet(path, maps, sim.run, sim.ls)
 
 
-def test_a_group_dead_all_run_is_reported_once_as_persistent(small_model, tmp_path) -> None:
+def test_a_group_dead_all_run_is_reported_once_as_persistent(model_path, tmp_path) -> None:
     dead, extra = "FPix_BpI_D2_ROG3", "FPix_BpI_D2_ROG1"  # same disk: a Single-Disk pair
     parquet = _run_with_dead_group(tmp_path / "dead.parquet", dead, extra, range(50, 53))
     out = tmp_path / "out"
-    args = ["era", "--parquet", str(parquet), "--model", str(small_model), "--out", str(out)]
+    args = ["era", "--parquet", str(parquet), "--model", str(model_path), "--out", str(out)]
     assert cli_main([*args, "--no-progress"]) == 0
     persistent = pd.read_csv(out / "persistent.csv")
     assert persistent[["Run_Number", "Powergroup"]].values.tolist() == [[391500, dead]]
@@ -197,13 +184,13 @@ def test_a_group_dead_all_run_is_reported_once_as_persistent(small_model, tmp_pa
     assert summary.Persistent_Groups.tolist() == [dead]
 
 
-def test_bad_file_is_named_and_what_was_computed_is_kept(era_sim, small_model, tmp_path) -> None:
+def test_bad_file_is_named_and_what_was_computed_is_kept(era_sim, model_path, tmp_path) -> None:
     bad = tmp_path / "inputs" / "broken.parquet"
     bad.parent.mkdir()
     bad.write_text("not a parquet file")
     out = tmp_path / "out"
     command = cli_command(
-        "era", "--parquet", str(era_sim["parquet"]), str(bad), "--model", str(small_model)
+        "era", "--parquet", str(era_sim["parquet"]), str(bad), "--model", str(model_path)
     )
     done = subprocess.run(
         [*command, "--out", str(out), "--no-progress"], capture_output=True, text=True, cwd=REPO
@@ -258,7 +245,7 @@ REAL_OMS = REPO.parent / "shared" / "reference" / "omsdata_Run2024I-v1.json"
 
 
 @pytest.mark.skipif(not REAL_OMS.is_file(), reason=f"no real OMS file at {REAL_OMS}")
-def test_real_oms_file_of_2024i_drives_the_dcs_filter_and_pileup(small_model, tmp_path) -> None:
+def test_real_oms_file_of_2024i_drives_the_dcs_filter_and_pileup(model_path, tmp_path) -> None:
     """Maps placed at the real (run, LS) of three 2024I runs; DCS and pileup from the real file."""
     oms = pd.DataFrame(json.loads(REAL_OMS.read_text()))
     runs = oms.run_number.value_counts().index[:3].tolist()
@@ -271,7 +258,7 @@ def test_real_oms_file_of_2024i_drives_the_dcs_filter_and_pileup(small_model, tm
         tmp_path / "real_keys.parquet", maps, real.run_number.to_numpy(), real.lumisection_number
     )
     out = tmp_path / "out"
-    args = ["era", "--parquet", str(parquet), "--oms", str(REAL_OMS), "--model", str(small_model)]
+    args = ["era", "--parquet", str(parquet), "--oms", str(REAL_OMS), "--model", str(model_path)]
     assert cli_main([*args, "--out", str(out), "--no-progress"]) == 0
     summary = pd.read_csv(out / "run_summary.csv").set_index("Run_Number")
     flags = real[list(DCS_FLAGS)]
@@ -289,7 +276,7 @@ def test_real_oms_file_of_2024i_drives_the_dcs_filter_and_pileup(small_model, tm
     )
 
 
-def test_a_file_saved_the_way_cmsdials_users_save_it(era_sim, era_out, small_model, tmp_path):
+def test_a_file_saved_the_way_cmsdials_users_save_it(era_sim, era_out, model_path, tmp_path):
     """`.to_pandas().to_parquet()` of cmsdials results: nested Python float lists, one row group."""
     import pyarrow.parquet as pq
 
@@ -301,7 +288,7 @@ def test_a_file_saved_the_way_cmsdials_users_save_it(era_sim, era_out, small_mod
     assert pq.ParquetFile(saved).metadata.num_row_groups == 1
     out = tmp_path / "out"
     args = ["era", "--parquet", str(saved), "--oms", str(era_sim["oms"])]
-    assert cli_main([*args, "--model", str(small_model), "--out", str(out), "--no-progress"]) == 0
+    assert cli_main([*args, "--model", str(model_path), "--out", str(out), "--no-progress"]) == 0
     mine = pd.read_parquet(out / "lumisections.parquet")
     reference = pd.read_parquet(era_out / "lumisections.parquet").merge(mine[["run", "ls"]])
     assert len(mine) == 300

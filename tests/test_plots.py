@@ -37,19 +37,19 @@ def _check_png(path: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["Multi-Disk", "Quarter", "Single-Disk", "none"])
-def test_plot_one_ls_of_each_type(era_sim, era_out, small_model, tmp_path, kind) -> None:
+def test_plot_one_ls_of_each_type(era_sim, era_out, model_path, tmp_path, kind) -> None:
     row = _pick(era_out, kind)
     out = tmp_path / f"{kind}.png"
     args = ["plot", "--parquet", str(era_sim["parquet"]), "--oms", str(era_sim["oms"])]
-    args += ["--model", str(small_model), "--run", str(row.run), "--ls", str(row.ls)]
+    args += ["--model", str(model_path), "--run", str(row.run), "--ls", str(row.ls)]
     assert cli_main([*args, "--out", str(out)]) == 0
     _check_png(out)
 
 
-def test_ls_figure_says_what_the_model_found(era_sim, era_out, small_model) -> None:
+def test_ls_figure_says_what_the_model_found(era_sim, era_out, model_path) -> None:
     row = _pick(era_out, "Multi-Disk")
     map_yx = find_lumisection([era_sim["parquet"]], int(row.run), int(row.ls))
-    model = PixelRing2NMF.load(small_model)
+    model = PixelRing2NMF.load(model_path)
     result = model.predict(map_yx[None], roc_maps=True)
     figure = lumisection_figure(
         map_yx,
