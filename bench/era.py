@@ -55,7 +55,7 @@ def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
 def run_era(paths: dict[str, Path], out: Path) -> dict:
     """One `pixelring2nmf era` process: wall seconds, peak RSS (MB), its own summary."""
     command = [sys.executable, "-m", "pixelring2nmf.cli", "era", "--parquet", str(paths["parquet"])]
-    command += ["--oms", str(paths["oms"]), "--out", str(out), "--xlsx", "--no-progress"]
+    command += ["--oms", str(paths["oms"]), "--out", str(out), "--xlsx", "--no-progress", "--force"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(process.pid, 0)

@@ -27,7 +27,18 @@ def main() -> None:
     sim = simulator.simulate(args.workdir / "sim", runs=8, seed=3, anomaly_rate=0.01)
     era_dir = args.workdir / "era"
     common = ["--oms", str(sim["oms"])]
-    cli(["era", "--parquet", str(sim["parquet"]), *common, "--out", str(era_dir), "--no-progress"])
+    cli(
+        [
+            "era",
+            "--parquet",
+            str(sim["parquet"]),
+            *common,
+            "--out",
+            str(era_dir),
+            "--no-progress",
+            "--force",
+        ]
+    )
     results = pd.read_parquet(era_dir / "lumisections.parquet")
     good = results[results.dcs_good]
     picks = {

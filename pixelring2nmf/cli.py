@@ -187,6 +187,7 @@ def _add_fetch_dials(sub: argparse._SubParsersAction) -> None:
         help="all runs from FIRST to LAST (one query)",
     )
     p.add_argument("--out", type=Path, required=True, help="parquet file to write")
+    p.add_argument("--force", action="store_true", help="download again over an existing --out")
     p.add_argument("--page-size", type=int, default=100, help="LS per page (default 100)")
     p.add_argument("--attempts", type=int, default=4, help="tries per page (default 4)")
     p.add_argument(
@@ -233,6 +234,7 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
+    p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument(
         "--rule",
         choices=("significance", "original"),

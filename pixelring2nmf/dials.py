@@ -344,6 +344,9 @@ def run_fetch_dials(args: argparse.Namespace) -> int:
     """CLI: `fetch-dials --dataset REGEX (--runs R... | --run-range A B) --out FILE.parquet`."""
     import pyarrow.parquet as pq
 
+    from .outputs import output_file
+
+    output_file(args.out, force=args.force, what="--out")  # a finished download is kept
     queries = h2d_queries(
         args.dataset, args.runs, tuple(args.run_range) if args.run_range else None, args.page_size
     )
@@ -438,6 +441,9 @@ def _oms_rows(payload: Any, run: int) -> list[dict]:
 
 def run_fetch_oms_via_dials(args: argparse.Namespace) -> int:
     """CLI: `fetch-oms --via dials --runs ... --out FILE`: the same JSON as `fetch-oms`."""
+    from .outputs import output_file
+
+    output_file(args.out, what="--out")  # before the download
     dials = connect(args.base_url, args.workspace)
     rows = oms_lumisections(dials, args.runs)
     if not rows:
@@ -505,7 +511,10 @@ def run_dials_flags(args: argparse.Namespace) -> int:
     from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
 
     from .era import OmsLookup, analyse_era, parquet_inputs
+    from .outputs import output_file
 
+    if args.out:
+        output_file(args.out, what="--out")  # before the work
     paths = parquet_inputs(args.parquet)
     runs = args.runs
     local_era = analyse_era(

@@ -328,6 +328,9 @@ def summary_line(era: EraRun, tables: EraTables, out_dir: Path) -> str:
 
 def run_era(args: argparse.Namespace) -> int:
     """CLI entry: read, judge, tabulate, write; exit 2 if any input could not be used."""
+    from .outputs import output_folder
+
+    output_folder(args.out, force=args.force, what="--out folder")  # before the work
     paths = parquet_inputs(args.parquet)
     oms = OmsLookup.read(args.oms) if args.oms else None
     model_path = Path(args.model or DEFAULT_MODEL_PATH)

@@ -90,6 +90,9 @@ def era_plot(args: argparse.Namespace) -> list[Path]:
 
 def run_plot(args: argparse.Namespace) -> int:
     """CLI entry: exactly one of --era or --run/--ls (with --parquet)."""
+    from .outputs import output_file
+
+    output_file(args.out, what="--out")  # before the work
     if args.era is not None:
         if args.run is not None or args.ls is not None:
             raise ValueError("give either --era DIR or --run R --ls L, not both")

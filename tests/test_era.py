@@ -293,3 +293,11 @@ def test_a_file_saved_the_way_cmsdials_users_save_it(era_sim, era_out, model_pat
     reference = pd.read_parquet(era_out / "lumisections.parquet").merge(mine[["run", "ls"]])
     assert len(mine) == 300
     pd.testing.assert_frame_equal(mine, reference)
+
+
+def test_a_non_empty_out_folder_is_refused_before_the_work(era_sim, era_out, capsys) -> None:
+    before = (era_out / "lumisections.parquet").stat().st_mtime_ns
+    args = ["era", "--parquet", str(era_sim["parquet"]), "--out", str(era_out), "--no-progress"]
+    assert cli_main(args) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+    assert (era_out / "lumisections.parquet").stat().st_mtime_ns == before
