@@ -224,16 +224,31 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--parquet",
-        type=Path,
         nargs="+",
         required=True,
-        metavar="FILE_OR_DIR",
-        help="DIALS parquet file(s), or directories of them",
+        metavar="FILE_OR_DIR_OR_URL",
+        help="DIALS parquet file(s), directories of them, or URLs read through fsspec "
+        "(e.g. root://eosuser.cern.ch//eos/...; kept as given, opened where the work runs)",
     )
     p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
     p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
+    p.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS|local:N",
+        help="judge on a Dask cluster: the address of a running scheduler (tcp://host:8786, "
+        "tls://...), or local:N for N worker processes on this machine; the same files come out",
+    )
+    p.add_argument(
+        "--task-ls",
+        type=int,
+        default=None,
+        metavar="N",
+        help="LS per task, in whole row groups (default: 1000 here, 5000 with --dask); "
+        "with --dask, aim for several tasks per worker",
+    )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument(
         "--rule",

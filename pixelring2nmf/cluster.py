@@ -1,0 +1,270 @@
+"""`era --dask`: the era analysis as tasks of (file, row groups) on a Dask cluster.
+
+CMS analysts scale Python with `dask.distributed` (SWAN's Dask clusters, lxplus HTCondor through
+dask-jobqueue; DOMAIN.md section 10), so the era runs there rather than on a scheduler of its
+own. Nothing of the analysis lives here: the workers run `era.plan_file` (footers) and
+`era.judge_row_groups` (the maps), the client merges with `era.merge_results` and writes with
+`era.write_and_report`, exactly as a run on one machine does. This module only moves work:
+
+- the model and the OMS table travel once to each worker, inside a worker plugin (workers
+  that join later, or replace a dead one, get it when they register);
+- workers open the parquet files themselves (paths on a shared filesystem, or URLs through
+  fsspec such as root:// on EOS); only ~100 bytes of results per LS come back, never a map;
+- a task whose worker dies is rerun elsewhere by the scheduler (up to
+  `distributed.scheduler.allowed-failures` deaths, 3 by default); bad data does not raise on
+  the worker but comes back as a failure naming file and row group, with the results of the
+  task's other row groups, so the run keeps everything that could be judged.
+
+dask is imported only by this module, which `era` imports only when `--dask` is used.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
+
+import distributed
+from distributed import Client, Future, KilledWorker, Worker, get_worker
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from .era import (
+    EraRun,
+    FilePlan,
+    OmsLookup,
+    RowGroupTask,
+    Source,
+    TaskResult,
+    judge_row_groups,
+    merge_results,
+    plan_file,
+    plan_tasks,
+    progress_bar,
+    quiet_single_threaded_blas,
+    report_failures,
+)
+
+if TYPE_CHECKING:
+    from mlserver_model.pixelring2nmf import PixelRing2NMF
+
+LOCAL_PREFIX = "local:"
+# LS per task on a cluster: 5 row groups of 1000, ~1.5 s of work, so the per-task overhead
+# stays a few percent (BENCHMARKS.md, era_scale) while an era of 300k LS still makes 60 tasks.
+DASK_TASK_LS = 5000
+CONNECT_TIMEOUT_S = 30
+PACKAGE = "pixelring2nmf"
+
+logger = logging.getLogger(__name__)
+
+
+@contextmanager
+def dask_client(spec: str) -> Iterator[Client]:
+    """A client of the cluster `spec` names; a `local:N` cluster ends with the client.
+
+    `local:N` is N single-threaded worker processes on this machine, listening on loopback
+    only: one process per core is what the decode-bound analysis wants (the GIL is held while
+    pyarrow's lists become numpy maps). Anything else is the address of a running scheduler.
+    """
+    with ExitStack() as stack:
+        stack.enter_context(_quiet("distributed"))
+        if spec.startswith(LOCAL_PREFIX):
+            cluster = stack.enter_context(_local_cluster(spec))
+            address = cluster.scheduler_address
+        else:
+            address = spec
+        try:
+            client = stack.enter_context(
+                Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            )
+        except (OSError, TimeoutError) as error:
+            raise RuntimeError(f"cannot reach the Dask scheduler at {address}: {error}") from None
+        yield client
+
+
+def _local_cluster(spec: str) -> distributed.LocalCluster:
+    count = spec[len(LOCAL_PREFIX) :]
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"--dask {spec}: expected local:N with N >= 1 worker processes")
+    return distributed.LocalCluster(
+        n_workers=int(count),
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address="127.0.0.1:8787",  # with bokeh installed; another port if taken
+    )
+
+
+@contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Only warnings from `name` (a worker's death is one); its INFO lines drown the bar."""
+    log = logging.getLogger(name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+class EraInputs(WorkerPlugin):
+    """The model and the OMS table of one era run, held by every worker.
+
+    Sent once per worker (the scheduler keeps the plugin and hands it to workers that register
+    later, such as the one that replaces a dead worker), instead of once per task. `setup` also
+    gives the worker process what the analysis needs: one BLAS thread, no per-chunk INFO lines.
+    """
+
+    def __init__(self, model: PixelRing2NMF, oms: OmsLookup | None) -> None:
+        self.model = model
+        self.oms = oms
+        self._settings = ExitStack()
+
+    def __getstate__(self) -> dict:
+        return {"model": self.model, "oms": self.oms}  # not the worker's settings
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model"], state["oms"])
+
+    def setup(self, worker: Worker) -> None:
+        self._settings.enter_context(quiet_single_threaded_blas())
+
+    def teardown(self, worker: Worker) -> None:
+        self._settings.close()
+
+
+def _plan_on_worker(file_index: int, source: Source) -> FilePlan:
+    """Footers are read where the data are: the client may not see EOS at all."""
+    return plan_file(file_index, source)
+
+
+def _judge_on_worker(task: RowGroupTask, inputs_name: str, rule: str) -> TaskResult:
+    inputs = get_worker().plugins.get(inputs_name)
+    if inputs is None:
+        raise RuntimeError(
+            f"worker has no era inputs {inputs_name!r} (its plugin failed to load: does the "
+            f"worker's environment have {PACKAGE} installed?)"
+        )
+    return judge_row_groups(task, inputs.model, inputs.oms, rule)
+
+
+def describe_cluster(client: Client) -> str:
+    """`dask tcp://host:8786 (N workers)`: where a run was judged, for era.json."""
+    n_workers = len(client.nthreads())
+    return f"dask {client.scheduler.address} ({n_workers} worker{'' if n_workers == 1 else 's'})"
+
+
+def check_workers(client: Client) -> None:
+    """Fail before any work if a connected worker cannot import this package.
+
+    Task functions travel by reference, so a worker without pixelring2nmf (or with another
+    version) would fail every task; the check costs one round trip. Workers that join later
+    are not checked: their tasks fail with the import error, naming the task.
+    """
+    ours = importlib.metadata.version(PACKAGE)
+    answers = client.run(importlib.metadata.version, PACKAGE, on_error="return")
+    wrong = {
+        worker: (f"missing ({answer})" if isinstance(answer, Exception) else answer)
+        for worker, answer in answers.items()
+        if answer != ours
+    }
+    if wrong:
+        listed = ", ".join(f"{worker}: {found}" for worker, found in sorted(wrong.items())[:5])
+        raise RuntimeError(
+            f"{len(wrong)} Dask worker(s) lack {PACKAGE} {ours} (the client's version): "
+            f"{listed}; install it in the workers' environment"
+        )
+
+
+def _failed_task(task: RowGroupTask, error: BaseException) -> TaskResult:
+    """What a task that raised on the cluster leaves: its LS unjudged, and why, named."""
+    if isinstance(error, KilledWorker):
+        why = (
+            f"its worker died {error.allowed_failures + 1} times running it (out of memory? "
+            "see the workers' logs)"
+        )
+    else:
+        why = f"{type(error).__name__}: {error}"
+    return TaskResult.unjudged(task, why)
+
+
+def _plans(client: Client, sources: Sequence[Source]) -> list[FilePlan]:
+    futures = client.map(_plan_on_worker, range(len(sources)), sources, pure=False)
+    plans = []
+    for index, future in enumerate(futures):
+        try:
+            plans.append(future.result())
+        except (Exception, distributed.CancelledError) as error:
+            message = f"{sources[index]}: could not read its footer on the cluster: {error}"
+            plans.append(FilePlan(index, sources[index], failure=message))
+    return plans
+
+
+def analyse_era_on_dask(
+    client: Client,
+    paths: Sequence[Source],
+    model: PixelRing2NMF,
+    oms: OmsLookup | None = None,
+    *,
+    rule: str = "significance",
+    progress: bool = True,
+    task_ls: int = DASK_TASK_LS,
+    on_task: Callable[[TaskResult], object] | None = None,
+) -> EraRun:
+    """`era.analyse_era` with the tasks judged by the cluster's workers.
+
+    Results are merged in file and row-group order, not in the order tasks finish, so the
+    era is the same as a run on one machine. `on_task` sees every task's result as it
+    arrives (bench/era_scale.py times them).
+    """
+    start = time.perf_counter()
+    check_workers(client)
+    plans = _plans(client, paths)
+    for plan in plans:
+        if plan.failure:
+            logger.error("era: skipped %s", plan.failure)
+    tasks = plan_tasks(plans, task_ls)
+    run_id = uuid.uuid4().hex[:12]
+    inputs_name = f"{PACKAGE}-era-inputs-{run_id}"
+    client.register_plugin(EraInputs(model, oms), name=inputs_name)
+    parts: list[TaskResult] = []
+    interrupted = False
+    bar = progress_bar(sum(task.n_ls for task in tasks), progress)
+    futures: list[Future] = []
+    try:
+        futures = client.map(
+            _judge_on_worker,
+            tasks,
+            inputs_name=inputs_name,
+            rule=rule,
+            key=[f"{PACKAGE}-judge-{run_id}-{i}" for i in range(len(tasks))],
+        )
+        task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
+        for future in distributed.as_completed(futures, loop=client.loop):
+            task = task_of[future.key]
+            try:
+                part = future.result()
+            except (Exception, distributed.CancelledError) as error:  # reported, not raised
+                part = _failed_task(task, error)
+            future.release()  # the client holds the merged frame, the cluster nothing
+            parts.append(part)
+            report_failures(part)
+            bar.update(task.n_ls)
+            if on_task is not None:
+                on_task(part)
+    except KeyboardInterrupt:
+        interrupted = True
+        client.cancel(futures)
+    finally:
+        bar.close()
+        client.unregister_worker_plugin(inputs_name)
+    return merge_results(
+        parts,
+        plans,
+        interrupted=interrupted,
+        seconds=time.perf_counter() - start,
+        ran_on=describe_cluster(client),
+    )
