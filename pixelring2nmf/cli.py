@@ -246,8 +246,8 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="LS per task, in whole row groups (default: 1000 here, 5000 with --dask); "
-        "with --dask, aim for several tasks per worker",
+        help="LS per task, in whole row groups (default: 1000; with --dask, about 4 tasks "
+        "per worker connected at the start, 1000 to 5000)",
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
     p.add_argument(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING
 
+import dask
 import distributed
 from distributed import Client, Future, KilledWorker, Worker, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -52,9 +53,13 @@ if TYPE_CHECKING:
     from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 LOCAL_PREFIX = "local:"
-# LS per task on a cluster: 5 row groups of 1000, ~1.5 s of work, so the per-task overhead
-# stays a few percent (BENCHMARKS.md, era_scale) while an era of 300k LS still makes 60 tasks.
-DASK_TASK_LS = 5000
+# LS per task on a cluster, unless --task-ls says otherwise: about TASKS_PER_WORKER tasks per
+# worker, so the last tasks even out across workers, between one row group of the simulator
+# and of DIALS downloads (MIN_TASK_LS) and ~1 s of work (MAX_TASK_LS), beyond which the
+# per-task overhead (tens of ms, BENCHMARKS.md "era_scale") is already negligible.
+MIN_TASK_LS = 1000
+MAX_TASK_LS = 5000
+TASKS_PER_WORKER = 4
 CONNECT_TIMEOUT_S = 30
 PACKAGE = "pixelring2nmf"
 
@@ -110,24 +115,23 @@ def _quiet(name: str) -> Iterator[None]:
         log.setLevel(level)
 
 
-class EraInputs(WorkerPlugin):
-    """The model and the OMS table of one era run, held by every worker.
+class ModelOnWorkers(WorkerPlugin):
+    """The model of one era run, held by every worker.
 
     Sent once per worker (the scheduler keeps the plugin and hands it to workers that register
     later, such as the one that replaces a dead worker), instead of once per task. `setup` also
     gives the worker process what the analysis needs: one BLAS thread, no per-chunk INFO lines.
     """
 
-    def __init__(self, model: PixelRing2NMF, oms: OmsLookup | None) -> None:
+    def __init__(self, model: PixelRing2NMF) -> None:
         self.model = model
-        self.oms = oms
         self._settings = ExitStack()
 
     def __getstate__(self) -> dict:
-        return {"model": self.model, "oms": self.oms}  # not the worker's settings
+        return {"model": self.model}  # not the worker's settings
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["model"], state["oms"])
+        self.__init__(state["model"])
 
     def setup(self, worker: Worker) -> None:
         self._settings.enter_context(quiet_single_threaded_blas())
@@ -141,14 +145,25 @@ def _plan_on_worker(file_index: int, source: Source) -> FilePlan:
     return plan_file(file_index, source)
 
 
-def _judge_on_worker(task: RowGroupTask, inputs_name: str, rule: str) -> TaskResult:
-    inputs = get_worker().plugins.get(inputs_name)
-    if inputs is None:
+def _judge_on_worker(
+    task: RowGroupTask, oms: OmsLookup | None, model_name: str, rule: str
+) -> TaskResult:
+    plugin = get_worker().plugins.get(model_name)
+    if plugin is None:
         raise RuntimeError(
-            f"worker has no era inputs {inputs_name!r} (its plugin failed to load: does the "
+            f"worker has no model {model_name!r} (its plugin failed to load: does the "
             f"worker's environment have {PACKAGE} installed?)"
         )
-    return judge_row_groups(task, inputs.model, inputs.oms, rule)
+    return judge_row_groups(task, plugin.model, oms, rule)
+
+
+def _oms_of(task: RowGroupTask, oms: OmsLookup | None) -> OmsLookup | None:
+    """The OMS rows a task needs travel with it: ~80 bytes per LS, once in total, where the
+    whole table in every worker would be ~24 MB per worker for a year. A file without run
+    statistics in its footer makes its tasks carry the whole table."""
+    if oms is None or task.runs is None:
+        return oms
+    return oms.runs_between(*task.runs)
 
 
 def describe_cluster(client: Client) -> str:
@@ -177,6 +192,12 @@ def check_workers(client: Client) -> None:
             f"{len(wrong)} Dask worker(s) lack {PACKAGE} {ours} (the client's version): "
             f"{listed}; install it in the workers' environment"
         )
+
+
+def auto_task_ls(total_ls: int, n_workers: int) -> int:
+    """LS per task for an era of `total_ls` on `n_workers` (0 while an HTCondor cluster starts)."""
+    per_task = total_ls // (TASKS_PER_WORKER * max(n_workers, 1))
+    return max(MIN_TASK_LS, min(MAX_TASK_LS, per_task))
 
 
 def _failed_task(task: RowGroupTask, error: BaseException) -> TaskResult:
@@ -211,14 +232,15 @@ def analyse_era_on_dask(
     *,
     rule: str = "significance",
     progress: bool = True,
-    task_ls: int = DASK_TASK_LS,
+    task_ls: int | None = None,
     on_task: Callable[[TaskResult], object] | None = None,
 ) -> EraRun:
     """`era.analyse_era` with the tasks judged by the cluster's workers.
 
-    Results are merged in file and row-group order, not in the order tasks finish, so the
-    era is the same as a run on one machine. `on_task` sees every task's result as it
-    arrives (bench/era_scale.py times them).
+    `task_ls` None sizes tasks by the workers connected now (`auto_task_ls`). Results are
+    merged in file and row-group order, not in the order tasks finish, so the era is the same
+    as a run on one machine. `on_task` sees every task's result as it arrives
+    (bench/era_scale.py times them).
     """
     start = time.perf_counter()
     check_workers(client)
@@ -226,22 +248,29 @@ def analyse_era_on_dask(
     for plan in plans:
         if plan.failure:
             logger.error("era: skipped %s", plan.failure)
+    if task_ls is None:
+        total_ls = sum(plan.n_ls for plan in plans)
+        task_ls = auto_task_ls(total_ls, len(client.nthreads()))
     tasks = plan_tasks(plans, task_ls)
     run_id = uuid.uuid4().hex[:12]
-    inputs_name = f"{PACKAGE}-era-inputs-{run_id}"
-    client.register_plugin(EraInputs(model, oms), name=inputs_name)
+    model_name = f"{PACKAGE}-model-{run_id}"
+    client.register_plugin(ModelOnWorkers(model), name=model_name)
     parts: list[TaskResult] = []
     interrupted = False
     bar = progress_bar(sum(task.n_ls for task in tasks), progress)
     futures: list[Future] = []
     try:
-        futures = client.map(
-            _judge_on_worker,
-            tasks,
-            inputs_name=inputs_name,
-            rule=rule,
-            key=[f"{PACKAGE}-judge-{run_id}-{i}" for i in range(len(tasks))],
-        )
+        # The tasks carry their OMS rows: ~80 bytes per LS in all, past the 10 MB at which
+        # dask warns of a large graph once an era passes ~100k LS; that size is intended.
+        with dask.config.set({"distributed.admin.large-graph-warning-threshold": "1GB"}):
+            futures = client.map(
+                _judge_on_worker,
+                tasks,
+                [_oms_of(task, oms) for task in tasks],
+                model_name=model_name,
+                rule=rule,
+                key=[f"{PACKAGE}-judge-{run_id}-{i}" for i in range(len(tasks))],
+            )
         task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
         for future in distributed.as_completed(futures, loop=client.loop):
             task = task_of[future.key]
@@ -260,7 +289,7 @@ def analyse_era_on_dask(
         client.cancel(futures)
     finally:
         bar.close()
-        client.unregister_worker_plugin(inputs_name)
+        client.unregister_worker_plugin(model_name)
     return merge_results(
         parts,
         plans,

@@ -38,6 +38,14 @@ import pandas as pd
 from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, LOGGER, PixelRing2NMF
 
 from .oms import OMS_KEY_COLUMNS, align_oms, read_oms_json
+from .parquet import (
+    RowGroupInfo,
+    is_url,
+    iter_row_group,
+    open_dials_parquet,
+    row_group_infos,
+    split_row_groups,
+)
 from .predict import results_table
 from .tables import EraTables, PersistenceRule, era_tables
 
@@ -68,8 +76,6 @@ def parquet_inputs(inputs: Iterable[str | Path]) -> list[Source]:
     URLs (root://, https://, file://...) are kept as given: the machines that judge them (a
     cluster's workers) open them, and this one may not even see that storage.
     """
-    from .parquet import is_url
-
     files: list[Source] = []
     for given in inputs:
         if is_url(str(given)):
@@ -128,6 +134,14 @@ class OmsLookup:
     def read(cls, paths: Sequence[Path]) -> OmsLookup:
         return cls([(Path(p), read_oms_json(p)) for p in paths])
 
+    def runs_between(self, first: int, last: int) -> OmsLookup:
+        """Only the rows of runs `first` to `last`: what a task of those runs needs, so a
+        cluster receives the era's table once in total rather than once per worker."""
+        part = object.__new__(OmsLookup)
+        part._empty = self._empty
+        part._by_run = {run: rows for run, rows in self._by_run.items() if first <= run <= last}
+        return part
+
     def columns_for(self, run: np.ndarray, ls: np.ndarray) -> dict[str, np.ndarray]:
         """OMS columns aligned to (run, ls); an LS absent from OMS gets nulls (DCS-bad)."""
         parts = [self._by_run[r] for r in np.unique(run).tolist() if r in self._by_run]
@@ -157,12 +171,16 @@ class EraRun:
 
 @dataclass(frozen=True)
 class FilePlan:
-    """A file's LS per row group, read from its footer; or why it could not be opened."""
+    """A file's row groups (LS, runs) as its footer says; or why it could not be opened."""
 
     file_index: int  # position in the era's list of files: the order of the merge
     source: Source
-    row_group_ls: tuple[int, ...] = ()
+    row_groups: tuple[RowGroupInfo, ...] = ()
     failure: str = ""
+
+    @property
+    def n_ls(self) -> int:
+        return sum(info.n_ls for info in self.row_groups)
 
 
 @dataclass(frozen=True)
@@ -173,6 +191,7 @@ class RowGroupTask:
     source: Source
     row_groups: tuple[int, ...]
     n_ls: int
+    runs: tuple[int, int] | None = None  # first and last run in them, if the footer says
 
     def describe(self) -> str:
         first, last = self.row_groups[0], self.row_groups[-1]
@@ -221,23 +240,24 @@ def _undecodable(error: Exception) -> Exception:
 
 def plan_file(file_index: int, source: Source) -> FilePlan:
     """Read one footer; a file that cannot be opened becomes a failure naming it."""
-    from .parquet import row_group_sizes
-
     try:
-        return FilePlan(file_index, source, tuple(row_group_sizes(source)))
+        return FilePlan(file_index, source, tuple(row_group_infos(source)))
     except (ValueError, OSError) as error:  # InputError is a ValueError
         return FilePlan(file_index, source, failure=_problem(source, str(source), error))
 
 
 def plan_tasks(plans: Iterable[FilePlan], task_ls: int) -> list[RowGroupTask]:
     """Tasks of whole row groups of up to `task_ls` LS, in file and row-group order."""
-    from .parquet import split_row_groups
-
     tasks = []
     for plan in plans:
-        for groups in split_row_groups(plan.row_group_ls, task_ls):
-            n_ls = sum(plan.row_group_ls[g] for g in groups)
-            tasks.append(RowGroupTask(plan.file_index, plan.source, groups, n_ls))
+        sizes = [info.n_ls for info in plan.row_groups]
+        for groups in split_row_groups(sizes, task_ls):
+            infos = [plan.row_groups[g] for g in groups]
+            n_ls = sum(info.n_ls for info in infos)
+            runs = None
+            if all(info.runs is not None for info in infos):
+                runs = (min(i.runs[0] for i in infos), max(i.runs[1] for i in infos))
+            tasks.append(RowGroupTask(plan.file_index, plan.source, groups, n_ls, runs))
     return tasks
 
 
@@ -254,8 +274,6 @@ def judge_row_groups(
     chunks judged before it and the row groups after it are kept, since nothing computed may
     be lost. `on_chunk(n_ls)` reports progress where the task runs in this process.
     """
-    from .parquet import iter_row_group, open_dials_parquet
-
     start = time.perf_counter()
     tables: list[pd.DataFrame] = []
     failures: list[str] = []
@@ -515,7 +533,7 @@ def run_era(args: argparse.Namespace) -> int:
         raise ValueError(f"--task-ls must be a positive number of LS, got {args.task_ls}")
     if args.dask:
         try:
-            from .cluster import DASK_TASK_LS, analyse_era_on_dask, dask_client
+            from .cluster import analyse_era_on_dask, dask_client
         except ImportError as error:
             raise RuntimeError(
                 f"--dask needs dask.distributed ({error}): pip install 'pixelring2nmf[dask]'"
@@ -529,7 +547,7 @@ def run_era(args: argparse.Namespace) -> int:
                 oms,
                 rule=args.rule,
                 progress=progress,
-                task_ls=args.task_ls or DASK_TASK_LS,
+                task_ls=args.task_ls,
             )
     else:
         task_ls = args.task_ls or TASK_LS

@@ -218,11 +218,30 @@ def _open_url(url: str):
         raise FileNotFoundError(f"DIALS parquet not found: {url}") from None
 
 
-def row_group_sizes(source: str | Path) -> list[int]:
-    """LS in each row group, from the footer alone: how an era is cut into tasks unread."""
+@dataclass(frozen=True)
+class RowGroupInfo:
+    """What a footer says of one row group, before any map is read."""
+
+    n_ls: int
+    runs: tuple[int, int] | None  # first and last run_number (statistics); None: not written
+
+
+def row_group_infos(source: str | Path) -> list[RowGroupInfo]:
+    """LS and runs of each row group, from the footer alone: how an era is cut into tasks, and
+    which OMS rows each task needs, without reading a map."""
     with open_dials_parquet(source) as parquet_file:
         metadata = parquet_file.metadata
-        return [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+        leaf = next(
+            i for i in range(metadata.num_columns) if metadata.schema.column(i).path == "run_number"
+        )
+        infos = []
+        for i in range(metadata.num_row_groups):
+            row_group = metadata.row_group(i)
+            stats = row_group.column(leaf).statistics
+            known = stats is not None and stats.has_min_max
+            runs = (int(stats.min), int(stats.max)) if known else None
+            infos.append(RowGroupInfo(row_group.num_rows, runs))
+        return infos
 
 
 def iter_row_group(

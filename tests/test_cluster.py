@@ -213,7 +213,9 @@ def test_tasks_follow_files_and_row_groups(era_sim) -> None:
     tasks = plan_tasks(plans, 1500)
     assert [t.file_index for t in tasks] == [0] * len(tasks)
     assert sum(t.n_ls for t in tasks) == pq.ParquetFile(era_sim["parquet"]).metadata.num_rows
-    assert [g for t in tasks for g in t.row_groups] == list(range(len(plans[0].row_group_ls)))
+    assert [g for t in tasks for g in t.row_groups] == list(range(len(plans[0].row_groups)))
+    runs = pq.read_table(era_sim["parquet"], columns=["run_number"]).column(0).to_numpy()
+    assert tasks[0].runs == (runs.min(), runs[tasks[0].n_ls - 1])
 
 
 def test_a_bad_dask_spec_is_a_clear_error(era_sim, tmp_path, capsys) -> None:
