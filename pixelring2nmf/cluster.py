@@ -6,10 +6,12 @@ own. Nothing of the analysis lives here: the workers run `era.plan_file` (footer
 `era.judge_row_groups` (the maps), the client merges with `era.merge_results` and writes with
 `era.write_and_report`, exactly as a run on one machine does. This module only moves work:
 
-- the model and the OMS table travel once to each worker, inside a worker plugin (workers
-  that join later, or replace a dead one, get it when they register);
+- the model travels once to each worker, inside a worker plugin (workers that join later, or
+  replace a dead one, get it when they register); each task carries the OMS rows of its runs
+  only (known from the row groups' statistics), so the era's OMS table crosses the network
+  once in all, not once per worker;
 - workers open the parquet files themselves (paths on a shared filesystem, or URLs through
-  fsspec such as root:// on EOS); only ~100 bytes of results per LS come back, never a map;
+  fsspec such as root:// on EOS); only ~70 bytes of results per LS come back, never a map;
 - a task whose worker dies is rerun elsewhere by the scheduler (up to
   `distributed.scheduler.allowed-failures` deaths, 3 by default); bad data does not raise on
   the worker but comes back as a failure naming file and row group, with the results of the
@@ -71,8 +73,9 @@ def dask_client(spec: str) -> Iterator[Client]:
     """A client of the cluster `spec` names; a `local:N` cluster ends with the client.
 
     `local:N` is N single-threaded worker processes on this machine, listening on loopback
-    only: one process per core is what the decode-bound analysis wants (the GIL is held while
-    pyarrow's lists become numpy maps). Anything else is the address of a running scheduler.
+    only: the analysis is CPU-bound Python, numpy and pyarrow, and processes do not contend
+    for one interpreter lock as threads would. Anything else is the address of a running
+    scheduler (tcp://, tls://; dask's configuration supplies any TLS credentials).
     """
     with ExitStack() as stack:
         stack.enter_context(_quiet("distributed"))

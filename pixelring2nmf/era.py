@@ -233,7 +233,7 @@ def _problem(source: Source, where: str, error: BaseException) -> str:
 
 def _undecodable(error: Exception) -> Exception:
     """pyarrow says "Unexpected end of stream" of a damaged page: say what that means."""
-    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError):
+    if isinstance(error, OSError) and not isinstance(error, FileNotFoundError | PermissionError):
         return OSError(f"cannot be decoded (a corrupt or truncated file?): {error}")
     return error
 

@@ -27,6 +27,7 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pixelring2nmf.cli import main as cli_main
+from pixelring2nmf.cluster import auto_task_ls
 from pixelring2nmf.era import plan_tasks
 from pixelring2nmf.parquet import split_row_groups
 
@@ -79,6 +80,10 @@ def test_row_groups_are_split_whole_and_in_order() -> None:
     assert split_row_groups([1000] * 4, 1) == [(0,), (1,), (2,), (3,)]
     assert split_row_groups([1000] * 4, 10**6) == [(0, 1, 2, 3)]
     assert split_row_groups([], 5) == []
+    # about 4 tasks per worker, whole row groups of 1000 to 5000 LS, also with no worker yet
+    assert auto_task_ls(300_000, 200) == 1000
+    assert auto_task_ls(300_000, 50) == 1500
+    assert auto_task_ls(3_000_000, 10) == auto_task_ls(40_000, 0) == 5000
 
 
 def test_local_dask_cluster_writes_the_files_of_a_local_run(
