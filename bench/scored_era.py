@@ -103,7 +103,7 @@ def markdown(score: pd.DataFrame) -> str:
             events = (
                 ""
                 if pd.isna(row.events_injected)
-                else f"{row.events_found} / {row.events_injected}"
+                else f"{int(row.events_found)} / {int(row.events_injected)}"
             )
             cells.append(f"{row.ls_flagged} / {row.ls_in_data} | {events}")
         lines.append(
@@ -143,8 +143,8 @@ def main() -> int:
     )
     sections = []
     worlds = (
-        ("the era's own detector (shipped-model training)", training),
-        (f"a stale model (detector drifted by a {STALE_FIELD:.0%} smooth field)", None),
+        ("the era's own detector (trained as the shipped model)", training),
+        (f"the detector before a drift (a fixed {STALE_FIELD:.0%} smooth field)", None),
     )
     for name, maps in worlds:
         maps = maps if maps is not None else stale_training_maps(training, args.seed)
@@ -158,7 +158,7 @@ def main() -> int:
         )
     counts = truth.anomaly_type.value_counts().to_dict()
     body = f"""`python bench/scored_era.py --runs {args.runs} --anomaly-rate {args.anomaly_rate} --seed {args.seed}`
-— a simulated era of **{len(era):,} LS** in {era.run.size and len(np.unique(era.run))} runs
+— a simulated era of **{len(era):,} LS** in {len(np.unique(era.run))} runs
 ({int(dcs_good.sum()):,} DCS-good), scored against the simulator's `truth.csv`
 ({len(truth):,} anomalous LS: {counts}). Cells: LS flagged / LS of that category in the
 parquet (the DCS filter applied; truth anomalies sit on DCS-good LS only), and events found /
