@@ -139,7 +139,7 @@ def live_rocs(
     `mean_expected` (N,) is the LS's mean expectation per ROC, `floor` the silence floor of
     each ROC (`silence_floor`), broadcast against `expected`.
     """
-    return (expected >= (live_fraction * mean_expected)[:, None]) & (expected >= floor)
+    return expected >= np.maximum(floor, (live_fraction * mean_expected)[:, None])
 
 
 def large_loss(counts: np.ndarray, expected: np.ndarray, loss: float, scratch: np.ndarray):

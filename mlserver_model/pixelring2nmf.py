@@ -189,6 +189,15 @@ class _GroupTables:
     silence_floor: np.ndarray  # (R,) float32, see bad_ROC.silence_floor
 
 
+def _count_per_row(mask: np.ndarray) -> np.ndarray:
+    """(n,) number of True per row of an (n, R) bool array, R < 65536.
+
+    Summing the bytes as uint16 is ~2.5x faster than bool.sum(axis=1), which converts every
+    element to a 64-bit integer first.
+    """
+    return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.uint16)
+
+
 class PixelRing2NMF:
     """A trained model: components, per-ROC model error and thresholds; inference only.
 
@@ -373,7 +382,9 @@ class PixelRing2NMF:
         # components have mean 1, so the LS's mean expectation per ROC is the sum of its W
         live = live_rocs(expected, weights.sum(axis=1), t.live_fraction, group.silence_floor)
         limit = bad_count_limit(expected, group.error_squared, t, np.empty_like(expected))
-        return live.sum(axis=1), (live & (counts < limit)).sum(axis=1)
+        bad = counts < limit
+        bad &= live
+        return _count_per_row(live), _count_per_row(bad)
 
     def _expected_chunks(self, maps: np.ndarray):
         """Yield (slice, counts, expected), both float32 (m, 7840), chunk by chunk."""
