@@ -147,10 +147,9 @@ def main() -> int:
         start = time.perf_counter()
         original = OriginalPipeline.train(train_maps)
         train_original = time.perf_counter() - start
-        original_names = [HEALTHY, "ROG dead on 2 disks in every LS"]
         original_times = {
-            name: timed(lambda b=maps[name]: original.predict(b), args.original_repeats)
-            for name in original_names
+            name: timed(lambda b=batch: original.predict(b), args.original_repeats)
+            for name, batch in maps.items()
         }
         original_flagged = {name: int(original.predict(maps[name]).flag.sum()) for name in maps}
         agreement = screen_agreement(model, maps)
@@ -169,12 +168,8 @@ def main() -> int:
     for name, ms in medians.items():
         ratio = ms / healthy_ms
         flagged, same = agreement[name]
-        original_cell = (
-            f"{statistics.median(original_times[name]):.2f} s "
-            f"(**{statistics.median(original_times[name]) * 1e3 / ms:.0f}x**)"
-            if name in original_times
-            else "not timed"
-        )
+        original_s = statistics.median(original_times[name])
+        original_cell = f"{original_s:.2f} s (**{original_s * 1e3 / ms:.0f}x**)"
         verdict = "" if ratio <= MAX_SLOWDOWN else " **above 2x**"
         rows.append(
             f"| {name} | **{ms:.1f} ms** ({ms / N_LS * 1e3:.0f} µs/LS) | {ratio:.2f}{verdict} | "
@@ -187,7 +182,7 @@ def main() -> int:
         if not slow
         else f"**Above {MAX_SLOWDOWN:.0f}x**: {', '.join(slow)}."
     )
-    nnls_agree = np.array_equal(ours_original_rule, sklearn_original_rule)
+    n_differ = int(np.count_nonzero(ours_original_rule != sklearn_original_rule))
     input_mb = maps[HEALTHY].nbytes / 1e6
     body = f"""
 `python bench/predict_speed.py` — {N_LS} simulated LS per batch (int32, {input_mb:.0f} MB),
@@ -204,10 +199,11 @@ before {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, after
 original (MiniBatchNMF, 30 passes of 1000 updates) {train_original:.1f} s.
 Peak memory allocated by `predict` on the quarter batch (tracemalloc): {peak_predict / 1e6:.0f} MB
 (the input itself is {input_mb:.0f} MB).
-On the shipped components, our exact NNLS with the original rule flags the same LS as
-scikit-learn's 1000-update transform with it: {"yes" if nnls_agree else "**NO**"}
-({int(ours_original_rule.sum())} and {int(sklearn_original_rule.sum())} of {N_LS} LS of the
-dead-ROG batch flagged; the rule's 1e5 loss misses the low-occupancy end of the run).
+On the shipped components and the dead-ROG batch, the original rule flags
+{int(ours_original_rule.sum())} LS on our exact NNLS and {int(sklearn_original_rule.sum())} on
+scikit-learn's 1000-update transform; {n_differ} of {N_LS} LS differ (1000 multiplicative
+updates stop short of the optimum the NNLS reaches, and an LS whose dead ROCs sit right at
+the 1e5 loss, at the low-occupancy end of the run where the rule stops seeing them, can flip).
 """
     print(body)
     write_section("predict_speed", "Inference and training speed", body)
