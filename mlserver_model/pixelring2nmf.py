@@ -403,8 +403,9 @@ class PixelRing2NMF:
     def roc_maps(self, maps_nyx: Any, rule: str = RULE_SIGNIFICANCE) -> dict[str, np.ndarray]:
         """Per-ROC maps (N, 140, 56) for plots: reconstruction, significance, bad ROCs.
 
-        Every ROC is tested here (no screen), so "bad" shows each significantly low ROC,
-        including the odd one in a healthy group. The cross is zero.
+        Every ROC is tested here (no screen), so "bad" shows each bad live ROC (significantly
+        and largely below its reconstruction, bad_ROC.py), including the odd one in a healthy
+        group; "significance" is z alone, for every ROC. The cross is zero.
         """
         maps = check_maps(maps_nyx)
         shape = (len(maps), _MAP_BINS)
