@@ -1,6 +1,6 @@
 """Serving latency of a 750-LS DIALS request through MLServer, against a do-nothing handler.
 
-    python bench/serving.py [--rounds 51] [--warmups 2] [--gap 0.3] [--no-image]
+    python bench/serving.py [--runs 3] [--rounds 51] [--warmups 2] [--gap 0.3]
 
 One MLServer serves our model, the folder `pixelring2nmf build` writes (as DIALS would get
 it), beside reference models that receive the same parsed request and answer Flag/Metric of
@@ -10,12 +10,15 @@ test_predictions.py sends: flattened INT32 Ring2 [750, 140, 56] plus the
 oms_lumisection_info__* tensors) are POSTed to each, one request per model per round in a
 shuffled order (seeded), so all medians come from the same run, no model always follows
 another, and the ratio to the do-nothing handler isolates the cost of a handler over
-MLServer's own (HTTP, JSON parsing, pydantic). Done once with the main environment's
-MLServer and, when the image venv exists (.venv-image or $PIXELRING2NMF_IMAGE_PYTHON), once
-with MLServer 1.5.0 serving a copy of the build folder; when that environment's OpenBLAS does
-not know this CPU (it then runs its generic "Prescott" kernels), once more with
-OPENBLAS_CORETYPE=Haswell, as on a CPU it knows. Exit code 1 when the main environment's
-ratio of medians exceeds 1.25; the image rows are reported beside it.
+MLServer's own (HTTP, JSON parsing, pydantic).
+
+The gate is the environment DIALS runs: the image venv (MLServer 1.5.0, numpy 1.26, the
+versions of seldonio/mlserver:1.5.0; .venv-image or $PIXELRING2NMF_IMAGE_PYTHON) serving a copy
+of the build folder, measured `--runs` times (a fresh server each time); exit code 1 when the
+median of those runs' ratios of medians exceeds 1.25, or when the image venv is absent. The
+main environment's MLServer is measured once beside it (reported, not gated), and, when the
+image's OpenBLAS does not know this CPU (it then runs its generic "Prescott" kernels), the
+image once more with OPENBLAS_CORETYPE=Haswell, as on a CPU it knows (reported).
 """
 
 from __future__ import annotations
@@ -306,11 +309,17 @@ def main_environment(tmp: Path, body: bytes, args: argparse.Namespace) -> Measur
 
 
 def image_environment(
-    tmp: Path, body: bytes, args: argparse.Namespace, coretype: str | None = None
+    tmp: Path,
+    body: bytes,
+    args: argparse.Namespace,
+    coretype: str | None = None,
+    run: int | None = None,
 ) -> Measurement:
     """Image venv: a copy of the build folder (nothing of the repo visible) beside the no-op."""
     label = "image" if coretype is None else f"image, OPENBLAS_CORETYPE={coretype}"
-    workdir = tmp / ("image" if coretype is None else f"image-{coretype}")
+    if run is not None:
+        label += f", run {run + 1}/{args.runs}"
+    workdir = tmp / f"image-{coretype or 'default'}-{run}"
     parent = workdir / "mnt"
     shutil.copytree(tmp / "main" / "models" / BUILD_KEY, parent / MODEL_NAME)
     write_reference_folders(parent, IMAGE_REFERENCES)
@@ -360,20 +369,30 @@ def table_rows(m: Measurement) -> str:
     return "\n".join(rows)
 
 
+def image_gate(image_runs: list[Measurement]) -> float | None:
+    """The gated figure: median over the image runs of their ratio of medians."""
+    return statistics.median(m.ratio() for m in image_runs) if image_runs else None
+
+
 def report(
-    results: list[Measurement], body_mb: float, args: argparse.Namespace, image_note: str
+    results: list[Measurement],
+    image_runs: list[Measurement],
+    body_mb: float,
+    args: argparse.Namespace,
+    notes: str,
 ) -> str:
     rows = "\n".join(table_rows(m) for m in results)
-    main, others = results[0], results[1:]
+    gate = image_gate(image_runs)
     flagged = ", ".join(f"{m.environment}: {m.n_flagged}" for m in results)
-    verdict = (
-        f"Passed: the main environment's ratio is at most {MAX_RATIO}."
-        if main.ratio() <= MAX_RATIO
-        else f"**FAILED**: the main environment's ratio is above {MAX_RATIO}."
-    )
-    above = [m.environment for m in others if m.ratio() > MAX_RATIO]
-    if above:
-        verdict += f" Above {MAX_RATIO} beside it: {'; '.join(above)}."
+    if gate is None:
+        verdict = "**FAILED**: the image environment (MLServer 1.5.0) was not measured."
+    else:
+        runs = ", ".join(f"{m.ratio():.3f}" for m in image_runs)
+        passed = "passed" if gate <= MAX_RATIO else "**FAILED**"
+        verdict = (
+            f"Gate (image environment, MLServer 1.5.0): median of {len(image_runs)} runs' "
+            f"ratios ({runs}) = **{gate:.3f}**, bar {MAX_RATIO}: {passed}."
+        )
     paired = ", ".join(f"{m.environment}: {m.paired_ratio:.3f}" for m in results)
     return f"""
 `python bench/serving.py` — one {N_LS}-LS request as DIALS sends it (flattened INT32 `Ring2`
@@ -387,7 +406,8 @@ much, so ours minus convert-only is what validation, the model and the answer co
 it. {args.rounds} rounds of one request to each
 model, in a shuffled order, {args.gap} s apart, after {args.warmups} warm-ups each; settings.json
 as the build's (debug off, parallel_workers 0). Latency is client-side, request sent to answer
-read.
+read. The image environment (what DIALS runs) is measured {args.runs} times, each with a fresh
+server; the main environment once, for reference.
 
 | server | model | median | p90 | LS/s (750 / median) | ratio of medians to do-nothing | server RSS idle / after / peak |
 |---|---|---|---|---|---|---|
@@ -396,42 +416,50 @@ read.
 {verdict} Flagged LS in our answers (expected 1): {flagged}.
 Median of the per-round ratios ours / do-nothing: {paired}.
 Server memory is the whole MLServer process (all models loaded, parallel_workers 0);
-"peak" is VmHWM over the run, which includes the reference models' requests.{image_note}
+"peak" is VmHWM over the run, which includes the reference models' requests.{notes}
 """
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="image-environment runs (gated)")
     parser.add_argument("--rounds", type=int, default=51)
     parser.add_argument("--warmups", type=int, default=2)
     parser.add_argument("--gap", type=float, default=0.3, help="seconds between requests")
-    parser.add_argument("--no-image", action="store_true", help="measure the main environment only")
     args = parser.parse_args()
     started = time.monotonic()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-serving-") as tmp_name:
         tmp = Path(tmp_name)
         body = demo_request_body(tmp)
-        results = [main_environment(tmp, body, args)]
-        image_note = ""
-        if args.no_image:
-            image_note = "\nImage environment not measured (--no-image)."
-        elif IMAGE_PYTHON.exists():
-            results.append(image_environment(tmp, body, args))
-            core = openblas_core(IMAGE_PYTHON)
-            if core == "Prescott":
+        results = [main_environment(tmp, body, args)]  # also builds the folder the image copies
+        image_runs: list[Measurement] = []
+        notes = ""
+        if IMAGE_PYTHON.exists():
+            image_runs = [image_environment(tmp, body, args, run=i) for i in range(args.runs)]
+            results += image_runs
+            if openblas_core(IMAGE_PYTHON) == "Prescott":
                 results.append(image_environment(tmp, body, args, KNOWN_CORETYPE))
-                image_note = (
+                notes = (
                     f"\nThe image environment's OpenBLAS (numpy 1.26.4's) does not know this "
                     f"CPU and runs its generic Prescott kernels; the last row sets "
-                    f"OPENBLAS_CORETYPE={KNOWN_CORETYPE}, as a CPU it knows would get."
+                    f"OPENBLAS_CORETYPE={KNOWN_CORETYPE}, as a CPU it knows would get (reported, "
+                    "not gated)."
                 )
         else:
-            image_note = f"\nImage environment not measured ({IMAGE_PYTHON} absent)."
-    text = report(results, len(body) / 1e6, args, image_note)
+            notes = f"\nImage environment not measured ({IMAGE_PYTHON} absent)."
+    load_after = os.getloadavg()
+    notes += (
+        f"\nLoad average (1/5/15 min) before {load_before[0]:.1f}/{load_before[1]:.1f}/"
+        f"{load_before[2]:.1f}, after {load_after[0]:.1f}/{load_after[1]:.1f}/"
+        f"{load_after[2]:.1f} (2 cores shared with other work); "
+        f"total {(time.monotonic() - started) / 60:.0f} min."
+    )
+    text = report(results, image_runs, len(body) / 1e6, args, notes)
     print(text)
-    print(f"total {time.monotonic() - started:.0f} s")
     write_section("serving", "Serving: a 750-LS request through MLServer", text)
-    return 0 if results[0].ratio() <= MAX_RATIO else 1
+    gate = image_gate(image_runs)
+    return 0 if gate is not None and gate <= MAX_RATIO else 1
 
 
 if __name__ == "__main__":

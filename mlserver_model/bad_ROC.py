@@ -1,22 +1,34 @@
 """Bad ROCs, anomalous power groups, the anomaly type and the Metric of each LS.
 
-Why a significance test: the original rule (squared difference > 1e5 on raw counts) asks for a
-deficit of 316 clusters, which a dead ROC only produces above ~316 expected clusters, so at low
-pileup a dead group went unseen. Here a ROC is bad when its count lies significantly *below*
-its reconstruction mu:
+A ROC is *bad* when its count x lies far below its reconstruction mu in two senses at once:
 
-    deficit significance  z = (mu - x) / sqrt(mu + (eps * mu)^2 + 1)
+    significant:   z = (mu - x) / sqrt(mu + (eps * mu)^2 + 1) > z_threshold   (4)
+    large:         x < (1 - min_relative_deficit) * mu                         (half of mu)
+
+Why two conditions. An outage makes a ROC (nearly) silent; a model that does not fit the data
+exactly (the detector's shape drifts during a period; real maps are never exact 5-component
+mixtures) makes whole regions *somewhat* low, 10-30 %, and per-ROC, per-LS scatter beyond
+Poisson adds a few percent more. Significance alone cannot tell the two apart at high
+occupancy: with eps = 5 % a ROC 22 % below mu is "4 sigma" at 1,500 clusters, and a smooth
+misfit lowers many neighbouring ROCs together, i.e. whole groups, on several disks when it
+follows the azimuth. Requiring the count to have lost at least half of its expectation
+separates the two at any occupancy where the deficit is measurable: a dead ROC has x = 0, a
+30 % misfit leaves x ~ 0.7 mu. At low occupancy the significance condition is the binding one
+(it is what keeps Poisson fluctuations of a few counts from being "bad"); from ~80 expected
+clusters up the relative one is.
 
 `mu` is the Poisson variance of the count; `eps * mu` is the model error (how far a healthy
 ROC strays from the reconstruction beyond Poisson noise, measured per ROC on the training
-data, with a floor); the `+ 1` keeps the denominator finite for ROCs expected to be empty. A
-dead ROC has z = mu / sqrt(mu + eps^2 mu^2 + 1), which exceeds the threshold from a few tens of
-expected clusters and saturates at 1/eps: the decision no longer depends on occupancy.
+data, with a floor); the `+ 1` keeps the denominator finite for ROCs expected to be empty.
 
-Only *live* ROCs count: those the reconstruction expects to hold at least `live_fraction` of
-the LS's mean occupancy. A permanently dead group or module is empty in the components, hence
-neither bad nor counted. A group is anomalous when at least `group_fraction` of its live ROCs
-are bad (and it has at least `min_live_rocs` live ROCs).
+Only *live* ROCs count, in both the numerator and the denominator of a group's fraction: ROCs
+the reconstruction expects to hold at least `live_fraction` of the LS's mean occupancy *and*
+enough clusters that their silence would be significant (x = 0 gives z > z_threshold, i.e.
+mu above ~18 clusters with eps = 5 %). A permanently dead group or module is empty in the
+components, hence never live; at low occupancy the ROCs whose loss could not be seen anyway do
+not dilute the fraction, so a dead group stays 100 % bad down to ~20 clusters per ROC. A group
+is anomalous when at least `group_fraction` of its live ROCs are bad (and it has at least
+`min_live_rocs` live ROCs).
 """
 
 from __future__ import annotations
@@ -48,11 +60,12 @@ class Thresholds:
     """Decision thresholds, stored in the model file so every deployment states its own."""
 
     z_threshold: float = 4.0  # deficit significance of a bad ROC
+    min_relative_deficit: float = 0.5  # ... which also lost >= 50 % of its expected clusters
     model_error_floor: float = 0.05  # eps never below 5 % of the expectation
     live_fraction: float = 0.05  # live ROC: expected >= 5 % of the LS mean
     group_fraction: float = 0.40  # anomalous group: >= 40 % of live ROCs bad
     min_live_rocs: int = 16  # fewer live ROCs than this: the group cannot be judged
-    screen_deficit: float = 0.05  # groups < 5 % below expectation are not tested ROC by ROC
+    screen_deficit: float = 0.10  # groups < 10 % below expectation are not tested ROC by ROC
     metric_threshold: float = 1.0  # Flag = Metric >= this (see multidisk_metric)
     original_loss: float = 1e5  # original rule: (x - mu)^2 > 1e5 ...
     original_group_fraction: float = 0.40  # ... on int(0.40 * n_rocs) ROCs of a group
@@ -103,38 +116,60 @@ def deficit_significance(
 ) -> np.ndarray:
     """z (N, 6528) of the formula in the module docstring; positive = fewer counts than expected.
 
-    Only for per-ROC maps shown to users; the flagging path uses `significantly_low`, which
-    takes the same decision without dividing.
+    Only for per-ROC maps shown to users; the flagging path uses `bad_count_limit`, which
+    takes the decision without dividing.
     """
     variance = expected * (1.0 + (model_error * model_error) * expected) + 1.0
     return (expected - counts) / np.sqrt(variance)
 
 
-def significantly_low(
-    counts: np.ndarray,
+def bad_count_limit(
     expected: np.ndarray,
     model_error_squared: np.ndarray,
-    z_threshold: float,
+    thresholds: Thresholds,
     scratch: np.ndarray,
 ) -> np.ndarray:
-    """(N, 6528) bool: z > z_threshold, as counts + z_threshold * sigma < expected.
+    """Count below which a ROC is bad: min(mu - z_threshold * sigma, (1 - d) * mu), in scratch.
 
-    Written as in-place operations on a caller-owned scratch buffer: this runs on every ROC
-    of every LS and is the costliest step of inference.
+    Both conditions of the module docstring in one limit, so the decision is one comparison
+    (`counts < limit`). Written as in-place operations on a caller-owned buffer: this runs on
+    every ROC of every screened group and is the costliest step of inference.
     """
     np.multiply(expected, model_error_squared, out=scratch)
     scratch += 1.0
     scratch *= expected
     scratch += 1.0
     np.sqrt(scratch, out=scratch)
-    scratch *= z_threshold
-    scratch += counts
-    return scratch < expected
+    scratch *= -thresholds.z_threshold
+    scratch += expected  # mu - z sigma
+    return np.minimum(scratch, (1.0 - thresholds.min_relative_deficit) * expected, out=scratch)
 
 
-def live_rocs(expected: np.ndarray, mean_expected: np.ndarray, live_fraction: float) -> np.ndarray:
-    """(N, 6528) bool: ROCs the model expects to be read out in this LS."""
-    return expected >= (live_fraction * mean_expected)[:, None]
+def silence_floor(model_error: np.ndarray, z_threshold: float) -> np.ndarray:
+    """Smallest expectation mu at which x = 0 is significant, per ROC (inf if never).
+
+    Solves mu = z sqrt(mu + eps^2 mu^2 + 1) for mu: (1 - z^2 eps^2) mu^2 - z^2 mu - z^2 = 0.
+    A ROC whose eps is 1/z or more can never be significantly low (z saturates at 1/eps), so it
+    can never be live. The floor is raised by 1e-4 relative so that a ROC exactly at it, which
+    float rounding could leave a hair short of significant, is not live.
+    """
+    eps = np.asarray(model_error, dtype=np.float64)
+    z2 = z_threshold * z_threshold
+    a = 1.0 - z2 * eps * eps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        floor = (z2 + np.sqrt(z2 * z2 + 4.0 * z2 * a)) / (2.0 * a)
+    return np.where(a > 0, floor * (1.0 + 1e-4), np.inf)
+
+
+def live_rocs(
+    expected: np.ndarray, mean_expected: np.ndarray, live_fraction: float, floor: np.ndarray
+) -> np.ndarray:
+    """(N, R) bool: ROCs the model expects to be read out, with enough clusters to judge them.
+
+    `mean_expected` (N,) is the LS's mean expectation per ROC, `floor` the silence floor of
+    each ROC (`silence_floor`), broadcast against `expected`.
+    """
+    return expected >= np.maximum(floor, (live_fraction * mean_expected)[:, None])
 
 
 def large_loss(counts: np.ndarray, expected: np.ndarray, loss: float, scratch: np.ndarray):

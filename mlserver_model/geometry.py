@@ -78,9 +78,8 @@ N_GROUPS = len(GROUP_NAMES)
 GROUP_ID_MODEL = GROUP_ID_MAP[np.ix_(MODEL_ROWS_IN_MAP, MODEL_COLUMNS_IN_MAP)]
 GROUP_ID_FLAT = GROUP_ID_MODEL.ravel()
 GROUP_N_ROCS = np.bincount(GROUP_ID_FLAT, minlength=N_GROUPS)
-# Flat indices of each group's ROCs: in the model space (6528) and in the map (7840).
+# Flat model-space (6528) indices of each group's ROCs.
 GROUP_ROCS_MODEL = tuple(np.flatnonzero(GROUP_ID_FLAT == g) for g in range(N_GROUPS))
-GROUP_BINS_MAP = tuple(np.flatnonzero(GROUP_ID_MAP.ravel() == g) for g in range(N_GROUPS))
 
 # Every group is a block of model rows (one blade range) x 8 model columns (one disk), so sums
 # per group are a reduceat over 8 row blocks, then over 6 column blocks of 8.

@@ -1,18 +1,25 @@
 """The PixelRing2NMF pipeline, step by step, for a batch of lumisections.
 
 validate -> project on the components (the cross has no weight) -> reconstruct (exact NNLS)
--> screen the power groups -> deficit significance per ROC of the screened groups -> power-group
-search -> DCS filter -> one PredictionResult.
+-> screen the power groups -> bad ROCs of the screened groups (bad_ROC.py: significantly *and*
+largely below the reconstruction) -> power-group search -> DCS filter -> one PredictionResult.
 
 Why a screen: testing all 6528 ROCs of every LS takes ten elementwise passes over 20 MB for a 750-LS
-run, the largest cost of inference. But a group can only have 40 % of its live ROCs significantly
-low if its total count is clearly below its expected total, and both totals come almost for free:
-the observed ones from the same matrix product that projects the maps on the components (48 extra
-columns of group indicators), the expected ones from W times the components' group totals. So only
-groups whose deficit exceeds `screen_deficit` of their expectation (a few per anomalous LS, none in
-a healthy one) are tested ROC by ROC. A bad ROC is at least ~20 % low (4 sigma with a 5 % model
-error), so an anomalous group is at least ~8 % low: the 5 % screen cannot hide one unless hot ROCs
-in the same group add more than the missing counts.
+run, the largest cost of inference. But a group can only have 40 % of its live ROCs bad if its total
+count is clearly below its expected total, and both totals come almost for free: the observed ones
+from the chunk pass that projects the maps on the components, the expected ones from W times the
+components' group totals. So only groups whose deficit exceeds `screen_deficit` (10 %) of their
+expectation are tested ROC by ROC: none in a healthy LS, the dead groups of an anomalous one, and a
+few per LS when the data stray from the model (a smooth 30 % misfit puts ~6 groups per LS above 10
+%, ~14 above 5 %). A bad ROC has lost at least half of its expected clusters, so a group with 40 %
+of its live ROCs bad is ~20 % short or more: measured, >= 34 % on the model's own maps and >= 21 %
+under a 30 % smooth misfit with 10 % overdispersion, for ROGs 40 % dead on two disks. The screen can
+hide an anomalous group only if hot ROCs in the same group add more than ~10 % of its expected total
+on top of such a misfit.
+
+The screened groups are judged one group at a time, vectorised over the LS that screened it
+(at most 48 passes, never a loop over LS): the LS share the group's ROCs, so their counts are
+one block slice of the maps and their expectations one (n, K) @ (K, R) product.
 
 Lumisections are processed in chunks of _CHUNK_LS so that temporaries stay in the CPU cache;
 there is no Python loop over individual lumisections.
@@ -34,27 +41,25 @@ from .bad_ROC import (
     RULE_ORIGINAL,
     RULE_SIGNIFICANCE,
     Thresholds,
+    bad_count_limit,
     deficit_significance,
     group_counts,
     large_loss,
     live_rocs,
     search_original,
     search_significance,
-    significantly_low,
+    silence_floor,
 )
 from .dftools import DcsResult, dcs_filter
 from .errors import InputError
 from .geometry import (
     ANOMALY_TYPES,
-    CROSS_COLUMNS,
-    CROSS_ROWS,
-    GROUP_BINS_MAP,
     GROUP_ID_FLAT,
     GROUP_ID_MAP,
-    GROUP_N_ROCS,
     GROUP_NAMES_ARRAY,
     MAP_SHAPE,
     MODEL_SHAPE,
+    N_GROUPS,
     N_ROCS,
     group_totals_map,
 )
@@ -121,7 +126,6 @@ class PredictionResult:
 # cast, the check and the two products that read them (measured: 12 % faster than 128).
 _CHUNK_LS = 16
 _MAP_BINS = MAP_SHAPE[0] * MAP_SHAPE[1]
-_CROSS_BIN = CROSS_ROWS.start * MAP_SHAPE[1] + CROSS_COLUMNS.start  # pads group bin lists
 
 
 def check_maps(maps_nyx: Any) -> np.ndarray:
@@ -160,18 +164,38 @@ def to_model_space(maps_nyx: Any) -> np.ndarray:
     return rocs.astype(np.float32).reshape(len(rocs), N_ROCS)
 
 
-def _group_bins_in_map() -> tuple[np.ndarray, np.ndarray]:
-    """(48, 160) flat map indices of each group's ROCs, padded with a cross bin, and validity."""
-    width = int(GROUP_N_ROCS.max())
-    bins = np.full((len(GROUP_NAMES_ARRAY), width), _CROSS_BIN, dtype=np.intp)
-    valid = np.zeros(bins.shape, dtype=bool)
-    for g, members in enumerate(GROUP_BINS_MAP):
-        bins[g, : len(members)] = members
-        valid[g, : len(members)] = True
-    return bins, valid
+def _group_blocks() -> tuple[tuple[slice, slice], ...]:
+    """(rows, columns) of each power group in the map: every group is one rectangular block."""
+    blocks = []
+    for g in range(N_GROUPS):
+        rows, columns = np.nonzero(GROUP_ID_MAP == g)
+        block = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
+        if (GROUP_ID_MAP[block] != g).any() or GROUP_ID_MAP[block].size != len(rows):
+            raise AssertionError(f"power group {g} is not a rectangular block of the map")
+        blocks.append(block)
+    return tuple(blocks)
 
 
-_GROUP_BINS, _GROUP_BINS_VALID = _group_bins_in_map()
+_GROUP_BLOCKS = _group_blocks()
+
+
+@dataclass(frozen=True)
+class _GroupTables:
+    """What judging one power group ROC by ROC needs, in the order of its map block."""
+
+    block: tuple[slice, slice]  # (rows, columns) of the map
+    components: np.ndarray  # (K, R) float32
+    error_squared: np.ndarray  # (R,) float32, eps^2
+    silence_floor: np.ndarray  # (R,) float32, see bad_ROC.silence_floor
+
+
+def _count_per_row(mask: np.ndarray) -> np.ndarray:
+    """(n,) number of True per row of an (n, R) bool array, R < 65536.
+
+    Summing the bytes as uint16 is ~2.5x faster than bool.sum(axis=1), which converts every
+    element to a 64-bit integer first.
+    """
+    return np.add.reduce(mask.view(np.uint8), axis=1, dtype=np.uint16)
 
 
 class PixelRing2NMF:
@@ -204,7 +228,6 @@ class PixelRing2NMF:
         self._projection = np.zeros((_MAP_BINS, -(-k // 8) * 8), dtype=np.float32)
         self._projection[:, :k] = components_map.T
         self._components_map = components_map
-        self._components_group_bins = components_map[:, _GROUP_BINS]  # (K, 48, 160)
         self._components_group_totals = group_totals_map(components_map)  # (K, 48)
         # Groups with fewer live ROCs than min_live_rocs in the components (a permanently dead
         # group) are never judged; derived from the model, so a retrained model updates it.
@@ -213,7 +236,22 @@ class PixelRing2NMF:
         live_per_group = np.bincount(GROUP_ID_FLAT, weights=live_profile, minlength=48)
         self.unjudged_groups = live_per_group < self.thresholds.min_live_rocs
         self._model_error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
-        self._error_squared_group_bins = (self._model_error_map**2)[_GROUP_BINS]  # (48, 160)
+        # Below this expectation a ROC's silence would not be significant: it is not live.
+        self._silence_floor_map = silence_floor(
+            self._model_error_map, self.thresholds.z_threshold
+        ).astype(np.float32)
+        error_map = self._model_error_map.reshape(MAP_SHAPE)
+        floor_map = self._silence_floor_map.reshape(MAP_SHAPE)
+        components_nyx = components_map.reshape(k, *MAP_SHAPE)
+        self._groups = tuple(
+            _GroupTables(
+                block=(rows, columns),
+                components=np.ascontiguousarray(components_nyx[:, rows, columns].reshape(k, -1)),
+                error_squared=error_map[rows, columns].ravel() ** 2,
+                silence_floor=floor_map[rows, columns].ravel(),
+            )
+            for rows, columns in _GROUP_BLOCKS
+        )
 
     # ---- persistence -------------------------------------------------------------------------
     @classmethod
@@ -319,33 +357,38 @@ class PixelRing2NMF:
         """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
         n_ls, k, t = len(maps), len(self.components), self.thresholds
         rhs = np.empty((n_ls, k), dtype=np.float32)
-        observed_totals = np.empty((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.float32)
+        observed_totals = np.empty((n_ls, N_GROUPS), dtype=np.float32)
         for rows, x, chunk_rhs in self._chunks(maps):
             rhs[rows] = chunk_rhs
             observed_totals[rows] = group_totals_map(x)
         weights = self._nnls.solve(rhs).astype(np.float32)
         expected_totals = weights @ self._components_group_totals
         deficit = expected_totals - observed_totals
-        ls, group = np.nonzero(deficit > t.screen_deficit * expected_totals)
-        n_bad = np.zeros((n_ls, len(GROUP_NAMES_ARRAY)), dtype=np.int32)
+        screened = deficit > t.screen_deficit * expected_totals  # (N, 48)
+        n_bad = np.zeros((n_ls, N_GROUPS), dtype=np.int32)
         n_live = np.zeros_like(n_bad)
-        if len(ls):
-            # (pairs, 160) counts and expectations of the ROCs of the screened groups
-            counts = maps.reshape(n_ls, _MAP_BINS)[ls[:, None], _GROUP_BINS[group]]
-            counts = counts.astype(np.float32)
-            w = weights[ls]
-            expected = np.einsum("pk,kpr->pr", w, self._components_group_bins[:, group])
-            live = _GROUP_BINS_VALID[group] & live_rocs(expected, w.sum(axis=1), t.live_fraction)
-            low = significantly_low(
-                counts,
-                expected,
-                self._error_squared_group_bins[group],
-                t.z_threshold,
-                np.empty_like(expected),
+        # one pass per screened group (module docstring), over the LS that screened it
+        for group in np.flatnonzero(screened.any(axis=0)):
+            ls = np.flatnonzero(screened[:, group])
+            n_live[ls, group], n_bad[ls, group] = self._judge_group(
+                maps, ls, weights[ls], self._groups[group]
             )
-            n_live[ls, group] = live.sum(axis=1)
-            n_bad[ls, group] = (live & low).sum(axis=1)
         return n_bad, n_live
+
+    def _judge_group(
+        self, maps: np.ndarray, ls: np.ndarray, weights: np.ndarray, group: _GroupTables
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) live and bad ROC counts of one power group in the LS `ls` of (N, 140, 56) maps."""
+        t = self.thresholds
+        rows, columns = group.block
+        counts = maps[ls, rows, columns].reshape(len(ls), -1).astype(np.float32)
+        expected = weights @ group.components  # (n, R)
+        # components have mean 1, so the LS's mean expectation per ROC is the sum of its W
+        live = live_rocs(expected, weights.sum(axis=1), t.live_fraction, group.silence_floor)
+        limit = bad_count_limit(expected, group.error_squared, t, np.empty_like(expected))
+        bad = counts < limit
+        bad &= live
+        return _count_per_row(live), _count_per_row(bad)
 
     def _expected_chunks(self, maps: np.ndarray):
         """Yield (slice, counts, expected), both float32 (m, 7840), chunk by chunk."""
@@ -364,8 +407,9 @@ class PixelRing2NMF:
     def roc_maps(self, maps_nyx: Any, rule: str = RULE_SIGNIFICANCE) -> dict[str, np.ndarray]:
         """Per-ROC maps (N, 140, 56) for plots: reconstruction, significance, bad ROCs.
 
-        Every ROC is tested here (no screen), so "bad" shows each significantly low ROC,
-        including the odd one in a healthy group. The cross is zero.
+        Every ROC is tested here (no screen), so "bad" shows each bad live ROC (significantly
+        and largely below its reconstruction, bad_ROC.py), including the odd one in a healthy
+        group; "significance" is z alone, for every ROC. The cross is zero.
         """
         maps = check_maps(maps_nyx)
         shape = (len(maps), _MAP_BINS)
@@ -378,9 +422,13 @@ class PixelRing2NMF:
             out["reconstruction"][rows] = expected
             if rule == RULE_SIGNIFICANCE:
                 z = deficit_significance(x, expected, self._model_error_map)
-                live = live_rocs(expected, expected.sum(axis=1) / N_ROCS, t.live_fraction)
+                mean = expected.sum(axis=1) / N_ROCS
+                live = live_rocs(expected, mean, t.live_fraction, self._silence_floor_map)
+                limit = bad_count_limit(
+                    expected, self._model_error_map**2, t, np.empty_like(expected)
+                )
                 out["significance"][rows] = np.where(roc_bins, z, 0.0)
-                out["bad"][rows] = live & (z > t.z_threshold)
+                out["bad"][rows] = live & (x < limit)
             else:
                 bad = large_loss(x, expected, t.original_loss, np.empty_like(x))
                 out["bad"][rows] = bad & roc_bins  # junk in the cross is not a ROC
