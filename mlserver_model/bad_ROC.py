@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -65,7 +65,8 @@ class Thresholds:
     live_fraction: float = 0.05  # live ROC: expected >= 5 % of the LS mean
     group_fraction: float = 0.40  # anomalous group: >= 40 % of live ROCs bad
     min_live_rocs: int = 16  # fewer live ROCs than this: the group cannot be judged
-    screen_deficit: float = 0.10  # groups < 10 % below expectation are not tested ROC by ROC
+    # groups < 10 % below expectation are not tested ROC by ROC (negative: every group is)
+    screen_deficit: float = field(default=0.10, metadata={"may_be_negative": True})
     metric_threshold: float = 1.0  # Flag = Metric >= this (see multidisk_metric)
     original_loss: float = 1e5  # original rule: (x - mu)^2 > 1e5 ...
     original_group_fraction: float = 0.40  # ... on int(0.40 * n_rocs) ROCs of a group
@@ -73,25 +74,27 @@ class Thresholds:
     def __post_init__(self) -> None:
         """Refuse what would silently change the decisions: text ("4" loads, then every request
         fails), NaN (never flags), negative values, fractions above 1."""
-        for field in fields(self):
-            value = getattr(self, field.name)
-            integral = field.type == "int"
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            integral = spec.type == "int"
             if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
                 kind = "an integer" if integral else "a number"
                 raise ValueError(
-                    f"threshold {field.name!r} must be {kind}, got {value!r} "
+                    f"threshold {spec.name!r} must be {kind}, got {value!r} "
                     f"({type(value).__name__})"
                 )
-            if not math.isfinite(value) or value < 0:
-                raise ValueError(f"threshold {field.name!r} must be finite and >= 0, got {value!r}")
-            if field.name.endswith("_fraction") and value > 1:
-                raise ValueError(f"threshold {field.name!r} is a fraction (<= 1), got {value!r}")
+            if not math.isfinite(value):
+                raise ValueError(f"threshold {spec.name!r} must be finite, got {value!r}")
+            if value < 0 and not spec.metadata.get("may_be_negative"):
+                raise ValueError(f"threshold {spec.name!r} must be >= 0, got {value!r}")
+            if spec.name.endswith("_fraction") and value > 1:
+                raise ValueError(f"threshold {spec.name!r} is a fraction (<= 1), got {value!r}")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Thresholds:
         """Exactly the declared thresholds: a model file that lacks one or adds another was
         written for another version of the rule, and guessing would change its decisions."""
-        names = {field.name for field in fields(cls)}
+        names = {spec.name for spec in fields(cls)}
         unknown, missing = sorted(set(values) - names), sorted(names - set(values))
         if unknown or missing:
             raise ValueError(f"thresholds: unknown key(s) {unknown}, missing key(s) {missing}")
