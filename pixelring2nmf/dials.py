@@ -33,7 +33,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -41,6 +40,7 @@ import pandas as pd
 from mlserver_model.omstools import OMS_COLUMNS
 
 from .oms import oms_from_lumisections
+from .omsclient import checked_url
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,6 @@ CREDS_CACHE_VAR = "DIALS_CREDS_CACHE"
 KEYCLOAK_URL_VAR = "DIALS_KEYCLOAK_URL"  # another SSO (a test or dev instance)
 BASE_URL_VAR = "DIALS_BASE_URL"
 DEFAULT_CREDS_CACHE = Path("~/.cache/pixelring2nmf/dials")
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 _STATE_NAME = "state.json"
 
 
@@ -69,19 +68,6 @@ class DialsAccessError(RuntimeError):
 
 
 # ---- connection --------------------------------------------------------------------------------
-
-
-def checked_url(url: str, what: str) -> str:
-    """https anywhere; plain http only on loopback, where no secret leaves the machine."""
-    parts = urlsplit(url)
-    if parts.scheme == "https" and parts.hostname:
-        return url
-    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
-        return url
-    raise ValueError(
-        f"The {what} must be an https URL (plain http only for a server on this machine), "
-        f"got {url!r}"
-    )
 
 
 def _require_cmsdials() -> None:

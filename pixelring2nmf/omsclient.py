@@ -45,8 +45,8 @@ class OMSAccessError(RuntimeError):
     """The SSO or OMS could not be reached, refused us, or answered something unexpected."""
 
 
-def _checked_url(url: str, what: str) -> str:
-    """Accept https anywhere and plain http only on loopback."""
+def checked_url(url: str, what: str) -> str:
+    """Accept https anywhere and plain http only on loopback (OMS, the SSO, DIALS)."""
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         return url
@@ -301,9 +301,9 @@ def fetch_lumisections(
 
     run_numbers = _validated_runs(runs)
     checked_integer(page_limit, "page_limit", minimum=1)
-    lumisections_url = _checked_url(api_url or omsid.api_url(), "OMS API URL").rstrip("/")
+    lumisections_url = checked_url(api_url or omsid.api_url(), "OMS API URL").rstrip("/")
     lumisections_url += "/lumisections"
-    token_endpoint = _checked_url(token_url or omsid.token_url(), "SSO token URL")
+    token_endpoint = checked_url(token_url or omsid.token_url(), "SSO token URL")
     if credentials is None:
         credentials = omsid.credentials()
     if session is not None and session.verify is False:

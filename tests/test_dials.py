@@ -202,7 +202,7 @@ def test_plain_http_to_a_remote_dials_is_refused(monkeypatch, tmp_path, capsys) 
     monkeypatch.setenv("DIALS_CLIENT_SECRET", "x")
     args = ["fetch-dials", "--dataset", "x", "--runs", "1", "--out", str(tmp_path / "x.parquet")]
     assert cli_main([*args, "--base-url", "http://dials.example.org/"]) == 2
-    assert "must be an https URL" in capsys.readouterr().err
+    assert "Refusing plain http for the DIALS URL" in capsys.readouterr().err
 
 
 def test_fetch_oms_via_dials_writes_what_fetch_oms_writes(fake, secret_env, source, tmp_path):
