@@ -17,11 +17,9 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
@@ -35,6 +33,8 @@ from pixelring2nmf.dism import build, mlserver_command
 from pixelring2nmf.local_server import (
     free_port,
     image_python,
+    memory_mb,
+    post_infer,
     start_local_server,
     stop_local_server,
 )
@@ -68,15 +68,6 @@ def request_body(n_ls: int, block: np.ndarray) -> bytes:
     return ('{"inputs": [' + ", ".join(inputs) + "]}").encode()
 
 
-def status_mb(pid: int) -> dict[str, float]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
 def measure(python: Path | None, folder: Path, n_ls: int, body: bytes, tmp: Path) -> dict:
     port = free_port()
     settings = json.loads((folder / "settings.json").read_text())
@@ -87,16 +78,9 @@ def measure(python: Path | None, folder: Path, n_ls: int, body: bytes, tmp: Path
         command, port, tmp / f"server-{n_ls}.log", cwd=tmp, env=env, timeout_s=START_TIMEOUT_S
     )
     try:
-        idle = status_mb(server.process.pid)["VmRSS"]
-        start = time.perf_counter()
-        response = requests.post(
-            f"{server.base_url}/v2/models/{MODEL_NAME}/infer",
-            data=body,
-            headers={"Content-Type": "application/json"},
-            timeout=REQUEST_TIMEOUT_S,
-        )
-        seconds = time.perf_counter() - start
-        peak = status_mb(server.process.pid)["VmHWM"]
+        idle = memory_mb(server.process.pid)["VmRSS"]
+        seconds, response = post_infer(server, MODEL_NAME, body, REQUEST_TIMEOUT_S)
+        peak = memory_mb(server.process.pid)["VmHWM"]
     finally:
         stop_local_server(server)
     return {

@@ -48,7 +48,13 @@ from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf.dism import mlserver_command, server_settings
 from pixelring2nmf.local_server import LocalServer as Server
-from pixelring2nmf.local_server import free_port, image_python, start_local_server
+from pixelring2nmf.local_server import (
+    free_port,
+    image_python,
+    memory_mb,
+    post_infer,
+    start_local_server,
+)
 from pixelring2nmf.local_server import stop_local_server as stop_server
 from pixelring2nmf.testdata import make_test_data
 
@@ -212,28 +218,11 @@ def start_server(command: list[str], port: int, log_path: Path, env: dict[str, s
     )
 
 
-def memory_mb(pid: int) -> dict[str, float]:
-    """VmRSS and VmHWM (peak RSS) in MB; with parallel_workers 0 the models run in this process."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024  # kB
-    return values
-
-
 # --------------------------------------------------------------------------- measurement
 
 
 def post(server: Server, model: str, body: bytes) -> tuple[float, requests.Response]:
-    start = time.perf_counter()
-    response = requests.post(
-        f"{server.base_url}/v2/models/{model}/infer",
-        data=body,
-        headers={"Content-Type": "application/json"},
-        timeout=REQUEST_TIMEOUT_S,
-    )
-    elapsed = time.perf_counter() - start
+    elapsed, response = post_infer(server, model, body, REQUEST_TIMEOUT_S)
     if response.status_code != 200:
         raise RuntimeError(f"{model}: HTTP {response.status_code}: {response.text[:1000]}")
     return elapsed, response

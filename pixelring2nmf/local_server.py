@@ -1,4 +1,4 @@
-"""Start and stop a local MLServer process: shared by the tests that serve and bench/serving.py.
+"""Start, query and stop a local MLServer process: shared by the tests that serve and bench/.
 
 Not on the serving path (MLServer itself runs there); `requests` is imported where it is used.
 """
@@ -92,3 +92,35 @@ def stop_local_server(server: LocalServer) -> None:
         except subprocess.TimeoutExpired:
             server.process.kill()
             server.process.wait(timeout=30)
+
+
+def memory_mb(pid: int) -> dict[str, float]:
+    """VmRSS and VmHWM (peak RSS) of a process in MB, from /proc (Linux).
+
+    With parallel_workers 0 the models run inside the MLServer process, so its figures are
+    what a request costs; the benchmarks read them before and after.
+    """
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) / 1024  # kB
+    return values
+
+
+def post_infer(server: LocalServer, model: str, body: bytes, timeout_s: float):
+    """POST a V2 inference request already encoded as JSON; return (seconds, response).
+
+    The body is sent as bytes so that every request of a benchmark carries the same payload
+    and no client-side encoding is timed.
+    """
+    import requests
+
+    start = time.perf_counter()
+    response = requests.post(
+        f"{server.base_url}/v2/models/{model}/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=timeout_s,
+    )
+    return time.perf_counter() - start, response
