@@ -140,11 +140,12 @@ def _worker_memory() -> dict:
     The peak is VmHWM, the high-water mark of this process's own memory: `ru_maxrss` would
     also count the parent's pages a spawned process held between fork and exec.
     """
-    from pathlib import Path
+    import os
 
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-    kb = {key: int(status[key].split()[0]) for key in ("VmRSS", "VmHWM")}
-    return {"rss_mb": kb["VmRSS"] / 1024, "peak_mb": kb["VmHWM"] / 1024}
+    from pixelring2nmf.local_server import memory_mb
+
+    mb = memory_mb(os.getpid())
+    return {"rss_mb": mb["VmRSS"], "peak_mb": mb["VmHWM"]}
 
 
 def local_cluster(stack: ExitStack, n_workers: int):
