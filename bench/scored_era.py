@@ -129,7 +129,7 @@ def main() -> int:
             tmp / "era", runs=args.runs, seed=args.seed, anomaly_rate=args.anomaly_rate
         )
         era = read_dials_parquet(paths["parquet"])
-        truth = pd.read_csv(paths["truth"])
+        truth = pd.read_csv(paths["truth"], keep_default_na=False)
         oms_table = read_oms_json(paths["oms"])
         training = shipped_like_training_maps(tmp)
     if len(era) < args.min_ls:

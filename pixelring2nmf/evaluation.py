@@ -40,6 +40,7 @@ from mlserver_model.geometry import (
 from mlserver_model.preprocessor import insert_cross
 
 from .mismatch import MapMaker, scaled_maker
+from .truthcheck import truth_event_ids
 
 OCCUPANCIES = (20, 30, 50, 100, 200, 400, 1000, 2000)  # clusters per live ROC per LS
 BAR_OCCUPANCIES = (50, 100, 200, 400, 1000, 2000)  # where the detection bars apply
@@ -284,7 +285,7 @@ def truth_categories(truth: pd.DataFrame, live_rocs_per_group: np.ndarray) -> pd
     """
 
     def category(row) -> str:
-        groups = [g for g in str(row.groups).split(";") if g and g != "nan"]
+        groups = [g for g in str(row.groups).split(";") if g]
         if row.anomaly_type == "Multi-Disk":
             return f"Multi-Disk, {len(groups)} disks"
         if row.anomaly_type != "Partial":
@@ -326,10 +327,11 @@ def score_era(
     `predictions` maps a rule name to a table with columns run, ls, flag (after the DCS
     filter), one row per LS of the parquet. Truth rows are anomalous (run, ls) of the
     simulator's truth.csv; every other LS of the parquet is clean. An event is one injected
-    anomaly (consecutive LS with the same groups); it is found when any of its LS is flagged.
+    anomaly (`truthcheck.truth_event_ids`, as the era check counts them); it is found when any
+    of its LS is flagged.
     """
     truth = truth.assign(
-        category=truth_categories(truth, live_rocs_per_group), event=_event_ids(truth)
+        category=truth_categories(truth, live_rocs_per_group), event=truth_event_ids(truth)
     )
     rows = []
     for name, prediction in predictions.items():
@@ -352,15 +354,3 @@ def score_era(
                 }
             )
     return pd.DataFrame(rows)
-
-
-def _event_ids(truth: pd.DataFrame) -> np.ndarray:
-    """Event number of every truth row: runs of consecutive LS with the same groups."""
-    ordered = truth.sort_values(["run", "ls"])
-    new_event = (
-        ordered.run.diff().ne(0)
-        | ordered.ls.diff().ne(1)
-        | ordered.anomaly_type.ne(ordered.anomaly_type.shift())
-        | ordered.groups.ne(ordered.groups.shift())
-    )
-    return new_event.cumsum().reindex(truth.index).to_numpy()

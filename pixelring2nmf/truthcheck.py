@@ -1,11 +1,12 @@
 """An era's power-group table against the simulator's truth: what was found, what was invented.
 
-Shared by the tests and `bench/era.py`, which must judge the same way. The truth (`truth.csv`,
-one row per anomalous LS) is turned into ranges; every injected Multi-Disk, Quarter and
-Single-Disk range must appear as one row with exactly its first and last LS, its type and its
-groups (less the groups the model cannot judge, e.g. a permanently dead one: it cannot die
-again); every table row must lie inside some injected range of any kind (partial dropouts may
-legitimately produce rows), otherwise it is a false row.
+Shared by the tests, `bench/era.py` and `evaluation.score_era`, which must judge the same way
+and count the same events. The truth (`truth.csv`, one row per anomalous LS) is turned into
+ranges; every injected Multi-Disk, Quarter and Single-Disk range must appear as one row with
+exactly its first and last LS, its type and its groups (less the groups the model cannot judge,
+e.g. a permanently dead one: it cannot die again); every table row must lie inside some
+injected range of any kind (partial dropouts may legitimately produce rows), otherwise it is a
+false row.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ class TruthComparison:
         return f"found exactly: {kinds}; rows where nothing was injected: {len(self.false_rows)}"
 
 
-def truth_ranges(truth: pd.DataFrame) -> pd.DataFrame:
-    """truth.csv rows (one per LS) -> one row per injected anomaly: run, first, last, kind."""
-    truth = truth.sort_values(["run", "ls"], ignore_index=True)
-    groups = truth.groups.fillna("").to_numpy()
-    kind = truth.anomaly_type.to_numpy()
-    run, ls = truth.run.to_numpy(), truth.ls.to_numpy()
+def truth_event_ids(truth: pd.DataFrame) -> np.ndarray:
+    """Event number (from 1) of every truth.csv row, in the frame's own row order.
+
+    An event is one injected anomaly: consecutive LS of one run with the same type and
+    groups. Empty groups (Missing LS) compare equal whether read as "" or as NaN, so a block
+    of missing LS is one event however the CSV was read.
+    """
+    order = np.lexsort((truth.ls.to_numpy(), truth.run.to_numpy()))
+    groups = truth.groups.fillna("").to_numpy()[order]
+    kind = truth.anomaly_type.to_numpy()[order]
+    run, ls = truth.run.to_numpy()[order], truth.ls.to_numpy()[order]
     starts = np.ones(len(truth), dtype=bool)
     starts[1:] = (
         (run[1:] != run[:-1])
@@ -51,7 +57,15 @@ def truth_ranges(truth: pd.DataFrame) -> pd.DataFrame:
         | (kind[1:] != kind[:-1])
         | (groups[1:] != groups[:-1])
     )
-    ranges = truth.assign(groups=groups).groupby(np.cumsum(starts))
+    ids = np.empty(len(truth), dtype=np.int64)
+    ids[order] = np.cumsum(starts)
+    return ids
+
+
+def truth_ranges(truth: pd.DataFrame) -> pd.DataFrame:
+    """truth.csv rows (one per LS) -> one row per injected anomaly: run, first, last, kind."""
+    truth = truth.sort_values(["run", "ls"], ignore_index=True)
+    ranges = truth.assign(groups=truth.groups.fillna("")).groupby(truth_event_ids(truth))
     return ranges.agg(
         run=("run", "first"),
         first_ls=("ls", "first"),
