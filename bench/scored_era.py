@@ -32,12 +32,13 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
+from mlserver_model.dftools import dcs_filter
 from mlserver_model.geometry import GROUP_ID_FLAT, N_GROUPS
 from mlserver_model.preprocessor import insert_cross, remove_cross
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf.evaluation import score_era
 from pixelring2nmf.mismatch import smooth_fields
-from pixelring2nmf.oms import align_oms, dcs_filter_for, read_oms_json
+from pixelring2nmf.oms import align_oms, read_oms_json
 from pixelring2nmf.original import OriginalPipeline
 from pixelring2nmf.parquet import read_dials_parquet
 from pixelring2nmf.train import load_good_maps, train_model
@@ -135,7 +136,7 @@ def main() -> int:
     if len(era) < args.min_ls:
         raise SystemExit(f"the era has {len(era)} LS, fewer than {args.min_ls}: raise --runs")
     oms = align_oms(oms_table, era.run, era.ls)
-    dcs_good = dcs_filter_for(oms_table, era.run, era.ls).good
+    dcs_good = dcs_filter(oms, len(era.run)).good
     live = np.bincount(
         GROUP_ID_FLAT,
         weights=simulator.default_detector().live_rocs.ravel(),
