@@ -29,10 +29,10 @@ import pandas as pd
 
 from mlserver_model.geometry import (
     GROUP_ID_FLAT,
+    GROUP_ROCS_MODEL,
     MODEL_ROWS_IN_MAP,
     MODEL_SHAPE,
     MULTIDISK_CANDIDATES,
-    N_GROUPS,
     N_ROCS,
     QUARTER_GROUPS,
     group_index,
@@ -79,8 +79,6 @@ class StudySize:
 
 # ---- injection ----------------------------------------------------------------------------
 
-_GROUP_ROCS = tuple(np.flatnonzero(GROUP_ID_FLAT == g) for g in range(N_GROUPS))
-
 
 def _kill(
     expected: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator
@@ -92,7 +90,7 @@ def _kill(
     """
     for g in np.unique(groups):
         rows = np.flatnonzero((groups == g).any(axis=1))
-        rocs = _GROUP_ROCS[g]
+        rocs = GROUP_ROCS_MODEL[g]
         n_dead = int(np.ceil(fraction * len(rocs)))
         order = np.argsort(rng.random((len(rows), len(rocs))), axis=1)[:, :n_dead]
         expected[rows[:, None], rocs[order]] = 0.0
