@@ -7,7 +7,7 @@ this module makes both on purpose:
 
 - *model mismatch*: the detector's shape drifts during a period (beam spot, gains, radial
   gradient), so a real map is the model's shape times a smooth field. `smooth_fields` draws
-  such fields, one per LS, with a chosen peak deviation (10-30 %); `refit_mismatch` builds a
+  such fields, one per LS, with a chosen peak deviation (10-30 %); `refit_pair` builds a
   second, equally good NMF of the same data, whose maps a model trained on the first fit sees;
 - *overdispersion*: per-ROC, per-LS variations beyond Poisson (5-10 %): `overdispersed`.
 
@@ -24,20 +24,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlserver_model.geometry import DISKS, MODEL_COLUMNS_IN_MAP, MODEL_ROWS_IN_MAP, N_ROCS
+from mlserver_model.geometry import DISKS, N_ROCS
 from mlserver_model.nmf2d import BatchedNNLS
+
+from .simulate import model_coordinates
 
 # Expected healthy maps (N, 6528) for given mean occupancies per live ROC (N,).
 MapMaker = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 # Per ROC of the model space (flat, 6528): disk (-3..3 without 0), azimuth of the blade (rad),
-# radial position inside the disk (0 = innermost column, 1 = outermost).
-_BLADE = np.repeat(-17 + MODEL_ROWS_IN_MAP // 4, len(MODEL_COLUMNS_IN_MAP))
-_COLUMN = np.tile(MODEL_COLUMNS_IN_MAP, len(MODEL_ROWS_IN_MAP))
-ROC_DISK = -3 + _COLUMN // 8
-ROC_PHI_RAD = np.pi * (np.abs(_BLADE) - 9) / 17 + np.where(_BLADE < 0, np.pi, 0.0)
-ROC_RADIUS = np.where(ROC_DISK < 0, 7 - _COLUMN % 8, _COLUMN % 8) / 7.0
-_DISK_SLOT = np.searchsorted(DISKS, ROC_DISK)  # 0..5
+# radial position inside the disk (0 = innermost column, 1 = outermost), disk slot (0..5).
+_COORDINATES = model_coordinates()
+ROC_DISK = _COORDINATES["disk"].ravel()
+ROC_PHI_RAD = _COORDINATES["phi"].ravel()
+ROC_RADIUS = _COORDINATES["radial_index"].ravel() / 7.0
+_DISK_SLOT = _COORDINATES["disk_slot"].ravel()
 
 
 def _smooth_modes() -> np.ndarray:

@@ -162,8 +162,12 @@ def _as_rng(seed: int | np.random.Generator) -> np.random.Generator:
     raise ValueError(f"Expected an int seed or a numpy Generator, got {type(seed).__name__}")
 
 
-def _model_coordinates() -> dict[str, np.ndarray]:
-    """Per-ROC coordinates of the model space, each (136, 48)."""
+def model_coordinates() -> dict[str, np.ndarray]:
+    """Per-ROC coordinates of the model space, each (136, 48).
+
+    Public because `mismatch` builds its smooth fields on the same disks, azimuths and radii
+    the simulator draws its patterns on: one definition keeps the two detectors the same.
+    """
     rows_in_map = MODEL_ROWS_IN_MAP[:, None] * np.ones((1, MODEL_SHAPE[1]), dtype=int)
     column = np.arange(MODEL_SHAPE[1])[None, :] * np.ones((MODEL_SHAPE[0], 1), dtype=int)
     disk_slot = column // 8  # 0..5 in DISKS order
@@ -264,7 +268,7 @@ def make_detector(seed: int | np.random.Generator) -> Detector:
     ROCs and gains, as runs of one era do.
     """
     rng = _as_rng(seed)
-    coords = _model_coordinates()
+    coords = model_coordinates()
     dead = _dead_map(rng, coords)
     live = ~dead
     gain = _gain_model(rng, coords) * _inefficiency(rng)
