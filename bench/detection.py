@@ -21,7 +21,6 @@ relative condition.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf.evaluation import (
     BAR_OCCUPANCIES,
@@ -43,9 +41,12 @@ from pixelring2nmf.evaluation import (
     Level,
     Rule,
     StudySize,
+    clean_training_maps,
     detection_study,
+    detector_maker,
     failures,
     real_component_maker,
+    significance_only,
 )
 from pixelring2nmf.mismatch import MISMATCH_LEVELS, MapMaker, refit_pair
 from pixelring2nmf.original import OriginalPipeline
@@ -67,13 +68,7 @@ class Source:
 
 
 def simulated_source() -> Source:
-    detector = simulator.default_detector()
-
-    def make(occupancy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        pileup = rng.uniform(20, 65, len(occupancy))  # map shape independent of the occupancy
-        return simulator.expected_maps(detector, occupancy, pileup).reshape(len(occupancy), -1)
-
-    return Source("simulated detector", make, simulator.sample_maps)
+    return Source("simulated detector", detector_maker(), simulator.sample_maps)
 
 
 def real_source() -> Source:
@@ -82,20 +77,10 @@ def real_source() -> Source:
     )
 
 
-def training_maps(source: Source, make: MapMaker, rng: np.random.Generator) -> np.ndarray:
-    occupancy = rng.uniform(200, 1400, N_TRAIN)
-    expected = make(occupancy, rng).reshape(N_TRAIN, 136, 48)
-    return insert_cross(np.asarray(source.sample(expected, rng)))
-
-
 def rules_for(maps: np.ndarray, original_ls: int) -> tuple[list[Rule], PixelRing2NMF]:
     """Our model and the original pipeline, both trained on `maps`, as study rules."""
     model = train_model(maps)
-    previous = PixelRing2NMF(
-        model.components,
-        model.model_error,
-        dataclasses.replace(model.thresholds, min_relative_deficit=0.0, screen_deficit=0.05),
-    )
+    previous = significance_only(model)
     original = OriginalPipeline.train(maps)
     rules = [
         Rule(OURS, lambda m: model.predict(m).flag),
@@ -110,7 +95,9 @@ def study_source(source: Source, args: argparse.Namespace) -> tuple[pd.DataFrame
     size = StudySize(args.anomalous, args.clean)
     rng = np.random.default_rng(11)
     started = time.monotonic()
-    rules, model = rules_for(training_maps(source, source.make_expected, rng), args.original_ls)
+    rules, model = rules_for(
+        clean_training_maps(source.make_expected, N_TRAIN, rng, source.sample), args.original_ls
+    )
     levels = [Level(m.name, m.on(source.make_expected)) for m in MISMATCH_LEVELS]
     tables = [
         detection_study(rules, levels, source.sample, ~model.unjudged_groups, size=size, seed=1)
@@ -118,7 +105,9 @@ def study_source(source: Source, args: argparse.Namespace) -> tuple[pd.DataFrame
     notes = []
     for i, drift in enumerate(REFIT_DRIFTS if args.refit else ()):
         pair = refit_pair(source.make_expected, rng, field_amplitude=drift)
-        rules, model = rules_for(training_maps(source, pair.first, rng), args.original_ls)
+        rules, model = rules_for(
+            clean_training_maps(pair.first, N_TRAIN, rng, source.sample), args.original_ls
+        )
         name = f"NMF refit, drift {drift:.0%}"
         level = Level(name, pair.second)
         tables.append(

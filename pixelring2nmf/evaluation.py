@@ -19,6 +19,7 @@ Scenarios and what a rule must do with them:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,8 +38,10 @@ from mlserver_model.geometry import (
     QUARTER_GROUPS,
     group_index,
 )
+from mlserver_model.pixelring2nmf import PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
 
+from . import simulate as simulator
 from .mismatch import MapMaker, scaled_maker
 from .truthcheck import truth_event_ids
 
@@ -253,6 +256,46 @@ def failures(table: pd.DataFrame, rule: str = "ours") -> list[str]:
         if needs_flags and row.rate < scenario.must_flag:
             problems.append(f"{where}: {row.rate:.1%} flagged < {scenario.must_flag:.0%}")
     return problems
+
+
+def detector_maker(detector: simulator.Detector | None = None) -> MapMaker:
+    """Healthy maps of a simulated detector (default: the project's), pileup 20-65 per LS.
+
+    The pileup is drawn apart from the occupancy, so a map's shape does not tell its scale.
+    """
+    detector = simulator.default_detector() if detector is None else detector
+
+    def make(occupancy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        pileup = rng.uniform(20, 65, len(occupancy))
+        return simulator.expected_maps(detector, occupancy, pileup).reshape(len(occupancy), -1)
+
+    return make
+
+
+def clean_training_maps(
+    make: MapMaker,
+    n: int,
+    rng: np.random.Generator,
+    sample: Sampler = simulator.sample_maps,
+) -> np.ndarray:
+    """(n, 140, 56) clean maps to train a study's models on, 200-1400 clusters per live ROC.
+
+    The bench and the tests train on maps drawn the same way, so the tests' small models stand
+    for the bench's.
+    """
+    expected = make(rng.uniform(200, 1400, n), rng).reshape(n, *MODEL_SHAPE)
+    return insert_cross(np.asarray(sample(expected, rng)))
+
+
+def significance_only(model: PixelRing2NMF) -> PixelRing2NMF:
+    """`model` with the rule before issue 10 (no relative condition, 5 % screen).
+
+    Shows what a mismatch does to a rule without the relative condition.
+    """
+    thresholds = dataclasses.replace(
+        model.thresholds, min_relative_deficit=0.0, screen_deficit=0.05
+    )
+    return PixelRing2NMF(model.components, model.model_error, thresholds)
 
 
 def real_component_maker(components: np.ndarray, seed: int = 0) -> MapMaker:

@@ -27,10 +27,13 @@ from pixelring2nmf.evaluation import (
     Level,
     Rule,
     StudySize,
+    clean_training_maps,
     detection_study,
+    detector_maker,
     failures,
     real_component_maker,
     score_era,
+    significance_only,
 )
 from pixelring2nmf.mismatch import MISMATCH_LEVELS, NONE, Mismatch, refit_pair
 from pixelring2nmf.original import OriginalPipeline
@@ -44,29 +47,15 @@ MUST_STAY_QUIET = [n for n, s in SCENARIOS_BY_NAME.items() if s.must_stay_quiet]
 DETECTOR = simulator.default_detector()
 
 
-def simulated_maker(occupancy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    pileup = rng.uniform(20, 65, len(occupancy))  # map shape independent of the occupancy
-    return simulator.expected_maps(DETECTOR, occupancy, pileup).reshape(len(occupancy), -1)
-
-
-def clean_training_maps(make, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    expected = make(rng.uniform(200, 1400, n), rng).reshape(n, 136, 48)
-    return insert_cross(simulator.sample_maps(expected, rng))
+simulated_maker = detector_maker(DETECTOR)
 
 
 @pytest.fixture(scope="module")
 def model() -> PixelRing2NMF:
     """A small model of the simulated detector (fewer LS and passes than a real one)."""
-    return train_model(clean_training_maps(simulated_maker, 500, seed=1), passes=60)
-
-
-def significance_only(model: PixelRing2NMF) -> PixelRing2NMF:
-    """The rule before issue 10: no relative condition, 5 % screen."""
-    thresholds = dataclasses.replace(
-        model.thresholds, min_relative_deficit=0.0, screen_deficit=0.05
+    return train_model(
+        clean_training_maps(simulated_maker, 500, np.random.default_rng(1)), passes=60
     )
-    return PixelRing2NMF(model.components, model.model_error, thresholds)
 
 
 def flags_of(model: PixelRing2NMF):
@@ -160,7 +149,7 @@ def test_a_model_trained_on_another_nmf_fit_of_the_period_stays_quiet():
     rng = np.random.default_rng(7)
     pair = refit_pair(simulated_maker, rng, n_ls=300, field_amplitude=0.5, passes=50)
     assert pair.relative_misfit_rms > 0.02  # a real mismatch, not a copy of the first fit
-    model = train_model(clean_training_maps(pair.first, 400, seed=8), passes=60)
+    model = train_model(clean_training_maps(pair.first, 400, np.random.default_rng(8)), passes=60)
     table = detection_study(
         [Rule("ours", flags_of(model))],
         [Level("refit", pair.second)],
@@ -262,7 +251,7 @@ def test_per_roc_bad_map_agrees_with_the_group_search(model):
 
 
 def test_the_original_pipeline_is_rebuilt_from_its_own_nmf():
-    maps = clean_training_maps(simulated_maker, 300, seed=15)
+    maps = clean_training_maps(simulated_maker, 300, np.random.default_rng(15))
     original = OriginalPipeline.train(maps, passes=10)
     assert original.nmf.components_.shape == (5, 136 * 48)
     np.testing.assert_allclose(original.nmf.components_.mean(axis=1), 1.0)
@@ -301,7 +290,7 @@ def test_a_simulated_era_is_scored_against_its_truth(model, tmp_path):
 @pytest.mark.skipif(not REAL_COMPONENTS.exists(), reason="../shared/reference is absent")
 def test_detection_on_maps_from_the_real_components(tmp_path):
     make = real_component_maker(np.load(REAL_COMPONENTS))
-    maps = clean_training_maps(make, 600, seed=18)
+    maps = clean_training_maps(make, 600, np.random.default_rng(18))
     parquet = simulator.write_dials_parquet(
         tmp_path / "real_components.parquet", maps, 392642, np.arange(1, len(maps) + 1)
     )
