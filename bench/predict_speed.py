@@ -37,7 +37,6 @@ from threadpoolctl import threadpool_limits
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from mlserver_model.bad_ROC import Thresholds, group_counts, search_original
 from mlserver_model.geometry import GROUP_ID_FLAT, QUARTER_GROUPS, group_index
 from mlserver_model.pixelring2nmf import PixelRing2NMF, to_model_space
 from mlserver_model.preprocessor import insert_cross
@@ -102,12 +101,10 @@ def sklearn_transform_flags(maps: np.ndarray, components: np.ndarray) -> np.ndar
     """The original rule on scikit-learn's 1000-update transform of *our* components."""
     from sklearn.decomposition import MiniBatchNMF
 
-    x = to_model_space(maps).astype(np.float64)
     nmf = MiniBatchNMF(n_components=len(components), tol=0.0, max_iter=1000, alpha_H=0.1)
-    nmf.partial_fit(x[:16])  # sets the solver's internal parameters
+    nmf.partial_fit(to_model_space(maps[:16]).astype(np.float64))  # sets the solver's parameters
     nmf.components_ = components.astype(np.float64)
-    bad = (x - nmf.transform(x) @ nmf.components_) ** 2 > Thresholds().original_loss
-    return search_original(group_counts(bad), Thresholds()).metric >= 1.0
+    return OriginalPipeline(nmf).predict(maps).flag
 
 
 def screen_agreement(model: PixelRing2NMF, maps: dict) -> dict[str, tuple[int, bool]]:

@@ -13,9 +13,9 @@ this is the whole original, as DOMAIN.md section 4 describes it:
   least int(0.40 * n_rocs) of its ROCs are bad; Multi-Disk when the same (z side, blade side,
   ROG) is anomalous on two disks (a whole quarter counts too).
 
-The original's Metric was the flag cast to float; here the LS also get our continuous Metric
-computed on the original's group fractions (`bad_ROC.search_original`), so tables can show
-how close the original came, but the flag is exactly the original's decision.
+The original's Metric was the flag cast to float; the flag here is exactly the original's
+decision, with the bad-ROC and group rules taken from the served runtime (`bad_ROC.large_loss`,
+`bad_ROC.search_original`) so that the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlserver_model.bad_ROC import GroupSearch, Thresholds, group_counts, search_original
+from mlserver_model.bad_ROC import Thresholds, group_counts, large_loss, search_original
 from mlserver_model.pixelring2nmf import to_model_space
 
 ORIGINAL_PASSES = 30
@@ -38,7 +38,6 @@ class OriginalResult:
     """Per-LS outcome of the original pipeline."""
 
     flag: np.ndarray  # (N,) bool, before any DCS filter
-    search: GroupSearch  # groups, type and our Metric on the original's fractions
 
 
 @dataclass
@@ -91,6 +90,6 @@ class OriginalPipeline:
     def predict(self, maps_nyx: np.ndarray) -> OriginalResult:
         """The original's Flag of every LS of (N, 140, 56) maps."""
         x, expected = self.reconstruct(maps_nyx)
-        bad = (x - expected) ** 2 > self.thresholds.original_loss
+        bad = large_loss(x, expected, self.thresholds.original_loss, np.empty_like(x))
         search = search_original(group_counts(bad), self.thresholds)
-        return OriginalResult(search.metric >= self.thresholds.metric_threshold, search)
+        return OriginalResult(search.metric >= self.thresholds.metric_threshold)
