@@ -39,13 +39,13 @@ GOAL_RSS_RATIO = 1.2
 
 
 def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
-    """The era of `n_ls` LS (runs of 1000 LS, default anomalies), simulated once."""
+    """The era of `n_ls` LS (runs of 1000 LS, default anomalies), simulated once.
+
+    Kept in `workdir` for later runs with the same workdir (bench/era_scale.py uses it too):
+    simulating a large era takes minutes.
+    """
     out = workdir / f"era_{n_ls}"
-    paths = {
-        "parquet": out / simulator.parquet_name("Run2025Z"),
-        "oms": out / "omsdata_Run2025Z-v1.json",
-        "truth": out / "truth.csv",
-    }
+    paths = simulator.output_paths(out)
     if not all(p.exists() for p in paths.values()):
         print(f"simulating {n_ls} LS into {out} ...", flush=True)
         paths = simulator.simulate(out, runs=n_ls // LS_PER_RUN, seed=7, ls_per_run=LS_PER_RUN)

@@ -47,9 +47,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
+from era import simulated_era
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from pixelring2nmf import simulate as simulator
 from pixelring2nmf.cluster import MAX_TASK_LS, analyse_era_on_dask, auto_task_ls
 from pixelring2nmf.era import (
     OmsLookup,
@@ -61,7 +61,6 @@ from pixelring2nmf.era import (
 )
 from pixelring2nmf.tables import PersistenceRule, era_tables
 
-LS_PER_RUN = 1000
 FIT_TASK_LS = (1000, 2000, 5000, 10000)  # on the era's file, row groups of 1000 LS
 FINE_TASK_LS = (100, 500)  # on a copy of its first FINE_N_LS in row groups of 100 LS
 FINE_N_LS = 5000
@@ -79,18 +78,6 @@ def fine_copy(source: Path, n_ls: int, row_group_ls: int) -> Path:
         table = pq.read_table(source).slice(0, n_ls)
         pq.write_table(table, path, row_group_size=row_group_ls, compression="zstd")
     return path
-
-
-def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
-    out = workdir / f"era_{n_ls}"
-    paths = {
-        "parquet": out / simulator.parquet_name("Run2025Z"),
-        "oms": out / "omsdata_Run2025Z-v1.json",
-    }
-    if not all(p.exists() for p in paths.values()):
-        print(f"simulating {n_ls} LS into {out} ...", flush=True)
-        paths = simulator.simulate(out, runs=n_ls // LS_PER_RUN, seed=7, ls_per_run=LS_PER_RUN)
-    return paths
 
 
 class Load:

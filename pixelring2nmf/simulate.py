@@ -904,6 +904,20 @@ def parquet_name(era: str) -> str:
     return f"ZeroBias-{era}-PromptReco-v1-DQMIO-{ME_PATH.replace('/', '-')}.parquet"
 
 
+def output_paths(out_dir: str | Path, era: str = "Run2025Z") -> dict[str, Path]:
+    """The files `simulate` writes into `out_dir`: keys "parquet", "oms" and "truth".
+
+    Public so that a caller can find a simulation already on disk without simulating again.
+    """
+    _check_era(era)
+    out_dir = Path(out_dir)
+    return {
+        "parquet": out_dir / parquet_name(era),
+        "oms": out_dir / f"omsdata_{era}-v1.json",
+        "truth": out_dir / "truth.csv",
+    }
+
+
 def _check_era(era: str) -> None:
     if not re.fullmatch(r"[A-Za-z0-9_]+", era or ""):
         raise ValueError(f"era must be letters, digits or '_' (e.g. 'Run2025Z'), got {era!r}")
@@ -1071,11 +1085,7 @@ def simulate(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "parquet": out_dir / parquet_name(era),
-        "oms": out_dir / f"omsdata_{era}-v1.json",
-        "truth": out_dir / "truth.csv",
-    }
+    paths = output_paths(out_dir, era)
     oms: dict[str, list] = {key: [] for key in OMS_KEYS}
     truth_parts = []
     with _parquet_writer(paths["parquet"], value_type) as writer:
