@@ -981,7 +981,8 @@ def dials_table(
     n = maps.shape[0]
     run = np.broadcast_to(np.asarray(run, dtype=np.int64), (n,))
     n_rows, n_columns = maps.shape[1:]
-    values = pa.array(maps.reshape(-1).astype(np.float64 if value_type == "double" else np.int32))
+    value_dtype = schema.field("data").type.value_type.value_type.to_pandas_dtype()
+    values = pa.array(maps.reshape(-1).astype(value_dtype))
     inner_offsets = pa.array(np.arange(0, n * n_rows * n_columns + 1, n_columns, dtype=np.int32))
     outer_offsets = pa.array(np.arange(0, n * n_rows + 1, n_rows, dtype=np.int32))
     data = pa.ListArray.from_arrays(outer_offsets, pa.ListArray.from_arrays(inner_offsets, values))
