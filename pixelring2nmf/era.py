@@ -37,7 +37,7 @@ import pandas as pd
 
 from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, LOGGER, PixelRing2NMF
 
-from .oms import OMS_KEY_COLUMNS, align_oms, read_oms_json
+from .oms import OMS_KEY_COLUMNS, _oms_index, align_oms, read_oms_json
 from .parquet import (
     RowGroupInfo,
     is_url,
@@ -103,32 +103,17 @@ class OmsLookup:
     """
 
     def __init__(self, frames: Sequence[tuple[Path, pd.DataFrame]]) -> None:
-        checked = [self._checked(path, frame) for path, frame in frames]
-        frame = pd.concat(checked, ignore_index=True) if len(checked) > 1 else checked[0]
-        keys = frame[list(OMS_KEY_COLUMNS)].astype(np.int64)
-        duplicated = keys.duplicated()
-        if duplicated.any():
-            examples = [tuple(map(int, row)) for row in keys[duplicated].to_numpy()[:5]]
+        tables = [table for _, table in frames]
+        frame = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        try:
+            # Checked as one table: an LS in two of the files is as wrong as one in a file twice.
+            index = _oms_index(frame)
+        except ValueError as error:
             names = ", ".join(str(p) for p, _ in frames)
-            raise ValueError(
-                f"OMS files {names}: {int(duplicated.sum())} (run, ls) pair(s) appear twice, "
-                f"e.g. {examples}"
-            )
+            raise ValueError(f"OMS file(s) {names}: {error}") from None
         self._empty = frame.iloc[:0]
-        run_keys = keys.run_number.to_numpy()
+        run_keys = index.get_level_values(OMS_KEY_COLUMNS[0]).to_numpy()
         self._by_run = {int(run): part for run, part in frame.groupby(run_keys, sort=False)}
-
-    @staticmethod
-    def _checked(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
-        for name in OMS_KEY_COLUMNS:
-            values = pd.to_numeric(frame[name], errors="coerce")
-            bad = values.isna() | (values != values.round())
-            if bad.any():
-                raise ValueError(
-                    f"{path}: OMS column {name!r} has {int(bad.sum())} null or non-integer "
-                    f"value(s), e.g. {frame[name][bad].iloc[0]!r}"
-                )
-        return frame
 
     @classmethod
     def read(cls, paths: Sequence[Path]) -> OmsLookup:

@@ -160,9 +160,17 @@ def _oms_index(oms: pd.DataFrame) -> pd.MultiIndex:
         if column.isna().any():
             raise ValueError(f"OMS column {name!r} has {int(column.isna().sum())} null value(s)")
         try:
-            keys.append(column.to_numpy().astype(np.int64))
+            key = column.to_numpy().astype(np.int64)
         except (TypeError, ValueError) as error:
             raise ValueError(f"OMS column {name!r} must hold integers: {error}") from error
+        # The cast truncates (LS 1.5 would become LS 1 and match a map it does not describe).
+        inexact = pd.to_numeric(column, errors="coerce").to_numpy() != key
+        if inexact.any():
+            raise ValueError(
+                f"OMS column {name!r} must hold integers, found {int(inexact.sum())} "
+                f"non-integer value(s), e.g. {column[inexact].tolist()[0]!r}"
+            )
+        keys.append(key)
     index = pd.MultiIndex.from_arrays(keys, names=list(OMS_KEY_COLUMNS))
     if index.has_duplicates:
         duplicated = index[index.duplicated()].unique()

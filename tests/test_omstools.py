@@ -198,6 +198,21 @@ def test_null_run_number_is_an_error(tmp_path: Path) -> None:
         dcs_filter_for(oms, np.array([1]), np.array([10000]))
 
 
+@pytest.mark.parametrize("key", ["run_number", "lumisection_number"])
+def test_a_fractional_key_is_an_error_not_truncated(tmp_path: Path, key: str) -> None:
+    columns = _small_columns()
+    columns[key][1] = 1.5 if key == "lumisection_number" else 2.5
+    oms = read_oms_json(_write_json(tmp_path, columns))
+    value = columns[key][1]
+    message = (
+        rf"OMS column '{key}' must hold integers, found 1 non-integer value\(s\), e.g. {value}"
+    )
+    with pytest.raises(ValueError, match=message):
+        align_oms(oms, np.array([2]), np.array([1]))
+    with pytest.raises(ValueError, match=message):
+        dcs_filter_for(oms, np.array([2]), np.array([1]))
+
+
 def test_run_and_ls_lengths_must_match(tmp_path: Path) -> None:
     oms = read_oms_json(_write_json(tmp_path, _small_columns()))
     with pytest.raises(ValueError, match=r"equal length, got shapes \(2,\) and \(1,\)"):
