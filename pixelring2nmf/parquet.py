@@ -129,14 +129,7 @@ def iter_dials_parquet(
     if not row_groups:
         return
     seen: set[tuple[int, int]] = set()
-    batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
-    )
-    for batch in batches:
-        chunk = _sorted_ring2(*_batch_arrays(batch, path, runs))
-        if len(chunk) == 0:
-            continue
-        _reject_duplicates(chunk.run, chunk.ls, path)
+    for chunk in _chunks(parquet_file, row_groups, path, runs, max_ls):
         keys = list(zip(chunk.run.tolist(), chunk.ls.tolist(), strict=True))
         if not seen.isdisjoint(keys):
             repeated = sorted(seen.intersection(keys))[:5]
@@ -264,11 +257,23 @@ def iter_row_group(
     chunks. Duplicates are rejected inside a chunk; across chunks the caller sees them.
     """
     checked_integer(max_ls, "max_ls", minimum=1)
+    yield from _chunks(parquet_file, [row_group], source, None, max_ls)
+
+
+def _chunks(
+    parquet_file: pq.ParquetFile,
+    row_groups: list[int],
+    source: str | Path,
+    runs: Collection[int] | None,
+    max_ls: int,
+) -> Iterator[Ring2Data]:
+    """The batches of these row groups as non-empty sorted chunks without duplicates: what a
+    whole-file stream and a row-group task both judge, so they accept the same files."""
     batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=[row_group], columns=_columns_to_read(parquet_file)
+        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
     )
     for batch in batches:
-        chunk = _sorted_ring2(*_batch_arrays(batch, source, None))
+        chunk = _sorted_ring2(*_batch_arrays(batch, source, runs))
         if len(chunk):
             _reject_duplicates(chunk.run, chunk.ls, source)
             yield chunk

@@ -12,6 +12,7 @@ from pixelring2nmf.parquet import (
     RowGroupInfo,
     _row_groups_with_runs,
     iter_dials_parquet,
+    iter_row_group,
     row_group_infos,
 )
 
@@ -63,3 +64,16 @@ def test_without_statistics_every_row_group_may_hold_a_run(tmp_path: Path) -> No
     assert _row_groups_with_runs(pq.ParquetFile(path), [390002]) == [0, 1]
     (chunk,) = iter_dials_parquet(path, runs=[390002])
     assert chunk.ls.tolist() == [1, 2, 3]
+
+
+def test_row_groups_stream_the_lumisections_of_the_whole_file(tmp_path: Path) -> None:
+    """Chunks of a row group stop at its end (a whole-file stream's need not), same LS."""
+    path = _write(tmp_path / "groups.parquet")
+    whole = list(iter_dials_parquet(path, max_ls=2))
+    parquet_file = pq.ParquetFile(path)
+    by_group = [c for g in (0, 1) for c in iter_row_group(parquet_file, g, path, max_ls=2)]
+    assert [c.ls.tolist() for c in by_group] == [[1, 2], [5], [1, 2], [3]]
+    keys = [(r, s) for c in by_group for r, s in zip(c.run.tolist(), c.ls.tolist(), strict=True)]
+    assert keys == [
+        (r, s) for c in whole for r, s in zip(c.run.tolist(), c.ls.tolist(), strict=True)
+    ]
