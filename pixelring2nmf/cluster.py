@@ -42,6 +42,7 @@ from .era import (
     RowGroupTask,
     Source,
     TaskResult,
+    _quiet,
     judge_row_groups,
     merge_results,
     plan_file,
@@ -104,18 +105,6 @@ def _local_cluster(spec: str) -> distributed.LocalCluster:
         host="127.0.0.1",
         dashboard_address="127.0.0.1:8787",  # with bokeh installed; another port if taken
     )
-
-
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Only warnings from `name` (a worker's death is one); its INFO lines drown the bar."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 class ModelOnWorkers(WorkerPlugin):

@@ -322,6 +322,19 @@ def merge_results(
 
 
 @contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only warnings from `logger_name` while inside: its INFO lines, once per chunk, LS or
+    worker, would bury the progress bar and the totals printed at the end."""
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def quiet_single_threaded_blas() -> Iterator[None]:
     """What judging an era needs from the process: one BLAS thread, no per-chunk INFO lines.
 
@@ -331,14 +344,12 @@ def quiet_single_threaded_blas() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits
 
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    blas = threadpool_limits(1, user_api="blas")
-    try:
-        yield
-    finally:
-        blas.restore_original_limits()
-        LOGGER.setLevel(level)
+    with _quiet(LOGGER.name):
+        blas = threadpool_limits(1, user_api="blas")
+        try:
+            yield
+        finally:
+            blas.restore_original_limits()
 
 
 def progress_bar(total: int, enabled: bool):
