@@ -23,7 +23,6 @@ dask is imported only by this module, which `era` imports only when `--dask` is 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -50,6 +49,7 @@ from .era import (
     progress_bar,
     quiet_single_threaded_blas,
     report_failures,
+    report_unopened,
 )
 
 if TYPE_CHECKING:
@@ -65,8 +65,6 @@ MAX_TASK_LS = 5000
 TASKS_PER_WORKER = 4
 CONNECT_TIMEOUT_S = 30
 PACKAGE = "pixelring2nmf"
-
-logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -237,9 +235,7 @@ def analyse_era_on_dask(
     start = time.perf_counter()
     check_workers(client)
     plans = _plans(client, paths)
-    for plan in plans:
-        if plan.failure:
-            logger.error("era: skipped %s", plan.failure)
+    report_unopened(plans)
     if task_ls is None:
         total_ls = sum(plan.n_ls for plan in plans)
         task_ls = auto_task_ls(total_ls, len(client.nthreads()))

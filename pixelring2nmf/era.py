@@ -365,6 +365,13 @@ def report_failures(result: TaskResult) -> None:
         logger.error("era: skipped %s", message)
 
 
+def report_unopened(plans: Iterable[FilePlan]) -> None:
+    """Say which files could not be opened before the long judging starts, not only after."""
+    for plan in plans:
+        if plan.failure:
+            logger.error("era: skipped %s", plan.failure)
+
+
 def analyse_era(
     paths: Sequence[Source],
     model: PixelRing2NMF,
@@ -377,9 +384,7 @@ def analyse_era(
     """Judge every LS of the files here; keep going past bad data, keep what was computed."""
     start = time.perf_counter()
     plans = [plan_file(index, source) for index, source in enumerate(paths)]
-    for plan in plans:
-        if plan.failure:
-            logger.error("era: skipped %s", plan.failure)
+    report_unopened(plans)
     tasks = plan_tasks(plans, task_ls)
     parts: list[TaskResult] = []
     interrupted = False
