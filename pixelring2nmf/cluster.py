@@ -130,11 +130,6 @@ class ModelOnWorkers(WorkerPlugin):
         self._settings.close()
 
 
-def _plan_on_worker(file_index: int, source: Source) -> FilePlan:
-    """Footers are read where the data are: the client may not see EOS at all."""
-    return plan_file(file_index, source)
-
-
 def _judge_on_worker(
     task: RowGroupTask, oms: OmsLookup | None, model_name: str, rule: str
 ) -> TaskResult:
@@ -203,7 +198,7 @@ def _failed_task(task: RowGroupTask, error: BaseException) -> TaskResult:
 
 
 def _plans(client: Client, sources: Sequence[Source]) -> list[FilePlan]:
-    futures = client.map(_plan_on_worker, range(len(sources)), sources, pure=False)
+    futures = client.map(plan_file, range(len(sources)), sources, pure=False)
     plans = []
     for index, future in enumerate(futures):
         try:

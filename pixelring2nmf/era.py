@@ -224,7 +224,8 @@ def _undecodable(error: Exception) -> Exception:
 
 
 def plan_file(file_index: int, source: Source) -> FilePlan:
-    """Read one footer; a file that cannot be opened becomes a failure naming it."""
+    """Read one footer where the tasks will run (a cluster's workers: the client may not see
+    EOS at all); a file that cannot be opened becomes a failure naming it, not the era's end."""
     try:
         return FilePlan(file_index, source, tuple(row_group_infos(source)))
     except (ValueError, OSError) as error:  # InputError is a ValueError
