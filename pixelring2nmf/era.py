@@ -409,13 +409,14 @@ def _empty_results() -> pd.DataFrame:
 
 def _no_result():
     from mlserver_model.dftools import dcs_filter
+    from mlserver_model.geometry import N_GROUPS
     from mlserver_model.pixelring2nmf import PredictionResult
 
     return PredictionResult(
         flag=np.zeros(0, bool),
         metric=np.zeros(0, np.float32),
         anomaly_type=np.zeros(0, dtype="<U11"),
-        anomalous_groups=np.zeros((0, 48), bool),
+        anomalous_groups=np.zeros((0, N_GROUPS), bool),
         dcs=dcs_filter(None, 0),
     )
 
@@ -450,13 +451,19 @@ def write_era(
     era.results.to_parquet(paths["results_parquet"], index=False)
     era.results.to_csv(paths["results_csv"], index=False)
     for name, table in tables.sheets().items():
-        paths[name] = out_dir / f"{name}.csv"
+        paths[name] = table_csv(out_dir, name)
         table.to_csv(paths[name], index=False)
     if xlsx:
         paths["xlsx"] = write_xlsx(out_dir / XLSX_NAME, tables)
     paths["summary"] = out_dir / SUMMARY_NAME
     paths["summary"].write_text(json.dumps(_summary(era, tables, model_path), indent=2) + "\n")
     return paths
+
+
+def table_csv(out_dir: Path, name: str) -> Path:
+    """Where `write_era` puts table `name` (an `EraTables.sheets()` key): `plot --era` reads it
+    back from there."""
+    return out_dir / f"{name}.csv"
 
 
 def write_xlsx(path: Path, tables: EraTables) -> Path:

@@ -64,7 +64,7 @@ def lumisection_plot(args: argparse.Namespace) -> list[Path]:
 
 
 def era_plot(args: argparse.Namespace) -> list[Path]:
-    from .era import RESULTS_STEM
+    from .era import RESULTS_STEM, table_csv
     from .plots import era_run_figure, save_figures
 
     path = Path(args.era) / f"{RESULTS_STEM}.parquet"
@@ -75,7 +75,7 @@ def era_plot(args: argparse.Namespace) -> list[Path]:
     unknown = sorted(set(runs) - set(results.run.unique().tolist()))
     if unknown:
         raise ValueError(f"run(s) {unknown} are not in {path}")
-    persistent_path = Path(args.era) / "persistent.csv"
+    persistent_path = table_csv(Path(args.era), "persistent")
     persistent = pd.read_csv(persistent_path) if persistent_path.is_file() else pd.DataFrame()
     figures = []
     for run in runs:
