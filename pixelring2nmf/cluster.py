@@ -23,7 +23,6 @@ dask is imported only by this module, which `era` imports only when `--dask` is 
 from __future__ import annotations
 
 import importlib.metadata
-import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +41,7 @@ from .era import (
     RowGroupTask,
     Source,
     TaskResult,
+    _quiet,
     judge_row_groups,
     merge_results,
     plan_file,
@@ -49,6 +49,7 @@ from .era import (
     progress_bar,
     quiet_single_threaded_blas,
     report_failures,
+    report_unopened,
 )
 
 if TYPE_CHECKING:
@@ -64,8 +65,6 @@ MAX_TASK_LS = 5000
 TASKS_PER_WORKER = 4
 CONNECT_TIMEOUT_S = 30
 PACKAGE = "pixelring2nmf"
-
-logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -106,18 +105,6 @@ def _local_cluster(spec: str) -> distributed.LocalCluster:
     )
 
 
-@contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Only warnings from `name` (a worker's death is one); its INFO lines drown the bar."""
-    log = logging.getLogger(name)
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
-
-
 class ModelOnWorkers(WorkerPlugin):
     """The model of one era run, held by every worker.
 
@@ -141,11 +128,6 @@ class ModelOnWorkers(WorkerPlugin):
 
     def teardown(self, worker: Worker) -> None:
         self._settings.close()
-
-
-def _plan_on_worker(file_index: int, source: Source) -> FilePlan:
-    """Footers are read where the data are: the client may not see EOS at all."""
-    return plan_file(file_index, source)
 
 
 def _judge_on_worker(
@@ -216,7 +198,7 @@ def _failed_task(task: RowGroupTask, error: BaseException) -> TaskResult:
 
 
 def _plans(client: Client, sources: Sequence[Source]) -> list[FilePlan]:
-    futures = client.map(_plan_on_worker, range(len(sources)), sources, pure=False)
+    futures = client.map(plan_file, range(len(sources)), sources, pure=False)
     plans = []
     for index, future in enumerate(futures):
         try:
@@ -248,9 +230,7 @@ def analyse_era_on_dask(
     start = time.perf_counter()
     check_workers(client)
     plans = _plans(client, paths)
-    for plan in plans:
-        if plan.failure:
-            logger.error("era: skipped %s", plan.failure)
+    report_unopened(plans)
     if task_ls is None:
         total_ls = sum(plan.n_ls for plan in plans)
         task_ls = auto_task_ls(total_ls, len(client.nthreads()))

@@ -37,7 +37,7 @@ import pandas as pd
 
 from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, LOGGER, PixelRing2NMF
 
-from .oms import OMS_KEY_COLUMNS, align_oms, read_oms_json
+from .oms import OMS_KEY_COLUMNS, _oms_index, align_oms, read_oms_json
 from .parquet import (
     RowGroupInfo,
     is_url,
@@ -103,32 +103,17 @@ class OmsLookup:
     """
 
     def __init__(self, frames: Sequence[tuple[Path, pd.DataFrame]]) -> None:
-        checked = [self._checked(path, frame) for path, frame in frames]
-        frame = pd.concat(checked, ignore_index=True) if len(checked) > 1 else checked[0]
-        keys = frame[list(OMS_KEY_COLUMNS)].astype(np.int64)
-        duplicated = keys.duplicated()
-        if duplicated.any():
-            examples = [tuple(map(int, row)) for row in keys[duplicated].to_numpy()[:5]]
+        tables = [table for _, table in frames]
+        frame = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        try:
+            # Checked as one table: an LS in two of the files is as wrong as one in a file twice.
+            index = _oms_index(frame)
+        except ValueError as error:
             names = ", ".join(str(p) for p, _ in frames)
-            raise ValueError(
-                f"OMS files {names}: {int(duplicated.sum())} (run, ls) pair(s) appear twice, "
-                f"e.g. {examples}"
-            )
+            raise ValueError(f"OMS file(s) {names}: {error}") from None
         self._empty = frame.iloc[:0]
-        run_keys = keys.run_number.to_numpy()
+        run_keys = index.get_level_values(OMS_KEY_COLUMNS[0]).to_numpy()
         self._by_run = {int(run): part for run, part in frame.groupby(run_keys, sort=False)}
-
-    @staticmethod
-    def _checked(path: Path, frame: pd.DataFrame) -> pd.DataFrame:
-        for name in OMS_KEY_COLUMNS:
-            values = pd.to_numeric(frame[name], errors="coerce")
-            bad = values.isna() | (values != values.round())
-            if bad.any():
-                raise ValueError(
-                    f"{path}: OMS column {name!r} has {int(bad.sum())} null or non-integer "
-                    f"value(s), e.g. {frame[name][bad].iloc[0]!r}"
-                )
-        return frame
 
     @classmethod
     def read(cls, paths: Sequence[Path]) -> OmsLookup:
@@ -239,7 +224,8 @@ def _undecodable(error: Exception) -> Exception:
 
 
 def plan_file(file_index: int, source: Source) -> FilePlan:
-    """Read one footer; a file that cannot be opened becomes a failure naming it."""
+    """Read one footer where the tasks will run (a cluster's workers: the client may not see
+    EOS at all); a file that cannot be opened becomes a failure naming it, not the era's end."""
     try:
         return FilePlan(file_index, source, tuple(row_group_infos(source)))
     except (ValueError, OSError) as error:  # InputError is a ValueError
@@ -337,6 +323,19 @@ def merge_results(
 
 
 @contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Only warnings from `logger_name` while inside: its INFO lines, once per chunk, LS or
+    worker, would bury the progress bar and the totals printed at the end."""
+    log = logging.getLogger(logger_name)
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
 def quiet_single_threaded_blas() -> Iterator[None]:
     """What judging an era needs from the process: one BLAS thread, no per-chunk INFO lines.
 
@@ -346,14 +345,12 @@ def quiet_single_threaded_blas() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits
 
-    level = LOGGER.level
-    LOGGER.setLevel(logging.WARNING)
-    blas = threadpool_limits(1, user_api="blas")
-    try:
-        yield
-    finally:
-        blas.restore_original_limits()
-        LOGGER.setLevel(level)
+    with _quiet(LOGGER.name):
+        blas = threadpool_limits(1, user_api="blas")
+        try:
+            yield
+        finally:
+            blas.restore_original_limits()
 
 
 def progress_bar(total: int, enabled: bool):
@@ -369,6 +366,13 @@ def report_failures(result: TaskResult) -> None:
         logger.error("era: skipped %s", message)
 
 
+def report_unopened(plans: Iterable[FilePlan]) -> None:
+    """Say which files could not be opened before the long judging starts, not only after."""
+    for plan in plans:
+        if plan.failure:
+            logger.error("era: skipped %s", plan.failure)
+
+
 def analyse_era(
     paths: Sequence[Source],
     model: PixelRing2NMF,
@@ -381,9 +385,7 @@ def analyse_era(
     """Judge every LS of the files here; keep going past bad data, keep what was computed."""
     start = time.perf_counter()
     plans = [plan_file(index, source) for index, source in enumerate(paths)]
-    for plan in plans:
-        if plan.failure:
-            logger.error("era: skipped %s", plan.failure)
+    report_unopened(plans)
     tasks = plan_tasks(plans, task_ls)
     parts: list[TaskResult] = []
     interrupted = False
@@ -407,13 +409,14 @@ def _empty_results() -> pd.DataFrame:
 
 def _no_result():
     from mlserver_model.dftools import dcs_filter
+    from mlserver_model.geometry import N_GROUPS
     from mlserver_model.pixelring2nmf import PredictionResult
 
     return PredictionResult(
         flag=np.zeros(0, bool),
         metric=np.zeros(0, np.float32),
         anomaly_type=np.zeros(0, dtype="<U11"),
-        anomalous_groups=np.zeros((0, 48), bool),
+        anomalous_groups=np.zeros((0, N_GROUPS), bool),
         dcs=dcs_filter(None, 0),
     )
 
@@ -448,13 +451,19 @@ def write_era(
     era.results.to_parquet(paths["results_parquet"], index=False)
     era.results.to_csv(paths["results_csv"], index=False)
     for name, table in tables.sheets().items():
-        paths[name] = out_dir / f"{name}.csv"
+        paths[name] = table_csv(out_dir, name)
         table.to_csv(paths[name], index=False)
     if xlsx:
         paths["xlsx"] = write_xlsx(out_dir / XLSX_NAME, tables)
     paths["summary"] = out_dir / SUMMARY_NAME
     paths["summary"].write_text(json.dumps(_summary(era, tables, model_path), indent=2) + "\n")
     return paths
+
+
+def table_csv(out_dir: Path, name: str) -> Path:
+    """Where `write_era` puts table `name` (an `EraTables.sheets()` key): `plot --era` reads it
+    back from there."""
+    return out_dir / f"{name}.csv"
 
 
 def write_xlsx(path: Path, tables: EraTables) -> Path:

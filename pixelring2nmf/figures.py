@@ -32,7 +32,7 @@ def find_lumisection(paths: list[Path], run: int, ls: int) -> np.ndarray:
 
 
 def lumisection_plot(args: argparse.Namespace) -> list[Path]:
-    from .era import OmsLookup, parquet_inputs
+    from .era import OmsLookup, _quiet, parquet_inputs
     from .plots import lumisection_figure, save_figures
 
     map_yx = find_lumisection(parquet_inputs(args.parquet), args.run, args.ls)
@@ -42,12 +42,8 @@ def lumisection_plot(args: argparse.Namespace) -> list[Path]:
         else None
     )
     model = PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH)
-    level = LOGGER.level
-    LOGGER.setLevel("WARNING")  # one LS: the three [INFO] lines would only repeat the title
-    try:
+    with _quiet(LOGGER.name):  # one LS: the three [INFO] lines would only repeat the title
         result = model.predict(map_yx[None], oms, roc_maps=True, rule=args.rule)
-    finally:
-        LOGGER.setLevel(level)
     failed = result.dcs.failed_flags(0)
     dcs_note = f"DCS bad: {', '.join(failed)}" if failed else ("DCS good" if oms else "no OMS data")
     if oms is not None and "pileup" in oms and oms["pileup"][0] is not None:
@@ -68,7 +64,7 @@ def lumisection_plot(args: argparse.Namespace) -> list[Path]:
 
 
 def era_plot(args: argparse.Namespace) -> list[Path]:
-    from .era import RESULTS_STEM
+    from .era import RESULTS_STEM, table_csv
     from .plots import era_run_figure, save_figures
 
     path = Path(args.era) / f"{RESULTS_STEM}.parquet"
@@ -79,7 +75,7 @@ def era_plot(args: argparse.Namespace) -> list[Path]:
     unknown = sorted(set(runs) - set(results.run.unique().tolist()))
     if unknown:
         raise ValueError(f"run(s) {unknown} are not in {path}")
-    persistent_path = Path(args.era) / "persistent.csv"
+    persistent_path = table_csv(Path(args.era), "persistent")
     persistent = pd.read_csv(persistent_path) if persistent_path.is_file() else pd.DataFrame()
     figures = []
     for run in runs:

@@ -66,13 +66,13 @@ class OmsCoverage:
         )
 
 
-def oms_coverage(oms: pd.DataFrame, run: np.ndarray, ls: np.ndarray) -> OmsCoverage:
-    found = (
-        _oms_index(oms).get_indexer(
-            pd.MultiIndex.from_arrays([np.asarray(run, np.int64), np.asarray(ls, np.int64)])
-        )
-        >= 0
-    )
+def oms_coverage(
+    oms: pd.DataFrame, run: np.ndarray, aligned: Mapping[str, np.ndarray]
+) -> OmsCoverage:
+    """How far OMS covers the LS that `aligned` (`align_oms` of them) describes, read off its
+    keys, null exactly where OMS lacks the LS (`_oms_index` refuses null keys), so that OMS is
+    not indexed a second time."""
+    found = ~pd.isna(aligned[OMS_KEY_COLUMNS[0]])
     oms_runs = set(oms["run_number"].astype(np.int64).tolist())
     return OmsCoverage(
         n_ls=len(found),
@@ -160,9 +160,17 @@ def _oms_index(oms: pd.DataFrame) -> pd.MultiIndex:
         if column.isna().any():
             raise ValueError(f"OMS column {name!r} has {int(column.isna().sum())} null value(s)")
         try:
-            keys.append(column.to_numpy().astype(np.int64))
+            key = column.to_numpy().astype(np.int64)
         except (TypeError, ValueError) as error:
             raise ValueError(f"OMS column {name!r} must hold integers: {error}") from error
+        # The cast truncates (LS 1.5 would become LS 1 and match a map it does not describe).
+        inexact = pd.to_numeric(column, errors="coerce").to_numpy() != key
+        if inexact.any():
+            raise ValueError(
+                f"OMS column {name!r} must hold integers, found {int(inexact.sum())} "
+                f"non-integer value(s), e.g. {column[inexact].tolist()[0]!r}"
+            )
+        keys.append(key)
     index = pd.MultiIndex.from_arrays(keys, names=list(OMS_KEY_COLUMNS))
     if index.has_duplicates:
         duplicated = index[index.duplicated()].unique()
@@ -220,7 +228,8 @@ def checked_oms_columns(
     if oms is None:
         LOGGER.warning("No OMS data given (--oms): the DCS filter was skipped, every LS may flag")
         return None
-    message = oms_coverage(oms, run, ls).warning(source or "the OMS data")
+    aligned = align_oms(oms, run, ls)
+    message = oms_coverage(oms, run, aligned).warning(source or "the OMS data")
     if message:
         LOGGER.warning(message)
-    return align_oms(oms, run, ls)
+    return aligned

@@ -129,14 +129,7 @@ def iter_dials_parquet(
     if not row_groups:
         return
     seen: set[tuple[int, int]] = set()
-    batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
-    )
-    for batch in batches:
-        chunk = _sorted_ring2(*_batch_arrays(batch, path, runs))
-        if len(chunk) == 0:
-            continue
-        _reject_duplicates(chunk.run, chunk.ls, path)
+    for chunk in _chunks(parquet_file, row_groups, path, runs, max_ls):
         keys = list(zip(chunk.run.tolist(), chunk.ls.tolist(), strict=True))
         if not seen.isdisjoint(keys):
             repeated = sorted(seen.intersection(keys))[:5]
@@ -231,17 +224,27 @@ def row_group_infos(source: str | Path) -> list[RowGroupInfo]:
     which OMS rows each task needs, without reading a map."""
     with open_dials_parquet(source) as parquet_file:
         metadata = parquet_file.metadata
-        leaf = next(
-            i for i in range(metadata.num_columns) if metadata.schema.column(i).path == "run_number"
-        )
-        infos = []
-        for i in range(metadata.num_row_groups):
-            row_group = metadata.row_group(i)
-            stats = row_group.column(leaf).statistics
-            known = stats is not None and stats.has_min_max
-            runs = (int(stats.min), int(stats.max)) if known else None
-            infos.append(RowGroupInfo(row_group.num_rows, runs))
-        return infos
+        return [
+            RowGroupInfo(metadata.row_group(i).num_rows, runs)
+            for i, runs in enumerate(_run_ranges(parquet_file))
+        ]
+
+
+def _run_ranges(parquet_file: pq.ParquetFile) -> list[tuple[int, int] | None]:
+    """(min, max) run_number of each row group from its statistics; None where not written.
+
+    Statistics belong to leaf columns, whose numbering differs from the Arrow fields' once a
+    column of several leaves (a struct) comes before run_number: the leaf is found by its path.
+    """
+    metadata = parquet_file.metadata
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    leaves = [i for i, path in enumerate(paths) if path == "run_number"]
+    ranges: list[tuple[int, int] | None] = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(leaves[0]).statistics if leaves else None
+        known = stats is not None and stats.has_min_max
+        ranges.append((int(stats.min), int(stats.max)) if known else None)
+    return ranges
 
 
 def iter_row_group(
@@ -254,11 +257,23 @@ def iter_row_group(
     chunks. Duplicates are rejected inside a chunk; across chunks the caller sees them.
     """
     checked_integer(max_ls, "max_ls", minimum=1)
+    yield from _chunks(parquet_file, [row_group], source, None, max_ls)
+
+
+def _chunks(
+    parquet_file: pq.ParquetFile,
+    row_groups: list[int],
+    source: str | Path,
+    runs: Collection[int] | None,
+    max_ls: int,
+) -> Iterator[Ring2Data]:
+    """The batches of these row groups as non-empty sorted chunks without duplicates: what a
+    whole-file stream and a row-group task both judge, so they accept the same files."""
     batches = parquet_file.iter_batches(
-        batch_size=int(max_ls), row_groups=[row_group], columns=_columns_to_read(parquet_file)
+        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
     )
     for batch in batches:
-        chunk = _sorted_ring2(*_batch_arrays(batch, source, None))
+        chunk = _sorted_ring2(*_batch_arrays(batch, source, runs))
         if len(chunk):
             _reject_duplicates(chunk.run, chunk.ls, source)
             yield chunk
@@ -297,21 +312,19 @@ def _row_groups_with_runs(parquet_file: pq.ParquetFile, runs: Collection[int] | 
 
     Selecting one run of an era this way skips decoding the other runs' maps entirely.
     """
-    n_groups = parquet_file.metadata.num_row_groups
     if runs is None:
-        return list(range(n_groups))
+        return list(range(parquet_file.metadata.num_row_groups))
     wanted = np.asarray(sorted({int(r) for r in runs}), dtype=np.int64)
     if wanted.size == 0:
         return []
-    run_column = parquet_file.schema_arrow.get_field_index("run_number")
     selected = []
-    for i in range(n_groups):
-        stats = parquet_file.metadata.row_group(i).column(run_column).statistics
-        if stats is None or not stats.has_min_max:
+    for i, run_range in enumerate(_run_ranges(parquet_file)):
+        if run_range is None:
             selected.append(i)
             continue
-        lo = np.searchsorted(wanted, stats.min, side="left")
-        if lo < wanted.size and wanted[lo] <= stats.max:
+        first, last = run_range
+        lo = np.searchsorted(wanted, first, side="left")
+        if lo < wanted.size and wanted[lo] <= last:
             selected.append(i)
     return selected
 

@@ -99,12 +99,12 @@ class EraTables:
         }
 
 
-def disks_of(groups: str, separator: str = ";") -> str:
+def disks_of(groups: str) -> str:
     """'FPix_BmI_D2_ROG2;FPix_BmI_D3_ROG2' -> '-2:-3': the disks as the experts write them.
 
     Ordered by |disk| (then minus before plus), as in the original's `-1:-2:-3`.
     """
-    disks = {_DISK_OF[name] for name in groups.split(separator) if name}
+    disks = {_DISK_OF[name] for name in groups.split(";") if name}
     return ":".join(str(d) for d in sorted(disks, key=lambda d: (abs(d), d)))
 
 

@@ -68,6 +68,22 @@ def test_predict_with_the_oms_file_of_another_run_warns(demo_files, tmp_path, ca
     assert "selected 0 out of 750 lumisections" in out
 
 
+def test_predict_refuses_a_fractional_ls_number(demo_files, tmp_path, capsys):
+    """LS 1.5 would otherwise be read as LS 1 and lend it DCS flags it does not have."""
+    parquet, oms = demo_files
+    columns = json.loads(oms.read_text())
+    columns["lumisection_number"][3] = 1.5
+    fractional = tmp_path / "omsdata_fractional.json"
+    fractional.write_text(json.dumps(columns))
+    code, out, err = run(capsys, "predict", "--parquet", parquet, "--oms", fractional)
+    assert code == 2
+    assert (
+        "OMS column 'lumisection_number' must hold integers, found 1 non-integer value(s), "
+        "e.g. 1.5" in err
+    )
+    assert "Traceback" not in err and "Flagging results" not in out
+
+
 def test_log_lines_have_one_prefix(demo_files, capsys) -> None:
     parquet, oms = demo_files
     code, out, _ = run(capsys, "predict", "--parquet", parquet, "--oms", oms)

@@ -23,6 +23,7 @@ from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf import simulate as simulator
 from pixelring2nmf import tables
 from pixelring2nmf.cli import main as cli_main
+from pixelring2nmf.era import OmsLookup
 from pixelring2nmf.truthcheck import compare_with_truth
 
 
@@ -213,6 +214,25 @@ def test_missing_input_is_a_clear_error(tmp_path) -> None:
     )
     assert done.returncode == 2
     assert re.search(r"not found: .*nope", done.stderr) and "Traceback" not in done.stderr
+
+
+def _oms_file(path: Path, runs: list[int], ls: list[float]) -> Path:
+    path.write_text(json.dumps({"run_number": runs, "lumisection_number": ls}))
+    return path
+
+
+def test_oms_files_are_checked_as_one_table_and_named(tmp_path) -> None:
+    """An LS in two OMS files is as ambiguous as one listed twice in a file."""
+    first = _oms_file(tmp_path / "a.json", [1, 1], [1, 2])
+    second = _oms_file(tmp_path / "b.json", [1, 2], [2, 1])
+    with pytest.raises(ValueError, match=r"a\.json, .*b\.json: .*1 duplicated \(run, ls\)"):
+        OmsLookup.read([first, second])
+    fractional = _oms_file(tmp_path / "c.json", [2], [1.5])
+    with pytest.raises(ValueError, match=r"c\.json: OMS column 'lumisection_number' must hold"):
+        OmsLookup.read([first, fractional])
+    lookup = OmsLookup.read([first, _oms_file(tmp_path / "d.json", [2], [1])])
+    columns = lookup.columns_for(np.array([2, 1, 3]), np.array([1, 2, 1]))
+    assert columns["lumisection_number"].tolist() == [1, 2, None]
 
 
 def test_ranges_split_on_a_changed_set_and_on_gaps() -> None:

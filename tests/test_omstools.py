@@ -13,6 +13,7 @@ from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.omstools import OMS_COLUMNS
 from pixelring2nmf.oms import (
     align_oms,
+    checked_oms_columns,
     dcs_filter_for,
     oms_from_lumisections,
     read_oms_json,
@@ -196,6 +197,34 @@ def test_null_run_number_is_an_error(tmp_path: Path) -> None:
     oms = read_oms_json(_write_json(tmp_path, columns))
     with pytest.raises(ValueError, match=r"'run_number' has 1 null value"):
         dcs_filter_for(oms, np.array([1]), np.array([10000]))
+
+
+@pytest.mark.parametrize("key", ["run_number", "lumisection_number"])
+def test_a_fractional_key_is_an_error_not_truncated(tmp_path: Path, key: str) -> None:
+    columns = _small_columns()
+    columns[key][1] = 1.5 if key == "lumisection_number" else 2.5
+    oms = read_oms_json(_write_json(tmp_path, columns))
+    value = columns[key][1]
+    message = (
+        rf"OMS column '{key}' must hold integers, found 1 non-integer value\(s\), e.g. {value}"
+    )
+    with pytest.raises(ValueError, match=message):
+        align_oms(oms, np.array([2]), np.array([1]))
+    with pytest.raises(ValueError, match=message):
+        dcs_filter_for(oms, np.array([2]), np.array([1]))
+
+
+def test_partial_coverage_is_said_and_the_columns_are_aligned(tmp_path, caplog) -> None:
+    oms = read_oms_json(_write_json(tmp_path, _small_columns()))
+    run, ls = np.array([2, 5, 1]), np.array([7, 1, 10000])
+    with caplog.at_level("WARNING", logger="pixelring2nmf.oms"):
+        columns = checked_oms_columns(oms, run, ls, "oms.json")
+    assert caplog.messages == [
+        "oms.json covers 2 of 3 LS; the other 1 fail the DCS filter (runs without any OMS "
+        "data: [5])"
+    ]
+    assert columns["lumisection_number"].tolist() == [7, None, 10000]
+    assert np.isnan(columns["pileup"][1]) and columns["pileup"][2] == 55.0
 
 
 def test_run_and_ls_lengths_must_match(tmp_path: Path) -> None:
