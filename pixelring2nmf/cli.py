@@ -30,8 +30,6 @@ _COMMANDS = {
     "fetch-dials": ("dials", "run_fetch_dials"),
     "dials-flags": ("dials", "run_dials_flags"),
 }
-# `fetch-oms --via dials` is the same command through DIALS's OMS proxy
-_FETCH_OMS_VIA_DIALS = ("dials", "run_fetch_oms_via_dials")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -343,8 +341,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stdout(args.verbose)
     module_name, function_name = _COMMANDS[args.command]
-    if args.command == "fetch-oms" and args.via == "dials":
-        module_name, function_name = _FETCH_OMS_VIA_DIALS
     module = importlib.import_module(f"{__package__}.{module_name}")
     try:
         return int(getattr(module, function_name)(args) or 0)

@@ -37,10 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlserver_model.omstools import OMS_COLUMNS
-
-from .oms import oms_from_lumisections
-from .omsclient import checked_url
+from .omsclient import PAGE_LIMIT, OMSAccessError, checked_url, run_lumisections
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +49,6 @@ DEFAULT_WORKSPACE = "tracker"
 DEFAULT_PAGE_SIZE = 100  # ~4 MB of JSON per page: small enough to retry cheaply
 DEFAULT_ATTEMPTS = 4
 DEFAULT_RETRY_WAIT_S = 5.0  # doubled after each failed attempt
-OMS_PAGE_LIMIT = 5000
 
 CLIENT_ID_VAR = "DIALS_CLIENT_ID"
 CLIENT_SECRET_VAR = "DIALS_CLIENT_SECRET"
@@ -367,18 +363,22 @@ def run_fetch_dials(args: argparse.Namespace) -> int:
 # ---- fetch-oms --via dials ------------------------------------------------------------------
 
 
-def oms_lumisections(dials, runs: Iterable[int], page_limit: int = OMS_PAGE_LIMIT) -> list[dict]:
-    """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed)."""
+def oms_lumisections(dials, runs: Iterable[int], page_limit: int = PAGE_LIMIT) -> list[dict]:
+    """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed).
+
+    The proxy forwards OMS's JSON:API pages, so they are paged and checked by the same loop
+    as the OMS API's (`omsclient.run_lumisections`).
+    """
     import requests
     from cmsdials.clients.oms_proxy.models import OMSFilter, OMSPage
 
     url = dials.oms.api_url + dials.oms.lookup_url
     rows: list[dict] = []
     for run in dict.fromkeys(int(r) for r in runs):
-        offset = 0
-        while True:
+
+        def fetch_page(offset: int, run: int = run) -> Any:
             try:
-                payload = dials.oms.query(
+                return dials.oms.query(
                     "lumisections",
                     [OMSFilter(attribute_name="run_number", value=run, operator="EQ")],
                     [
@@ -391,57 +391,15 @@ def oms_lumisections(dials, runs: Iterable[int], page_limit: int = OMS_PAGE_LIMI
                 raise _refusal(error, url) or DialsAccessError(
                     f"DIALS OMS proxy failed for run {run}: {error}"
                 ) from error
-            page = _oms_rows(payload, run)
-            rows.extend(page)
-            offset += len(page)
-            links = payload.get("links") if isinstance(payload, dict) else None
-            if len(page) < page_limit or (isinstance(links, dict) and not links.get("next")):
-                break
-        if not any(r["run_number"] == run for r in rows):
+
+        try:
+            run_rows = run_lumisections(fetch_page, run, page_limit)
+        except OMSAccessError as error:
+            raise DialsAccessError(f"DIALS OMS proxy ({url}): {error}") from error
+        if not run_rows:
             logger.warning("DIALS OMS proxy has no lumisection for run %d", run)
+        rows.extend(run_rows)
     return sorted(rows, key=lambda r: (r["run_number"], r["lumisection_number"]))
-
-
-def _oms_rows(payload: Any, run: int) -> list[dict]:
-    """Rows of an OMS JSON:API page (`data[i].attributes`), checked and reduced to OMS_COLUMNS."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise DialsAccessError(f"DIALS OMS proxy answer for run {run} has no 'data' list")
-    rows = []
-    for item in data:
-        attributes = item.get("attributes", item) if isinstance(item, dict) else None
-        missing = [
-            c for c in OMS_COLUMNS if not isinstance(attributes, dict) or c not in attributes
-        ]
-        if missing:
-            raise DialsAccessError(
-                f"DIALS OMS proxy: a lumisection of run {run} lacks attribute(s) {missing}"
-            )
-        if attributes["run_number"] != run:
-            raise DialsAccessError(
-                f"DIALS OMS proxy returned run {attributes['run_number']!r} when asked for {run}"
-            )
-        rows.append({c: attributes[c] for c in OMS_COLUMNS})
-    return rows
-
-
-def run_fetch_oms_via_dials(args: argparse.Namespace) -> int:
-    """CLI: `fetch-oms --via dials --runs ... --out FILE`: the same JSON as `fetch-oms`."""
-    from .outputs import output_file
-
-    output_file(args.out, what="--out")  # before the download
-    dials = connect(args.base_url, args.workspace)
-    rows = oms_lumisections(dials, args.runs)
-    if not rows:
-        raise RuntimeError(f"DIALS OMS proxy has no lumisection for run(s) {args.runs}")
-    columns = oms_from_lumisections(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(columns, allow_nan=False))
-    partial.replace(out)
-    print(f"Wrote OMS information of {len(rows)} lumisections (via DIALS) to {out}")
-    return 0
 
 
 # ---- dials-flags: DIALS's flags against a local prediction ----------------------------------

@@ -224,6 +224,16 @@ def test_fetch_oms_via_dials_writes_what_fetch_oms_writes(fake, secret_env, sour
     assert len(read_oms_json(out)) == 2 * N_LS
 
 
+def test_an_oms_proxy_repeating_its_first_page_is_an_error(fake, secret_env) -> None:
+    """Full pages that never advance would otherwise be fetched forever."""
+    from pixelring2nmf.dials import DialsAccessError, connect, oms_lumisections
+
+    fake.oms_ignores_offset = True
+    with pytest.raises(DialsAccessError, match="twice while paging"):
+        oms_lumisections(connect(fake.url), [RUNS[0]], page_limit=10)
+    assert fake.served("oms-proxy") == [0, 0]  # the repeat is caught on the second page
+
+
 def test_dials_flags_compares_ls_by_ls(
     fake, secret_env, source, model_path, tmp_path, capsys
 ) -> None:
