@@ -276,7 +276,11 @@ def fetch_h2d(
 
 
 def _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder):
-    """One page through cmsdials' list_all, retried; a refusal or exhaustion keeps the cursor."""
+    """One page through cmsdials' list_all, retried.
+
+    A refusal or exhaustion needs no save: fetch_h2d saved the cursor after the previous page,
+    and before the first one there is nothing to resume.
+    """
     import requests
 
     for attempt in range(1, attempts + 1):
@@ -285,10 +289,8 @@ def _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder
         except (requests.RequestException, OSError) as error:
             refusal = _refusal(error, url)
             if refusal is not None:
-                state.save(folder)
                 raise refusal from error
             if attempt == attempts:
-                state.save(folder)
                 raise DialsAccessError(
                     f"a page from {url} failed {attempts} times ({error}); the {state.n_ls} LS "
                     f"downloaded so far are kept in {folder}: rerun the same command to continue "
