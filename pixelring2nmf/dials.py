@@ -450,34 +450,63 @@ def compare_flags(dials_flagged: pd.DataFrame, local: pd.DataFrame) -> pd.DataFr
     return either.sort_values(["run", "ls"])[columns].reset_index(drop=True)
 
 
+def local_results(paths: Sequence[Path], model, oms, runs: Sequence[int]) -> pd.DataFrame:
+    """Per-LS local results (`predict.results_table`) of `runs` only, sorted by (run, LS).
+
+    A run absent from the files is an error: DIALS's flags of it would all read `only DIALS`.
+    Only the row groups that may hold these runs are decoded, so comparing one run does not
+    judge a whole era. An LS found twice (in one file or across files) is an error, as it is
+    for `era`'s input: which copy DIALS judged is unknown.
+    """
+    from .era import CHUNK_LS, quiet_single_threaded_blas
+    from .parquet import iter_dials_parquet
+    from .predict import results_table
+
+    tables = []
+    with quiet_single_threaded_blas():
+        for path in paths:
+            for chunk in iter_dials_parquet(path, runs=runs, max_ls=CHUNK_LS):
+                columns = oms.columns_for(chunk.run, chunk.ls) if oms is not None else None
+                result = model.predict(chunk.maps, columns)
+                tables.append(results_table(chunk.run, chunk.ls, result))
+    found = {int(run) for table in tables for run in table.run.unique()}
+    missing_runs = sorted(set(runs) - found)
+    if missing_runs:
+        raise ValueError(
+            f"run(s) {missing_runs} are not in {', '.join(map(str, paths))}: fetch them first "
+            "with `pixelring2nmf fetch-dials`"
+        )
+    local = pd.concat(tables, ignore_index=True)
+    local = local.sort_values(["run", "ls"], kind="stable", ignore_index=True)
+    twice = local[local.duplicated(["run", "ls"])]
+    if len(twice):
+        examples = [tuple(map(int, key)) for key in twice[["run", "ls"]].values[:5]]
+        raise ValueError(
+            f"{len(twice)} (run, ls) pair(s) appear more than once in "
+            f"{', '.join(map(str, paths))}, e.g. {examples}"
+        )
+    return local
+
+
 def run_dials_flags(args: argparse.Namespace) -> int:
     """CLI: what model N flagged in DIALS, LS by LS against a local prediction of the same data."""
     import pyarrow.parquet as pq
 
     from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
 
-    from .era import OmsLookup, analyse_era, parquet_inputs
+    from .era import OmsLookup, parquet_inputs
     from .outputs import output_file
 
     if args.out:
         output_file(args.out, what="--out")  # before the work
     paths = parquet_inputs(args.parquet)
     runs = args.runs
-    local_era = analyse_era(
+    local = local_results(
         paths,
         PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH),
         OmsLookup.read(args.oms) if args.oms else None,
-        progress=False,
+        runs,
     )
-    if local_era.failures:
-        raise ValueError("; ".join(local_era.failures))
-    local = local_era.results[local_era.results.run.isin(runs)]
-    missing_runs = sorted(set(runs) - set(local.run.unique().tolist()))
-    if missing_runs:
-        raise ValueError(
-            f"run(s) {missing_runs} are not in {', '.join(map(str, paths))}: fetch them first "
-            "with `pixelring2nmf fetch-dials`"
-        )
     dataset_ids = sorted(
         {
             int(d)

@@ -270,3 +270,25 @@ def test_dials_flags_compares_ls_by_ls(
         (RUNS[1], DEAD_LS[RUNS[1]]): "only local",
     }
     assert "agree 1, only DIALS 1, only local 1" in capsys.readouterr().out
+
+
+def test_dials_flags_judges_the_requested_runs_as_era_does(source, model_path, tmp_path):
+    """Reading only the requested runs gives the rows the whole-era analysis gave for them;
+    an LS in two files is refused, since which copy DIALS judged is unknown."""
+    from mlserver_model.pixelring2nmf import PixelRing2NMF
+    from pixelring2nmf.dials import local_results
+    from pixelring2nmf.era import analyse_era
+
+    model = PixelRing2NMF.load(model_path)
+    runs = [RUNS[2], RUNS[0]]
+    era = analyse_era([source["parquet"]], model, progress=False).results
+    expected = era[era.run.isin(runs)].drop(columns="pileup").reset_index(drop=True)
+    got = local_results([source["parquet"]], model, None, runs)
+    pd.testing.assert_frame_equal(got, expected)
+
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(Path(source["parquet"]).read_bytes())
+    with pytest.raises(ValueError, match="appear more than once"):
+        local_results([source["parquet"], copy], model, None, [RUNS[0]])
+    with pytest.raises(ValueError, match=r"run\(s\) \[1\] are not in"):
+        local_results([source["parquet"]], model, None, [1])
