@@ -46,7 +46,6 @@ RING2_ME = (
     "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
 )
 DEFAULT_WORKSPACE = "tracker"
-DEFAULT_PAGE_SIZE = 100  # ~4 MB of JSON per page: small enough to retry cheaply
 DEFAULT_ATTEMPTS = 4
 DEFAULT_RETRY_WAIT_S = 5.0  # doubled after each failed attempt
 
@@ -78,16 +77,15 @@ def _require_cmsdials() -> None:
         )
 
 
-def credentials(environ: dict[str, str] | None = None, *, interactive: bool | None = None):
+def credentials():
     """cmsdials credentials from the environment, else from the device-flow cache.
 
     The interactive device flow (a URL to open in a browser) starts only on a terminal; a batch
     job without credentials gets a clear error instead of waiting for a login nobody sees.
     """
     _require_cmsdials()
-    env = os.environ if environ is None else environ
-    client_id, secret = env.get(CLIENT_ID_VAR), env.get(CLIENT_SECRET_VAR)
-    keycloak = env.get(KEYCLOAK_URL_VAR)
+    client_id, secret = os.environ.get(CLIENT_ID_VAR), os.environ.get(CLIENT_SECRET_VAR)
+    keycloak = os.environ.get(KEYCLOAK_URL_VAR)
     auth_client = None
     if keycloak:
         from cmsdials.auth.client import AuthClient
@@ -105,9 +103,8 @@ def credentials(environ: dict[str, str] | None = None, *, interactive: bool | No
         with warnings.catch_warnings():  # the header is deprecated, not yet refused
             warnings.simplefilter("ignore", DeprecationWarning)
             return Credentials(secret)
-    cache = Path(env.get(CREDS_CACHE_VAR) or DEFAULT_CREDS_CACHE).expanduser()
-    if interactive is None:
-        interactive = sys.stdin is not None and sys.stdin.isatty()
+    cache = Path(os.environ.get(CREDS_CACHE_VAR) or DEFAULT_CREDS_CACHE).expanduser()
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     if not (cache / "creds").is_file() and not interactive:
         raise DialsAccessError(
             f"No DIALS credentials: set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} (an application "
@@ -137,14 +134,14 @@ def _with_requests_errors(what: str, call):
         raise DialsAccessError(f"could not reach {what}: {error}") from error
 
 
-def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE, creds=None):
+def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE):
     """A `cmsdials.Dials` for the production DIALS, or `base_url` (another or a local one)."""
     _require_cmsdials()
     from cmsdials import Dials
 
     base_url = base_url or os.environ.get(BASE_URL_VAR)
     kwargs = {"base_url": checked_url(base_url, "DIALS URL")} if base_url else {}
-    return Dials(creds if creds is not None else credentials(), workspace=workspace, **kwargs)
+    return Dials(credentials(), workspace=workspace, **kwargs)
 
 
 def _refusal(error: Exception, url: str) -> DialsAccessError | None:
@@ -202,10 +199,9 @@ def h2d_queries(
     runs: Sequence[int] | None,
     run_range: tuple[int, int] | None,
     page_size: int,
-    me: str = RING2_ME,
 ) -> list[dict]:
     """One filter set per query: DIALS filters h2d by one run or by a run range."""
-    base = {"me": me, "dataset__regex": dataset_regex, "page_size": page_size}
+    base = {"me": RING2_ME, "dataset__regex": dataset_regex, "page_size": page_size}
     if runs:
         return [{**base, "run_number": int(run)} for run in dict.fromkeys(runs)]
     if run_range is None:
