@@ -30,8 +30,32 @@ _COMMANDS = {
     "fetch-dials": ("dials", "run_fetch_dials"),
     "dials-flags": ("dials", "run_dials_flags"),
 }
-# `fetch-oms --via dials` is the same command through DIALS's OMS proxy
-_FETCH_OMS_VIA_DIALS = ("dials", "run_fetch_oms_via_dials")
+
+
+# mlserver_model.bad_ROC's RULE_SIGNIFICANCE and RULE_ORIGINAL, written out rather than imported:
+# that module loads numpy, and `--help` must stay instant (tests/test_cli.py checks they match).
+RULES = ("significance", "original")
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, oms_nargs: str | None = "+") -> None:
+    """--oms and --model, read alike by every command that runs the model."""
+    p.add_argument(
+        "--oms", type=Path, nargs=oms_nargs, default=None, help="OMS JSON for the DCS filter"
+    )
+    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+
+
+def _add_rule(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default=RULES[0],
+        help="bad-ROC rule: ours (default) or the original loss > 1e5",
+    )
+
+
+def _add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
@@ -106,18 +130,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_predict(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="flag the LS of a DIALS parquet file")
     p.add_argument("--parquet", type=Path, required=True, help="DIALS parquet file")
-    p.add_argument("--oms", type=Path, default=None, help="OMS JSON for the DCS filter")
-    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    _add_model_options(p, oms_nargs=None)
     p.add_argument("--out", type=Path, default=None, help="CSV of per-LS results")
-    p.add_argument(
-        "--rule",
-        choices=("significance", "original"),
-        default="significance",
-        help="bad-ROC rule: ours (default) or the original loss > 1e5",
-    )
-
-
-_TEMPLATE_HELP = "DISM template (default template.yaml; paths in it resolve from here)"
+    _add_rule(p)
 
 
 def _add_build(sub: argparse._SubParsersAction) -> None:
@@ -132,7 +147,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
 
 def _add_server_options(p: argparse.ArgumentParser, use: str) -> None:
     p.add_argument(
-        "-f", "--template", type=Path, default=Path("template.yaml"), help=_TEMPLATE_HELP
+        "-f",
+        "--template",
+        type=Path,
+        default=Path("template.yaml"),
+        help="DISM template (default template.yaml; paths in it resolve from here)",
     )
     p.add_argument("--host", default="127.0.0.1", help=f"address {use} (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help=f"HTTP port {use} (default 8080)")
@@ -193,7 +212,7 @@ def _add_fetch_dials(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retry-wait", type=float, default=5.0, help="seconds before the 2nd try, doubling"
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_progress(p)
     _add_dials_connection(p)
 
 
@@ -211,8 +230,7 @@ def _add_dials_flags(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="the same data DIALS judged (from fetch-dials)",
     )
-    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
-    p.add_argument("--model", type=Path, default=None, help="local model (default: shipped)")
+    _add_model_options(p)
     p.add_argument("--out", type=Path, default=None, help="CSV of the LS flagged by either")
     _add_dials_connection(p)
 
@@ -230,8 +248,7 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
         help="DIALS parquet file(s), directories of them, or URLs read through fsspec "
         "(e.g. root://eosuser.cern.ch//eos/...; kept as given, opened where the work runs)",
     )
-    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
-    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
+    _add_model_options(p)
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
     p.add_argument(
@@ -250,12 +267,7 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
         "per worker connected at the start, 1000 to 5000)",
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty --out folder")
-    p.add_argument(
-        "--rule",
-        choices=("significance", "original"),
-        default="significance",
-        help="bad-ROC rule: ours (default) or the original loss > 1e5",
-    )
+    _add_rule(p)
     p.add_argument(
         "--persistent-fraction",
         type=float,
@@ -269,7 +281,7 @@ def _add_era(sub: argparse._SubParsersAction) -> None:
         default=50,
         help="runs with fewer DCS-good LS have no persistent groups (default 50)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_progress(p)
 
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
@@ -280,11 +292,8 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--parquet", type=Path, nargs="+", default=None, help="DIALS parquet(s)/dirs")
     p.add_argument("--run", type=int, default=None, help="run of the LS to plot")
     p.add_argument("--ls", type=int, default=None, help="lumisection to plot")
-    p.add_argument("--oms", type=Path, nargs="+", default=None, help="OMS JSON file(s)")
-    p.add_argument("--model", type=Path, default=None, help="model file (default: shipped)")
-    p.add_argument(
-        "--rule", choices=("significance", "original"), default="significance", help="bad-ROC rule"
-    )
+    _add_model_options(p)
+    _add_rule(p)
     p.add_argument("--era", type=Path, default=None, help="an `era` output directory")
     p.add_argument("--runs", type=int, nargs="+", default=None, help="with --era: these runs")
     p.add_argument(
@@ -343,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _log_to_stdout(args.verbose)
     module_name, function_name = _COMMANDS[args.command]
-    if args.command == "fetch-oms" and args.via == "dials":
-        module_name, function_name = _FETCH_OMS_VIA_DIALS
     module = importlib.import_module(f"{__package__}.{module_name}")
     try:
         return int(getattr(module, function_name)(args) or 0)

@@ -37,10 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlserver_model.omstools import OMS_COLUMNS
-
-from .oms import oms_from_lumisections
-from .omsclient import checked_url
+from .omsclient import PAGE_LIMIT, OMSAccessError, checked_url, run_lumisections
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +46,8 @@ RING2_ME = (
     "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
 )
 DEFAULT_WORKSPACE = "tracker"
-DEFAULT_PAGE_SIZE = 100  # ~4 MB of JSON per page: small enough to retry cheaply
 DEFAULT_ATTEMPTS = 4
 DEFAULT_RETRY_WAIT_S = 5.0  # doubled after each failed attempt
-OMS_PAGE_LIMIT = 5000
 
 CLIENT_ID_VAR = "DIALS_CLIENT_ID"
 CLIENT_SECRET_VAR = "DIALS_CLIENT_SECRET"
@@ -82,16 +77,15 @@ def _require_cmsdials() -> None:
         )
 
 
-def credentials(environ: dict[str, str] | None = None, *, interactive: bool | None = None):
+def credentials():
     """cmsdials credentials from the environment, else from the device-flow cache.
 
     The interactive device flow (a URL to open in a browser) starts only on a terminal; a batch
     job without credentials gets a clear error instead of waiting for a login nobody sees.
     """
     _require_cmsdials()
-    env = os.environ if environ is None else environ
-    client_id, secret = env.get(CLIENT_ID_VAR), env.get(CLIENT_SECRET_VAR)
-    keycloak = env.get(KEYCLOAK_URL_VAR)
+    client_id, secret = os.environ.get(CLIENT_ID_VAR), os.environ.get(CLIENT_SECRET_VAR)
+    keycloak = os.environ.get(KEYCLOAK_URL_VAR)
     auth_client = None
     if keycloak:
         from cmsdials.auth.client import AuthClient
@@ -109,9 +103,8 @@ def credentials(environ: dict[str, str] | None = None, *, interactive: bool | No
         with warnings.catch_warnings():  # the header is deprecated, not yet refused
             warnings.simplefilter("ignore", DeprecationWarning)
             return Credentials(secret)
-    cache = Path(env.get(CREDS_CACHE_VAR) or DEFAULT_CREDS_CACHE).expanduser()
-    if interactive is None:
-        interactive = sys.stdin is not None and sys.stdin.isatty()
+    cache = Path(os.environ.get(CREDS_CACHE_VAR) or DEFAULT_CREDS_CACHE).expanduser()
+    interactive = sys.stdin is not None and sys.stdin.isatty()
     if not (cache / "creds").is_file() and not interactive:
         raise DialsAccessError(
             f"No DIALS credentials: set {CLIENT_ID_VAR} and {CLIENT_SECRET_VAR} (an application "
@@ -141,14 +134,14 @@ def _with_requests_errors(what: str, call):
         raise DialsAccessError(f"could not reach {what}: {error}") from error
 
 
-def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE, creds=None):
+def connect(base_url: str | None = None, workspace: str = DEFAULT_WORKSPACE):
     """A `cmsdials.Dials` for the production DIALS, or `base_url` (another or a local one)."""
     _require_cmsdials()
     from cmsdials import Dials
 
     base_url = base_url or os.environ.get(BASE_URL_VAR)
     kwargs = {"base_url": checked_url(base_url, "DIALS URL")} if base_url else {}
-    return Dials(creds if creds is not None else credentials(), workspace=workspace, **kwargs)
+    return Dials(credentials(), workspace=workspace, **kwargs)
 
 
 def _refusal(error: Exception, url: str) -> DialsAccessError | None:
@@ -206,10 +199,9 @@ def h2d_queries(
     runs: Sequence[int] | None,
     run_range: tuple[int, int] | None,
     page_size: int,
-    me: str = RING2_ME,
 ) -> list[dict]:
     """One filter set per query: DIALS filters h2d by one run or by a run range."""
-    base = {"me": me, "dataset__regex": dataset_regex, "page_size": page_size}
+    base = {"me": RING2_ME, "dataset__regex": dataset_regex, "page_size": page_size}
     if runs:
         return [{**base, "run_number": int(run)} for run in dict.fromkeys(runs)]
     if run_range is None:
@@ -280,7 +272,11 @@ def fetch_h2d(
 
 
 def _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder):
-    """One page through cmsdials' list_all, retried; a refusal or exhaustion keeps the cursor."""
+    """One page through cmsdials' list_all, retried.
+
+    A refusal or exhaustion needs no save: fetch_h2d saved the cursor after the previous page,
+    and before the first one there is nothing to resume.
+    """
     import requests
 
     for attempt in range(1, attempts + 1):
@@ -289,10 +285,8 @@ def _one_page(dials, filters, resume, url, attempts, retry_wait_s, state, folder
         except (requests.RequestException, OSError) as error:
             refusal = _refusal(error, url)
             if refusal is not None:
-                state.save(folder)
                 raise refusal from error
             if attempt == attempts:
-                state.save(folder)
                 raise DialsAccessError(
                     f"a page from {url} failed {attempts} times ({error}); the {state.n_ls} LS "
                     f"downloaded so far are kept in {folder}: rerun the same command to continue "
@@ -367,18 +361,22 @@ def run_fetch_dials(args: argparse.Namespace) -> int:
 # ---- fetch-oms --via dials ------------------------------------------------------------------
 
 
-def oms_lumisections(dials, runs: Iterable[int], page_limit: int = OMS_PAGE_LIMIT) -> list[dict]:
-    """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed)."""
+def oms_lumisections(dials, runs: Iterable[int], page_limit: int = PAGE_LIMIT) -> list[dict]:
+    """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed).
+
+    The proxy forwards OMS's JSON:API pages, so they are paged and checked by the same loop
+    as the OMS API's (`omsclient.run_lumisections`).
+    """
     import requests
     from cmsdials.clients.oms_proxy.models import OMSFilter, OMSPage
 
     url = dials.oms.api_url + dials.oms.lookup_url
     rows: list[dict] = []
     for run in dict.fromkeys(int(r) for r in runs):
-        offset = 0
-        while True:
+
+        def fetch_page(offset: int, run: int = run) -> Any:
             try:
-                payload = dials.oms.query(
+                return dials.oms.query(
                     "lumisections",
                     [OMSFilter(attribute_name="run_number", value=run, operator="EQ")],
                     [
@@ -391,57 +389,15 @@ def oms_lumisections(dials, runs: Iterable[int], page_limit: int = OMS_PAGE_LIMI
                 raise _refusal(error, url) or DialsAccessError(
                     f"DIALS OMS proxy failed for run {run}: {error}"
                 ) from error
-            page = _oms_rows(payload, run)
-            rows.extend(page)
-            offset += len(page)
-            links = payload.get("links") if isinstance(payload, dict) else None
-            if len(page) < page_limit or (isinstance(links, dict) and not links.get("next")):
-                break
-        if not any(r["run_number"] == run for r in rows):
+
+        try:
+            run_rows = run_lumisections(fetch_page, run, page_limit)
+        except OMSAccessError as error:
+            raise DialsAccessError(f"DIALS OMS proxy ({url}): {error}") from error
+        if not run_rows:
             logger.warning("DIALS OMS proxy has no lumisection for run %d", run)
+        rows.extend(run_rows)
     return sorted(rows, key=lambda r: (r["run_number"], r["lumisection_number"]))
-
-
-def _oms_rows(payload: Any, run: int) -> list[dict]:
-    """Rows of an OMS JSON:API page (`data[i].attributes`), checked and reduced to OMS_COLUMNS."""
-    data = payload.get("data") if isinstance(payload, dict) else None
-    if not isinstance(data, list):
-        raise DialsAccessError(f"DIALS OMS proxy answer for run {run} has no 'data' list")
-    rows = []
-    for item in data:
-        attributes = item.get("attributes", item) if isinstance(item, dict) else None
-        missing = [
-            c for c in OMS_COLUMNS if not isinstance(attributes, dict) or c not in attributes
-        ]
-        if missing:
-            raise DialsAccessError(
-                f"DIALS OMS proxy: a lumisection of run {run} lacks attribute(s) {missing}"
-            )
-        if attributes["run_number"] != run:
-            raise DialsAccessError(
-                f"DIALS OMS proxy returned run {attributes['run_number']!r} when asked for {run}"
-            )
-        rows.append({c: attributes[c] for c in OMS_COLUMNS})
-    return rows
-
-
-def run_fetch_oms_via_dials(args: argparse.Namespace) -> int:
-    """CLI: `fetch-oms --via dials --runs ... --out FILE`: the same JSON as `fetch-oms`."""
-    from .outputs import output_file
-
-    output_file(args.out, what="--out")  # before the download
-    dials = connect(args.base_url, args.workspace)
-    rows = oms_lumisections(dials, args.runs)
-    if not rows:
-        raise RuntimeError(f"DIALS OMS proxy has no lumisection for run(s) {args.runs}")
-    columns = oms_from_lumisections(rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_text(json.dumps(columns, allow_nan=False))
-    partial.replace(out)
-    print(f"Wrote OMS information of {len(rows)} lumisections (via DIALS) to {out}")
-    return 0
 
 
 # ---- dials-flags: DIALS's flags against a local prediction ----------------------------------
@@ -490,34 +446,63 @@ def compare_flags(dials_flagged: pd.DataFrame, local: pd.DataFrame) -> pd.DataFr
     return either.sort_values(["run", "ls"])[columns].reset_index(drop=True)
 
 
+def local_results(paths: Sequence[Path], model, oms, runs: Sequence[int]) -> pd.DataFrame:
+    """Per-LS local results (`predict.results_table`) of `runs` only, sorted by (run, LS).
+
+    A run absent from the files is an error: DIALS's flags of it would all read `only DIALS`.
+    Only the row groups that may hold these runs are decoded, so comparing one run does not
+    judge a whole era. An LS found twice (in one file or across files) is an error, as it is
+    for `era`'s input: which copy DIALS judged is unknown.
+    """
+    from .era import CHUNK_LS, quiet_single_threaded_blas
+    from .parquet import iter_dials_parquet
+    from .predict import results_table
+
+    tables = []
+    with quiet_single_threaded_blas():
+        for path in paths:
+            for chunk in iter_dials_parquet(path, runs=runs, max_ls=CHUNK_LS):
+                columns = oms.columns_for(chunk.run, chunk.ls) if oms is not None else None
+                result = model.predict(chunk.maps, columns)
+                tables.append(results_table(chunk.run, chunk.ls, result))
+    found = {int(run) for table in tables for run in table.run.unique()}
+    missing_runs = sorted(set(runs) - found)
+    if missing_runs:
+        raise ValueError(
+            f"run(s) {missing_runs} are not in {', '.join(map(str, paths))}: fetch them first "
+            "with `pixelring2nmf fetch-dials`"
+        )
+    local = pd.concat(tables, ignore_index=True)
+    local = local.sort_values(["run", "ls"], kind="stable", ignore_index=True)
+    twice = local[local.duplicated(["run", "ls"])]
+    if len(twice):
+        examples = [tuple(map(int, key)) for key in twice[["run", "ls"]].values[:5]]
+        raise ValueError(
+            f"{len(twice)} (run, ls) pair(s) appear more than once in "
+            f"{', '.join(map(str, paths))}, e.g. {examples}"
+        )
+    return local
+
+
 def run_dials_flags(args: argparse.Namespace) -> int:
     """CLI: what model N flagged in DIALS, LS by LS against a local prediction of the same data."""
     import pyarrow.parquet as pq
 
     from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
 
-    from .era import OmsLookup, analyse_era, parquet_inputs
+    from .era import OmsLookup, parquet_inputs
     from .outputs import output_file
 
     if args.out:
         output_file(args.out, what="--out")  # before the work
     paths = parquet_inputs(args.parquet)
     runs = args.runs
-    local_era = analyse_era(
+    local = local_results(
         paths,
         PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH),
         OmsLookup.read(args.oms) if args.oms else None,
-        progress=False,
+        runs,
     )
-    if local_era.failures:
-        raise ValueError("; ".join(local_era.failures))
-    local = local_era.results[local_era.results.run.isin(runs)]
-    missing_runs = sorted(set(runs) - set(local.run.unique().tolist()))
-    if missing_runs:
-        raise ValueError(
-            f"run(s) {missing_runs} are not in {', '.join(map(str, paths))}: fetch them first "
-            "with `pixelring2nmf fetch-dials`"
-        )
     dataset_ids = sorted(
         {
             int(d)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,8 +184,10 @@ class _TokenSource:
         return token, float(lifetime_s) if isinstance(lifetime_s, int | float) else None
 
 
-def _page_rows(payload: Mapping, run: int) -> list[dict]:
+def page_rows(payload: Any, run: int) -> list[dict]:
     """The LS attributes of one page, checked to be the run we asked for with every attribute."""
+    if not isinstance(payload, Mapping):
+        raise OMSAccessError(f"OMS answer for run {run} is a JSON {type(payload).__name__}.")
     data = payload.get("data")
     if not isinstance(data, list):
         raise OMSAccessError(
@@ -211,7 +213,7 @@ def _page_rows(payload: Mapping, run: int) -> list[dict]:
     return rows
 
 
-def _is_last_page(payload: Mapping, n_rows: int, n_fetched: int, page_limit: int) -> bool:
+def is_last_page(payload: Mapping, n_rows: int, n_fetched: int, page_limit: int) -> bool:
     """OMS says so (links.next null, totalResourceCount reached) or the page was not full."""
     if n_rows < page_limit:
         return True
@@ -224,6 +226,36 @@ def _is_last_page(payload: Mapping, n_rows: int, n_fetched: int, page_limit: int
     return isinstance(links, Mapping) and "next" in links and not links["next"]
 
 
+def run_lumisections(
+    fetch_page: Callable[[int], Any], run: int, page_limit: int = PAGE_LIMIT
+) -> list[dict]:
+    """All LS of one run, in lumisection order, from `fetch_page(offset)` (one JSON:API page).
+
+    The one paging loop of the OMS API and of DIALS's OMS proxy, so both stop on the same
+    signals and both refuse a page that repeats an LS.
+    """
+    rows: list[dict] = []
+    seen_ls: set = set()
+    while True:
+        payload = fetch_page(len(rows))
+        page = page_rows(payload, run)
+        page_ls = {row["lumisection_number"] for row in page}
+        if len(page_ls) != len(page) or not seen_ls.isdisjoint(page_ls):
+            # overlapping pages (OMS updating the run, or page[offset] ignored) would otherwise
+            # duplicate LS or, for a server that always sends the first page, never end
+            raise OMSAccessError(
+                f"OMS returned some lumisections of run {run} twice while paging "
+                f"(offset {len(rows)}); retry later."
+            )
+        seen_ls |= page_ls
+        rows.extend(page)
+        if is_last_page(payload, len(page), len(rows), page_limit):
+            break
+    rows.sort(key=lambda row: row["lumisection_number"])
+    logger.debug("OMS: run %d has %d lumisections", run, len(rows))
+    return rows
+
+
 def _fetch_run(
     session: Any,
     lumisections_url: str,
@@ -232,15 +264,14 @@ def _fetch_run(
     page_limit: int,
     timeout_s: tuple[float, float],
 ) -> list[dict]:
-    """All LS of one run, in lumisection order."""
-    rows: list[dict] = []
-    seen_ls: set = set()
-    while True:
+    """All LS of one run from the OMS API, in lumisection order."""
+
+    def fetch_page(offset: int) -> dict:
         params = {
             "fields": ",".join(OMS_COLUMNS),
             "filter[run_number][EQ]": run,
             "page[limit]": page_limit,
-            "page[offset]": len(rows),
+            "page[offset]": offset,
             "sort": "lumisection_number",
         }
         response = _send(
@@ -262,23 +293,9 @@ def _fetch_run(
                 f"OMS answered HTTP {response.status_code} for run {run} from "
                 f"{lumisections_url}: {_short_body(response)!r}"
             )
-        payload = _json_object(response, "OMS")
-        page = _page_rows(payload, run)
-        page_ls = {row["lumisection_number"] for row in page}
-        if len(page_ls) != len(page) or not seen_ls.isdisjoint(page_ls):
-            # overlapping pages (OMS updating the run, or page[offset] ignored) would otherwise
-            # duplicate LS or, for a server that always sends the first page, never end
-            raise OMSAccessError(
-                f"OMS returned some lumisections of run {run} twice while paging "
-                f"(offset {len(rows)}); retry later."
-            )
-        seen_ls |= page_ls
-        rows.extend(page)
-        if _is_last_page(payload, len(page), len(rows), page_limit):
-            break
-    rows.sort(key=lambda row: row["lumisection_number"])
-    logger.debug("OMS: run %d has %d lumisections", run, len(rows))
-    return rows
+        return _json_object(response, "OMS")
+
+    return run_lumisections(fetch_page, run, page_limit)
 
 
 def fetch_lumisections(
@@ -330,15 +347,18 @@ def fetch_lumisections(
     return oms_from_lumisections(rows)
 
 
-def run_fetch_oms(args) -> int:
-    """`pixelring2nmf fetch-oms --runs R1 R2 ... --out FILE`: write the OMS JSON of the runs."""
-    columns = fetch_lumisections(args.runs)
+def write_oms_json(columns: Mapping[str, list], out: str | Path, *, runs, source: str) -> int:
+    """Write the OMS column dict of `runs` (as `source` answered) to `out`; the LS count.
+
+    An empty answer is an error rather than an empty file, which `era` would read as every LS
+    missing from OMS (all DCS-bad).
+    """
     n_ls = len(columns["lumisection_number"])
     if n_ls == 0:
         raise RuntimeError(
-            f"OMS has no lumisection for run(s) {args.runs}; nothing written to {args.out}."
+            f"{source} has no lumisection for run(s) {list(runs)}; nothing written to {out}."
         )
-    out_path = Path(args.out)
+    out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # write then rename: an interrupted download never leaves a truncated JSON behind
     partial_path = out_path.with_name(out_path.name + ".partial")
@@ -347,6 +367,32 @@ def run_fetch_oms(args) -> int:
     partial_path.replace(out_path)
     n_runs = len(set(columns["run_number"]))
     logger.info(
-        "Wrote OMS information of %d lumisections from %d run(s) to %s", n_ls, n_runs, out_path
+        "Wrote OMS information of %d lumisections from %d run(s) (%s) to %s",
+        n_ls,
+        n_runs,
+        source,
+        out_path,
     )
+    return n_ls
+
+
+def run_fetch_oms(args) -> int:
+    """`pixelring2nmf fetch-oms --runs R1 R2 ... --out FILE [--via dials]`: the OMS JSON of runs.
+
+    Through the OMS API (an OMS application's credentials) or DIALS's OMS proxy (DIALS
+    credentials); either way the same file comes out.
+    """
+    from .outputs import output_file
+
+    output_file(args.out, what="--out")  # before the download
+    if args.via == "dials":
+        from .dials import connect, oms_lumisections
+
+        rows = oms_lumisections(connect(args.base_url, args.workspace), args.runs)
+        columns = oms_from_lumisections(rows) if rows else {name: [] for name in OMS_COLUMNS}
+        source = "DIALS OMS proxy"
+    else:
+        columns = fetch_lumisections(args.runs)
+        source = "OMS"
+    write_oms_json(columns, args.out, runs=args.runs, source=source)
     return 0

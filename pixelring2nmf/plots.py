@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlserver_model.geometry import (
+    ANOMALY_MULTI_DISK,
+    ANOMALY_QUARTER,
+    ANOMALY_SINGLE_DISK,
     BLADE_SIDES,
     GROUP_DISK,
     GROUP_NAMES,
@@ -32,7 +35,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 EXTENT = (-3.5, 3.5, -17.5, 17.5)  # SignedDiskCoord x SignedBladePanelCoord of the ME
-TYPE_COLOURS = {"Multi-Disk": "#d62728", "Quarter": "#9467bd", "Single-Disk": "#ff7f0e"}
+TYPE_COLOURS = {
+    ANOMALY_MULTI_DISK: "#d62728",
+    ANOMALY_QUARTER: "#9467bd",
+    ANOMALY_SINGLE_DISK: "#ff7f0e",
+}
 ANOMALY_EDGE = "#e8000b"
 
 
@@ -141,14 +148,7 @@ def plot_ring2(map_yx: np.ndarray, ax: Axes | None = None, title: str = "", **im
         raise ValueError(f"Expected one Ring 2 map of shape {MAP_SHAPE}, got {map_yx.shape}")
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 8))
-    image = ax.imshow(
-        np.ma.masked_equal(map_yx, 0),
-        origin="lower",
-        extent=EXTENT,
-        aspect="auto",
-        interpolation="nearest",
-        **imshow_kwargs,
-    )
+    image = ax.imshow(np.ma.masked_equal(map_yx, 0), **_image_kwargs(), **imshow_kwargs)
     ring2_axes(ax)
     if title:
         ax.set_title(title)

@@ -9,8 +9,9 @@ Endpoints (under /api/v1/, as cmsdials calls them):
 And the CERN SSO's client-credentials token endpoint (`/auth/realms/cern/api-access/token`).
 
 Requests without a valid X-CLIENT-SECRET header or Bearer token get 401, as DIALS answers.
-`fail[(endpoint, page_index)] = n` makes that page answer 503 the next n times. Every request is
-logged (endpoint, page index, status) so tests can prove no page was fetched twice.
+`fail[(endpoint, page_index)] = n` makes that page answer 503 the next n times;
+`oms_ignores_offset` makes the OMS proxy send the first page whatever offset is asked. Every
+request is logged (endpoint, page index, status) so tests can prove no page was fetched twice.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class FakeDials:
     secret: str = "s3cret"
     client_id: str = "pixel-app"
     fail: dict[tuple[str, int], int] = field(default_factory=dict)
+    oms_ignores_offset: bool = False  # a broken proxy: every OMS page is the first one
     log: list[tuple[str, int, int]] = field(default_factory=list)
     workspaces: list[str | None] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
@@ -184,7 +186,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         run = int(query["filter[run_number][EQ]"])
         limit = int(query.get("page[limit]", 100))
-        offset = int(query.get("page[offset]", 0))
+        offset = 0 if self.state.oms_ignores_offset else int(query.get("page[offset]", 0))
         if self._failing(endpoint, offset // limit):
             return
         rows = [r for r in self.state.oms_rows if r["run_number"] == run]

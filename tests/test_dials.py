@@ -224,6 +224,16 @@ def test_fetch_oms_via_dials_writes_what_fetch_oms_writes(fake, secret_env, sour
     assert len(read_oms_json(out)) == 2 * N_LS
 
 
+def test_an_oms_proxy_repeating_its_first_page_is_an_error(fake, secret_env) -> None:
+    """Full pages that never advance would otherwise be fetched forever."""
+    from pixelring2nmf.dials import DialsAccessError, connect, oms_lumisections
+
+    fake.oms_ignores_offset = True
+    with pytest.raises(DialsAccessError, match="twice while paging"):
+        oms_lumisections(connect(fake.url), [RUNS[0]], page_limit=10)
+    assert fake.served("oms-proxy") == [0, 0]  # the repeat is caught on the second page
+
+
 def test_dials_flags_compares_ls_by_ls(
     fake, secret_env, source, model_path, tmp_path, capsys
 ) -> None:
@@ -260,3 +270,25 @@ def test_dials_flags_compares_ls_by_ls(
         (RUNS[1], DEAD_LS[RUNS[1]]): "only local",
     }
     assert "agree 1, only DIALS 1, only local 1" in capsys.readouterr().out
+
+
+def test_dials_flags_judges_the_requested_runs_as_era_does(source, model_path, tmp_path):
+    """Reading only the requested runs gives the rows the whole-era analysis gave for them;
+    an LS in two files is refused, since which copy DIALS judged is unknown."""
+    from mlserver_model.pixelring2nmf import PixelRing2NMF
+    from pixelring2nmf.dials import local_results
+    from pixelring2nmf.era import analyse_era
+
+    model = PixelRing2NMF.load(model_path)
+    runs = [RUNS[2], RUNS[0]]
+    era = analyse_era([source["parquet"]], model, progress=False).results
+    expected = era[era.run.isin(runs)].drop(columns="pileup").reset_index(drop=True)
+    got = local_results([source["parquet"]], model, None, runs)
+    pd.testing.assert_frame_equal(got, expected)
+
+    copy = tmp_path / "copy.parquet"
+    copy.write_bytes(Path(source["parquet"]).read_bytes())
+    with pytest.raises(ValueError, match="appear more than once"):
+        local_results([source["parquet"], copy], model, None, [RUNS[0]])
+    with pytest.raises(ValueError, match=r"run\(s\) \[1\] are not in"):
+        local_results([source["parquet"]], model, None, [1])

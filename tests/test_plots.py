@@ -124,3 +124,8 @@ def test_era_page_names_persistent_groups_and_draws_without_oms(era_out) -> None
     )
     assert len(figure.axes) == 2  # no pileup axis without OMS pileup
     plt.close(figure)
+    # every anomaly type the model can report has a colour on these pages
+    from mlserver_model.geometry import ANOMALY_NONE, ANOMALY_TYPES
+    from pixelring2nmf.plots import TYPE_COLOURS
+
+    assert set(TYPE_COLOURS) == set(ANOMALY_TYPES) - {ANOMALY_NONE}
