@@ -41,12 +41,12 @@ from .era import (
     RowGroupTask,
     Source,
     TaskResult,
-    _quiet,
     judge_row_groups,
     merge_results,
     plan_file,
     plan_tasks,
     progress_bar,
+    quiet_logger,
     quiet_single_threaded_blas,
     report_failures,
     report_unopened,
@@ -77,7 +77,7 @@ def dask_client(spec: str) -> Iterator[Client]:
     scheduler (tcp://, tls://; dask's configuration supplies any TLS credentials).
     """
     with ExitStack() as stack:
-        stack.enter_context(_quiet("distributed"))
+        stack.enter_context(quiet_logger("distributed"))
         if spec.startswith(LOCAL_PREFIX):
             cluster = stack.enter_context(_local_cluster(spec))
             address = cluster.scheduler_address

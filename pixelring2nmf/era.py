@@ -37,7 +37,7 @@ import pandas as pd
 
 from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, LOGGER, PixelRing2NMF
 
-from .oms import OMS_KEY_COLUMNS, _oms_index, align_oms, read_oms_json
+from .oms import OMS_KEY_COLUMNS, align_oms, oms_index, read_oms_json
 from .parquet import (
     RowGroupInfo,
     is_url,
@@ -107,7 +107,7 @@ class OmsLookup:
         frame = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         try:
             # Checked as one table: an LS in two of the files is as wrong as one in a file twice.
-            index = _oms_index(frame)
+            index = oms_index(frame)
         except ValueError as error:
             names = ", ".join(str(p) for p, _ in frames)
             raise ValueError(f"OMS file(s) {names}: {error}") from None
@@ -323,7 +323,7 @@ def merge_results(
 
 
 @contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
+def quiet_logger(logger_name: str) -> Iterator[None]:
     """Only warnings from `logger_name` while inside: its INFO lines, once per chunk, LS or
     worker, would bury the progress bar and the totals printed at the end."""
     log = logging.getLogger(logger_name)
@@ -345,7 +345,7 @@ def quiet_single_threaded_blas() -> Iterator[None]:
     """
     from threadpoolctl import threadpool_limits
 
-    with _quiet(LOGGER.name):
+    with quiet_logger(LOGGER.name):
         blas = threadpool_limits(1, user_api="blas")
         try:
             yield

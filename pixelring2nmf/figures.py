@@ -32,7 +32,7 @@ def find_lumisection(paths: list[Path], run: int, ls: int) -> np.ndarray:
 
 
 def lumisection_plot(args: argparse.Namespace) -> list[Path]:
-    from .era import OmsLookup, _quiet, parquet_inputs
+    from .era import OmsLookup, parquet_inputs, quiet_logger
     from .plots import lumisection_figure, save_figures
 
     map_yx = find_lumisection(parquet_inputs(args.parquet), args.run, args.ls)
@@ -42,7 +42,7 @@ def lumisection_plot(args: argparse.Namespace) -> list[Path]:
         else None
     )
     model = PixelRing2NMF.load(args.model or DEFAULT_MODEL_PATH)
-    with _quiet(LOGGER.name):  # one LS: the three [INFO] lines would only repeat the title
+    with quiet_logger(LOGGER.name):  # one LS: the three [INFO] lines would only repeat the title
         result = model.predict(map_yx[None], oms, roc_maps=True, rule=args.rule)
     failed = result.dcs.failed_flags(0)
     dcs_note = f"DCS bad: {', '.join(failed)}" if failed else ("DCS good" if oms else "no OMS data")

@@ -70,7 +70,7 @@ def oms_coverage(
     oms: pd.DataFrame, run: np.ndarray, aligned: Mapping[str, np.ndarray]
 ) -> OmsCoverage:
     """How far OMS covers the LS that `aligned` (`align_oms` of them) describes, read off its
-    keys, null exactly where OMS lacks the LS (`_oms_index` refuses null keys), so that OMS is
+    keys, null exactly where OMS lacks the LS (`oms_index` refuses null keys), so that OMS is
     not indexed a second time."""
     found = ~pd.isna(aligned[OMS_KEY_COLUMNS[0]])
     oms_runs = set(oms["run_number"].astype(np.int64).tolist())
@@ -127,7 +127,7 @@ def align_oms(oms: pd.DataFrame, run: np.ndarray, ls: np.ndarray) -> dict[str, n
         raise ValueError(
             f"run and ls must be 1-D arrays of equal length, got shapes {run.shape} and {ls.shape}"
         )
-    index = _oms_index(oms)
+    index = oms_index(oms)
     wanted = pd.MultiIndex.from_arrays([run.astype(np.int64), ls.astype(np.int64)])
     rows = index.get_indexer(wanted)
     absent = rows < 0
@@ -147,7 +147,7 @@ def align_oms(oms: pd.DataFrame, run: np.ndarray, ls: np.ndarray) -> dict[str, n
     return aligned
 
 
-def _oms_index(oms: pd.DataFrame) -> pd.MultiIndex:
+def oms_index(oms: pd.DataFrame) -> pd.MultiIndex:
     """(run, LS) index of the OMS rows; each LS must appear at most once."""
     missing = [k for k in OMS_KEY_COLUMNS if k not in oms.columns]
     if missing:
