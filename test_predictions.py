@@ -100,10 +100,16 @@ def read_oms_columns(path: Path) -> dict[str, list]:
 def fetch_oms_columns(runs: list[int]) -> dict[str, list]:
     """OMS lumisections of the runs, live (needs OMS credentials in the environment)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from pixelring2nmf.omsclient import fetch_lumisections
+    import omsid  # beside this script: OMS credentials from the environment
 
     try:
-        return fetch_lumisections(runs)
+        credentials = omsid.credentials()
+    except omsid.MissingCredentialsError as error:
+        raise UsageError(str(error)) from None
+    from pixelring2nmf.remote.oms_api import fetch_lumisections
+
+    try:
+        return fetch_lumisections(runs, credentials=credentials)
     except (ValueError, RuntimeError, OSError) as error:
         raise ServerError(f"Could not fetch OMS data for runs {runs}: {error}") from None
 

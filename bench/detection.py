@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.evaluation import (
+from pixelring2nmf.model.train import train_model
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.evaluation import (
     BAR_OCCUPANCIES,
     OCCUPANCIES,
     SCENARIOS,
@@ -48,9 +49,8 @@ from pixelring2nmf.evaluation import (
     real_component_maker,
     significance_only,
 )
-from pixelring2nmf.mismatch import MISMATCH_LEVELS, MapMaker, refit_pair
-from pixelring2nmf.original import OriginalPipeline
-from pixelring2nmf.train import train_model
+from pixelring2nmf.validation.mismatch import MISMATCH_LEVELS, MapMaker, refit_pair
+from pixelring2nmf.validation.original import OriginalPipeline
 
 REAL = (
     Path(__file__).resolve().parents[2] / "shared" / "reference" / "ring2_nmf_components_2025C.npy"

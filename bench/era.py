@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.truthcheck import compare_with_truth
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.truthcheck import compare_with_truth
 
 LS_PER_RUN = 1000
 GOAL_LS_PER_S = 3000.0

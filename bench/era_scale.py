@@ -50,7 +50,6 @@ from _report import write_section
 from era import simulated_era
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from pixelring2nmf.cluster import MAX_TASK_LS, analyse_era_on_dask, auto_task_ls
 from pixelring2nmf.era import (
     OmsLookup,
     TaskResult,
@@ -59,7 +58,8 @@ from pixelring2nmf.era import (
     plan_tasks,
     write_era,
 )
-from pixelring2nmf.tables import PersistenceRule, era_tables
+from pixelring2nmf.era.dask_executor import MAX_TASK_LS, analyse_era_on_dask, auto_task_ls
+from pixelring2nmf.era.tables import PersistenceRule, era_tables
 
 FIT_TASK_LS = (1000, 2000, 5000, 10000)  # on the era's file, row groups of 1000 LS
 FINE_TASK_LS = (100, 500)  # on a copy of its first FINE_N_LS in row groups of 100 LS
@@ -129,7 +129,7 @@ def _worker_memory() -> dict:
     """
     import os
 
-    from pixelring2nmf.local_server import memory_mb
+    from pixelring2nmf.validation.local_server import memory_mb
 
     mb = memory_mb(os.getpid())
     return {"rss_mb": mb["VmRSS"], "peak_mb": mb["VmHWM"]}

@@ -28,9 +28,9 @@ from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS
 from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.pixelring2nmf import MODEL_NAME
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf import simulate
-from pixelring2nmf.dism import build, mlserver_command
-from pixelring2nmf.local_server import (
+from pixelring2nmf.serving.dism import build, mlserver_command
+from pixelring2nmf.sim import simulate
+from pixelring2nmf.validation.local_server import (
     free_port,
     image_python,
     memory_mb,

@@ -40,10 +40,10 @@ from _report import write_section
 from mlserver_model.geometry import GROUP_ID_FLAT, QUARTER_GROUPS, group_index
 from mlserver_model.pixelring2nmf import PixelRing2NMF, to_model_space
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.mismatch import Mismatch
-from pixelring2nmf.original import OriginalPipeline
-from pixelring2nmf.train import train_model
+from pixelring2nmf.model.train import train_model
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.mismatch import Mismatch
+from pixelring2nmf.validation.original import OriginalPipeline
 
 N_LS = 750
 MAX_SLOWDOWN = 2.0  # anomalous batches must stay within 2x of the healthy one

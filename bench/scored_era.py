@@ -35,13 +35,13 @@ from _report import write_section
 from mlserver_model.dftools import dcs_filter
 from mlserver_model.geometry import GROUP_ID_FLAT, N_GROUPS
 from mlserver_model.preprocessor import insert_cross, remove_cross
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.evaluation import score_era
-from pixelring2nmf.mismatch import smooth_fields
-from pixelring2nmf.oms import align_oms, read_oms_json
-from pixelring2nmf.original import OriginalPipeline
-from pixelring2nmf.parquet import read_dials_parquet
-from pixelring2nmf.train import load_good_maps, train_model
+from pixelring2nmf.io.oms import align_oms, read_oms_json
+from pixelring2nmf.io.parquet import read_dials_parquet
+from pixelring2nmf.model.train import load_good_maps, train_model
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.evaluation import score_era
+from pixelring2nmf.validation.mismatch import smooth_fields
+from pixelring2nmf.validation.original import OriginalPipeline
 
 MIN_ERA_LS = 30_000
 STALE_FIELD = 0.25

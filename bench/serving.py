@@ -45,18 +45,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
 from mlserver_model.pixelring2nmf import MODEL_NAME
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.dism import mlserver_command, server_settings
-from pixelring2nmf.local_server import LocalServer as Server
-from pixelring2nmf.local_server import (
+from pixelring2nmf.io.testdata import make_test_data
+from pixelring2nmf.serving.dism import mlserver_command, server_settings
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.local_server import LocalServer as Server
+from pixelring2nmf.validation.local_server import (
     free_port,
     image_python,
     memory_mb,
     post_infer,
     start_local_server,
 )
-from pixelring2nmf.local_server import stop_local_server as stop_server
-from pixelring2nmf.testdata import make_test_data
+from pixelring2nmf.validation.local_server import stop_local_server as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_KEY = "PixelRing2NMF"

@@ -20,8 +20,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.plots import plot_ring2
+from pixelring2nmf.plots.draw import plot_ring2
+from pixelring2nmf.sim import simulate as simulator
 
 DOCS = Path(__file__).resolve().parent
 DEFAULT_REFERENCE = DOCS.parents[0].parent / "shared" / "reference"

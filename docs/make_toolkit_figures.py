@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pixelring2nmf import simulate as simulator
 from pixelring2nmf.cli import main as cli
+from pixelring2nmf.sim import simulate as simulator
 
 DOCS = Path(__file__).resolve().parent
 

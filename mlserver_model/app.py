@@ -38,6 +38,7 @@ PACKAGE_NAME = _PACKAGE.__name__
 import asyncio  # noqa: E402
 import logging  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from typing import TextIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mlserver import MLModel  # noqa: E402
@@ -49,18 +50,22 @@ _pipeline = importlib.import_module(f"{PACKAGE_NAME}.pixelring2nmf")
 _datatype = importlib.import_module(f"{PACKAGE_NAME}.datatype")
 _omstools = importlib.import_module(f"{PACKAGE_NAME}.omstools")
 _errors = importlib.import_module(f"{PACKAGE_NAME}.errors")
+_geometry = importlib.import_module(f"{PACKAGE_NAME}.geometry")
+_nmf2d = importlib.import_module(f"{PACKAGE_NAME}.nmf2d")
 InputError = _errors.InputError
 PixelRing2NMF = _pipeline.PixelRing2NMF
 PredictionResult = _pipeline.PredictionResult
 
 RING2_INPUT = "Ring2"
-RING2_SHAPE = (140, 56)  # (rows, columns) of one LS, as DIALS sends it
+RING2_SHAPE = _geometry.MAP_SHAPE  # (rows, columns) of one LS, as DIALS sends it
 # A run rarely exceeds 3000 LS. MLServer holds ~0.44 MB per LS while it parses a request
 # (BENCHMARKS.md, memory), so 5000 LS peak at ~2.4 GB, within template.yaml's 3Gi limit.
 DEFAULT_MAX_LUMISECTIONS = 5_000
 MAX_LUMISECTIONS_PARAMETER = "max_lumisections"  # in model-settings parameters.extra
 
-LOGGER = logging.getLogger("pixelring2nmf.app")
+RUNTIME_LOGGER = logging.getLogger("mlserver_model")  # the runtime's loggers, not the toolkit's
+LOGGER = logging.getLogger("mlserver_model.app")
+HANDLER_NAME = "mlserver_model-lines"  # ours, told apart from handlers configured by others
 INTERNAL_ERROR_MESSAGE = (
     "Internal error of the PixelRing2NMF model while predicting; the request was valid as far "
     "as the model could check. The server log has the details."
@@ -108,8 +113,8 @@ class Handler(MLModel):
         model_path = await get_model_uri(self.settings)
         self._model = PixelRing2NMF.load(model_path)
         self._max_lumisections = _max_lumisections(self.settings.parameters)
-        _one_blas_thread()
-        _pipeline.show_logs(sys.stdout)
+        _nmf2d.single_blas_thread()
+        show_logs(sys.stdout)
         LOGGER.info(
             "Loaded %s (%s) from %s; at most %d lumisections per request",
             self.name,
@@ -140,6 +145,8 @@ class Handler(MLModel):
         wanted = _wanted_outputs(payload)
         maps_nyx, oms = decode_request(payload, self._max_lumisections)
         result = self._model.predict(maps_nyx, oms)
+        for line in result.flagging_lines():
+            LOGGER.info(line)
         return [OUTPUT_ENCODERS[name](result) for name in wanted]
 
 
@@ -233,14 +240,32 @@ def _max_lumisections(parameters) -> int:
     )
 
 
-def _one_blas_thread() -> None:
-    """Run BLAS on one thread in this server process.
+class OnePrefixFormatter(logging.Formatter):
+    """'[LEVEL]: message', unless the message already starts with its own '[...]' prefix.
 
-    The pipeline's products are skinny (750 x 7840 times 7840 x 53): a second BLAS thread saves
-    next to nothing when the machine is idle, but when the cores are busy (other requests' JSON
-    parsing, other containers) its spin-waiting made predict several times slower.
-    threadpoolctl comes with scikit-learn, so it is in every environment the model runs in.
+    The three flagging lines carry the original deployment's '[INFO]: ' in their text (tools
+    grep them), so a second prefix would only double it.
     """
-    from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=1, user_api="blas")
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message = record.message
+        return message if message.startswith("[") else f"[{record.levelname}]: {message}"
+
+
+def show_logs(stream: TextIO) -> None:
+    """Make the runtime's log lines (the handler's, omstools') reach `stream`, once.
+
+    MLServer configures only its own "mlserver" logger, so without a handler here Python would
+    drop the INFO lines of "mlserver_model". A logger that someone else configured (a
+    logging_settings file) is left alone; our own handler is pointed at the new stream.
+    """
+    if RUNTIME_LOGGER.level == logging.NOTSET:
+        RUNTIME_LOGGER.setLevel(logging.INFO)
+    for handler in [h for h in RUNTIME_LOGGER.handlers if h.get_name() == HANDLER_NAME]:
+        RUNTIME_LOGGER.removeHandler(handler)  # not setStream: it may flush a closed stream
+    if not RUNTIME_LOGGER.handlers:
+        handler = logging.StreamHandler(stream)
+        handler.set_name(HANDLER_NAME)
+        handler.setFormatter(OnePrefixFormatter())
+        RUNTIME_LOGGER.addHandler(handler)
+        RUNTIME_LOGGER.propagate = False

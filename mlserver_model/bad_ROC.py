@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 
 from .geometry import (
     BLOCK_OF_GROUP,
-    GROUP_N_ROCS,
     GROUP_ROW_STARTS_MODEL,
     MODEL_SHAPE,
     MULTIDISK_CANDIDATES,
@@ -51,13 +50,44 @@ from .geometry import (
     anomaly_type_codes,
 )
 
-RULE_SIGNIFICANCE = "significance"
-RULE_ORIGINAL = "original"
+
+@dataclass(frozen=True)
+class Bound:
+    """What one threshold may be: its kind and its closed interval (None: unbounded)."""
+
+    kind: type  # int or float (an int is a valid float; a bool is neither)
+    low: float | None = 0.0
+    high: float | None = None
+
+    def check(self, name: str, value: Any) -> None:
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            wanted = "an integer" if self.kind is int else "a number"
+            raise ValueError(
+                f"threshold {name!r} must be {wanted}, got {value!r} ({type(value).__name__})"
+            )
+        if not math.isfinite(value):
+            raise ValueError(f"threshold {name!r} must be finite, got {value!r}")
+        if (self.low is not None and value < self.low) or (
+            self.high is not None and value > self.high
+        ):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            raise ValueError(f"threshold {name!r} must be in [{low}, {high}], got {value!r}")
+
+
+FRACTION = Bound(float, 0.0, 1.0)
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Decision thresholds, stored in the model file so every deployment states its own."""
+    """Decision thresholds, stored in the model file so every deployment states its own.
+
+    `CONSTRAINTS` declares each field's kind and bounds once (as scikit-learn's
+    `_parameter_constraints` do) and `__post_init__` checks them all, so that nothing that
+    would silently change the decisions loads: text ("4" loads, then every request fails),
+    NaN (never flags), negative values, fractions above 1.
+    """
 
     z_threshold: float = 4.0  # deficit significance of a bad ROC
     min_relative_deficit: float = 0.5  # ... which also lost >= 50 % of its expected clusters
@@ -66,39 +96,37 @@ class Thresholds:
     group_fraction: float = 0.40  # anomalous group: >= 40 % of live ROCs bad
     min_live_rocs: int = 16  # fewer live ROCs than this: the group cannot be judged
     # groups < 10 % below expectation are not tested ROC by ROC (negative: every group is)
-    screen_deficit: float = field(default=0.10, metadata={"may_be_negative": True})
+    screen_deficit: float = 0.10
     metric_threshold: float = 1.0  # Flag = Metric >= this (see multidisk_metric)
-    original_loss: float = 1e5  # original rule: (x - mu)^2 > 1e5 ...
-    original_group_fraction: float = 0.40  # ... on int(0.40 * n_rocs) ROCs of a group
+
+    CONSTRAINTS: ClassVar[dict[str, Bound]] = {
+        "z_threshold": Bound(float),
+        "min_relative_deficit": FRACTION,
+        "model_error_floor": Bound(float),
+        "live_fraction": FRACTION,
+        "group_fraction": FRACTION,
+        "min_live_rocs": Bound(int),
+        "screen_deficit": Bound(float, low=None, high=1.0),
+        "metric_threshold": Bound(float),
+    }
+    # Thresholds of the original rule that model files of 0.1.0 still carry: read and dropped
+    # (the rule itself lives with the benchmarks now, pixelring2nmf.validation.original).
+    RETIRED: ClassVar[tuple[str, ...]] = ("original_loss", "original_group_fraction")
 
     def __post_init__(self) -> None:
-        """Refuse what would silently change the decisions: text ("4" loads, then every request
-        fails), NaN (never flags), negative values, fractions above 1."""
         for spec in fields(self):
-            value = getattr(self, spec.name)
-            integral = spec.type == "int"
-            if isinstance(value, bool) or not isinstance(value, int if integral else int | float):
-                kind = "an integer" if integral else "a number"
-                raise ValueError(
-                    f"threshold {spec.name!r} must be {kind}, got {value!r} "
-                    f"({type(value).__name__})"
-                )
-            if not math.isfinite(value):
-                raise ValueError(f"threshold {spec.name!r} must be finite, got {value!r}")
-            if value < 0 and not spec.metadata.get("may_be_negative"):
-                raise ValueError(f"threshold {spec.name!r} must be >= 0, got {value!r}")
-            if spec.name.endswith("_fraction") and value > 1:
-                raise ValueError(f"threshold {spec.name!r} is a fraction (<= 1), got {value!r}")
+            self.CONSTRAINTS[spec.name].check(spec.name, getattr(self, spec.name))
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> Thresholds:
         """Exactly the declared thresholds: a model file that lacks one or adds another was
         written for another version of the rule, and guessing would change its decisions."""
         names = {spec.name for spec in fields(cls)}
-        unknown, missing = sorted(set(values) - names), sorted(names - set(values))
+        given = {name: value for name, value in values.items() if name not in cls.RETIRED}
+        unknown, missing = sorted(set(given) - names), sorted(names - set(given))
         if unknown or missing:
             raise ValueError(f"thresholds: unknown key(s) {unknown}, missing key(s) {missing}")
-        return cls(**values)
+        return cls(**given)
 
 
 def group_counts(per_roc: np.ndarray) -> np.ndarray:
@@ -175,13 +203,6 @@ def live_rocs(
     return expected >= np.maximum(floor, (live_fraction * mean_expected)[:, None])
 
 
-def large_loss(counts: np.ndarray, expected: np.ndarray, loss: float, scratch: np.ndarray):
-    """The original bad-ROC rule: squared difference on raw counts above `loss`."""
-    np.subtract(counts, expected, out=scratch)
-    scratch *= scratch
-    return scratch > loss
-
-
 @dataclass(frozen=True)
 class GroupSearch:
     """Per-LS outcome of the power-group search."""
@@ -204,16 +225,12 @@ def search_significance(
     """
     fraction = np.divide(n_bad, n_live, out=np.zeros(n_bad.shape, np.float64), where=n_live > 0)
     fraction[n_live < thresholds.min_live_rocs] = 0.0  # too few live ROCs to judge the group
-    return _search(fraction, thresholds.group_fraction, unjudged_groups)
+    return group_search(fraction, thresholds.group_fraction, unjudged_groups)
 
 
-def search_original(n_bad: np.ndarray, thresholds: Thresholds):
-    """The original deployment's group rule: int(40 %) of all ROCs of the group are bad."""
-    needed = np.floor(thresholds.original_group_fraction * GROUP_N_ROCS) / GROUP_N_ROCS
-    return _search(n_bad / GROUP_N_ROCS, needed)
-
-
-def _search(fraction: np.ndarray, group_threshold, unjudged_groups=None) -> GroupSearch:
+def group_search(fraction: np.ndarray, group_threshold, unjudged_groups=None) -> GroupSearch:
+    """Anomalous groups, type and Metric from (N, 48) fractions of bad ROCs and the group
+    threshold (one number, or one per group)."""
     anomalous = fraction >= group_threshold
     return GroupSearch(
         anomalous_groups=anomalous,

@@ -230,8 +230,9 @@ def decode_nullable(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
     """A short metadata tensor (one value per LS, nulls allowed) -> 1-D column.
 
     Nulls must stay distinguishable from False/0 (a null DCS flag fails the DCS filter), so
-    BOOL and BYTES tensors become object arrays holding None, and numeric tensors with nulls
-    become float64 with NaN. Shapes [N] and [N, 1] both give (N,). Each value must be of the
+    BOOL tensors become boolean masked arrays (the mask marks the nulls), BYTES tensors object
+    arrays holding None, and numeric tensors with nulls float64 with NaN. Shapes [N] and
+    [N, 1] both give (N,). Each value must be of the
     declared kind: text is never parsed as a number ("1" in a numeric tensor is refused), and
     numbers must fit the datatype.
     """
@@ -254,6 +255,10 @@ def decode_nullable(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
         raise ValueError(
             f"data must be {datatype} values or null; found {shown} at position {bad[0]}"
         )
+    if datatype == "BOOL":  # checked above: only True, False and None; nulls are the mask
+        is_null = np.fromiter((value is None for value in values), bool, count=len(values))
+        is_true = np.fromiter((value is True for value in values), bool, count=len(values))
+        return np.ma.MaskedArray(is_true, mask=is_null)
     if datatype not in NUMERIC_DATATYPES:
         return column
     is_null = np.array([value is None for value in values], dtype=bool)

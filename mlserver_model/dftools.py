@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from .errors import InputError, checked_integer
 
@@ -28,8 +27,8 @@ DCS_FLAGS = (
     "tecp_ready",
     "tecm_ready",
 )
-# pandas' inferred kinds of object columns that hold only numbers, bools and nulls
-_NUMERIC_INFERRED = frozenset({"boolean", "integer", "floating", "mixed-integer-float", "empty"})
+# object columns of only these kinds need no value check (a null is never true)
+_BOOLEAN_KINDS = frozenset({bool, np.bool_, type(None)})
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,9 @@ def dcs_filter(oms_columns: Mapping[str, ArrayLike] | None, n_ls: int) -> DcsRes
 
 def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
     """One DCS flag column -> bool (n_ls,) that is True only for a definite true/1."""
+    if isinstance(values, np.ma.MaskedArray) and values.dtype == bool and values.ndim == 1:
+        _check_length(values.shape[0], flag, n_ls)
+        return values.filled(False)  # a decoded BOOL tensor: validated, nulls masked
     array = np.asarray(values)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]  # MLServer's NumpyCodec turns 1-D tensors into (N, 1)
@@ -81,34 +83,15 @@ def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
         raise InputError(
             f"DCS flag {flag!r} must be a 1-D sequence of length {n_ls}, got shape {array.shape}"
         )
-    if array.shape[0] != n_ls:
-        raise InputError(
-            f"DCS flag {flag!r} has {array.shape[0]} values but there are {n_ls} lumisections"
-        )
+    _check_length(array.shape[0], flag, n_ls)
     if array.dtype == bool:
         return array
     if array.dtype.kind in "iuf":
         numbers = array.astype(np.float64)
     elif array.dtype.kind == "O":
-        # JSON/V2 nulls arrive as None (or NaN, pd.NA) inside an otherwise boolean column.
-        is_null = np.asarray(pd.isna(array), dtype=bool)
-        inferred = pd.api.types.infer_dtype(array, skipna=True)
-        if inferred == "boolean":  # the usual case: only bools and nulls, no 0/1 to check
-            is_true = np.zeros(n_ls, dtype=bool)
-            is_true[~is_null] = array[~is_null].astype(bool)
-            return is_true
-        if inferred not in _NUMERIC_INFERRED:
-            # rare mixed columns (e.g. True and 1): check the types, so "1" is never taken as 1
-            bad = [
-                v
-                for v in array[~is_null]
-                if not isinstance(v, (bool, int, float, np.bool_, np.number))
-            ]
-            if bad:
-                raise InputError(
-                    f"DCS flag {flag!r} must hold bool/0/1/null values, got {bad[0]!r}"
-                )
-        numbers = np.where(is_null, np.nan, array).astype(np.float64)
+        numbers = _object_flag_numbers(array.tolist(), flag)
+        if numbers is None:  # the usual case: only booleans and nulls, no 0/1 to check
+            return np.fromiter((bool(v) for v in array.tolist()), bool, count=n_ls)
     else:
         raise InputError(
             f"DCS flag {flag!r} must hold bool/0/1/null values, got dtype {array.dtype} "
@@ -120,3 +103,33 @@ def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
             f"DCS flag {flag!r} must hold bool/0/1/null values, got {numbers[not_binary][0]!r}"
         )
     return numbers == 1
+
+
+def _check_length(length: int, flag: str, n_ls: int) -> None:
+    if length != n_ls:
+        raise InputError(f"DCS flag {flag!r} has {length} values but there are {n_ls} lumisections")
+
+
+def _is_null(value: Any) -> bool:
+    """JSON and V2 nulls: None, NaN, and pandas' NA when a caller's column held it."""
+    if value is None or type(value).__name__ == "NAType":  # NA's own `!=` is NA, not a bool
+        return True
+    return isinstance(value, float | np.floating) and value != value
+
+
+def _object_flag_numbers(items: list, flag: str) -> np.ndarray | None:
+    """The values of an object column as float64 (NaN for null), each checked to be a boolean
+    or a number (never text: "1" is not 1); None when they are only booleans and None, which
+    need no check (a null is never true)."""
+    kinds = {type(value) for value in items}
+    if kinds <= _BOOLEAN_KINDS:
+        return None
+    numbers = np.empty(len(items), dtype=np.float64)
+    for i, value in enumerate(items):
+        if _is_null(value):
+            numbers[i] = np.nan
+        elif isinstance(value, bool | int | float | np.bool_ | np.number):
+            numbers[i] = float(value)
+        else:
+            raise InputError(f"DCS flag {flag!r} must hold bool/0/1/null values, got {value!r}")
+    return numbers

@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+# The monitoring element the model reads (DQM path), as DIALS and DISM name it.
+RING2_ME = (
+    "PixelPhase1/Phase1_MechanicalView/PXForward/"
+    "clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_2"
+)
 MAP_SHAPE = (140, 56)
 MODEL_SHAPE = (136, 48)
 N_ROCS = MODEL_SHAPE[0] * MODEL_SHAPE[1]

@@ -1,6 +1,6 @@
 """NMF inference on learned components, as an exact batched NNLS in numpy.
 
-The components H (K, 6528) are learned offline (`pixelring2nmf.train`), each of mean 1.
+The components H (K, 6528) are learned offline (`pixelring2nmf.model.train`), each of mean 1.
 Inference finds, for every LS, W >= 0 minimising ||x - W H||^2 on the raw counts. The optimum's
 scale follows the LS's own occupancy, which is the normalisation that lets one model serve every
 pileup. The original deployment ran 1000 multiplicative updates per request instead.
@@ -19,6 +19,22 @@ import numpy as np
 
 MAX_EXACT_COMPONENTS = 10  # 1023 supports; beyond that enumeration stops being cheap
 _CHUNK_LS = 4096  # bounds the (supports, LS, K) intermediate to a few tens of MB
+
+
+def single_blas_thread() -> None:
+    """Run BLAS on one thread in this process; called once by each kind of process that runs
+    the model (the MLServer process, the toolkit's command line, its worker processes and
+    Dask workers).
+
+    Inference's products are skinny (16 LS x 7840 times 7840 x 8): a second BLAS thread saves
+    next to nothing when the machine is idle, but when the cores are busy (other requests' JSON
+    parsing, the other workers of an era) its spin-waiting made inference several times slower
+    (~6x for a whole era on 2 cores). threadpoolctl comes with scikit-learn, so it is in every
+    environment the model runs in.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
 
 
 class BatchedNNLS:

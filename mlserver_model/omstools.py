@@ -31,7 +31,7 @@ OMS_COLUMNS = (
 )
 OMS_SEPARATOR = "__"  # OMS tensors are named <prefix>__<attribute>
 
-LOGGER = logging.getLogger("pixelring2nmf.app")
+LOGGER = logging.getLogger("mlserver_model.omstools")
 
 
 def oms_attribute(tensor_name: str) -> str | None:

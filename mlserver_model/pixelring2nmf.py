@@ -27,26 +27,20 @@ there is no Python loop over individual lumisections.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
 from . import __version__
 from .artifact import GEOMETRY_VERSION, ArtifactError, load_artifact, save_artifact
 from .bad_ROC import (
-    RULE_ORIGINAL,
-    RULE_SIGNIFICANCE,
     Thresholds,
     bad_count_limit,
     deficit_significance,
-    group_counts,
-    large_loss,
     live_rocs,
-    search_original,
     search_significance,
     silence_floor,
 )
@@ -68,58 +62,38 @@ from .preprocessor import insert_cross, remove_cross
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("pixelring2nmf.joblib")
 MODEL_NAME = "pixel-ring2-nmf"
-LOGGER = logging.getLogger("pixelring2nmf")
-
-
-class OnePrefixFormatter(logging.Formatter):
-    """'[LEVEL]: message', unless the message already starts with its own '[...]' prefix.
-
-    The three flagging lines carry the original deployment's '[INFO]: ' in their text (tools
-    grep them), so a second prefix would only double it.
-    """
-
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        message = record.message
-        return message if message.startswith("[") else f"[{record.levelname}]: {message}"
-
-
-def show_logs(stream: TextIO) -> None:
-    """Make the pipeline's log lines (and its children's) reach `stream`, once.
-
-    MLServer configures only its own "mlserver" logger and the CLI only the root logger, so
-    without a handler here Python would drop the INFO lines of "pixelring2nmf". A logger that
-    someone else configured (a logging_settings file) is left alone; our own handler is
-    pointed at the new stream (a CLI run after a server in one process writes to its stdout).
-    """
-    if LOGGER.level == logging.NOTSET:
-        LOGGER.setLevel(logging.INFO)
-    for handler in [h for h in LOGGER.handlers if h.get_name() == HANDLER_NAME]:
-        LOGGER.removeHandler(handler)  # not setStream: it flushes the old, maybe closed, stream
-    if not LOGGER.handlers:
-        handler = logging.StreamHandler(stream)
-        handler.set_name(HANDLER_NAME)
-        handler.setFormatter(OnePrefixFormatter())
-        LOGGER.addHandler(handler)
-        LOGGER.propagate = False
-
-
-HANDLER_NAME = "pixelring2nmf-lines"  # ours, told apart from handlers configured by others
 
 
 @dataclass(frozen=True)
 class PredictionResult:
-    """Per-LS outcome of one batch, in the order the LS were given."""
+    """Per-LS outcome of one batch, in the order the LS were given.
+
+    The pipeline logs nothing: whoever runs it (the MLServer handler, the `predict` command)
+    prints `flagging_lines()`, and the era, which judges a thousand LS at a time, stays quiet.
+    """
 
     flag: np.ndarray  # (N,) bool: Metric >= threshold and DCS good
     metric: np.ndarray  # (N,) float32, 0 for a healthy LS
     anomaly_type: np.ndarray  # (N,) str, one of geometry.ANOMALY_TYPES
     anomalous_groups: np.ndarray  # (N, 48) bool, columns geometry.GROUP_NAMES
     dcs: DcsResult
+    n_flagged_before_dcs: int  # LS whose Metric reached the threshold, DCS filter aside
     roc_maps: dict[str, np.ndarray] | None = None  # (N, 140, 56) each, cross re-inserted
 
     def groups(self) -> list[str]:
         """';'-joined names of each LS's anomalous power groups ('' when none)."""
         return [";".join(GROUP_NAMES_ARRAY[row]) for row in self.anomalous_groups]
+
+    def flagging_lines(self) -> tuple[str, str, str]:
+        """The original deployment's three log lines, word for word (tools grep them)."""
+        n_ls = len(self.flag)
+        return (
+            f"[INFO]: Flagging results (before filtering): flagged {self.n_flagged_before_dcs} "
+            f"out of {n_ls} lumisections.",
+            f"[INFO]: Filtering: selected {self.dcs.n_good} out of {n_ls} lumisections.",
+            f"[INFO]: Flagging results (after filtering): flagged {int(self.flag.sum())} out of "
+            f"{n_ls} lumisections.",
+        )
 
 
 # LS per inference chunk: 16 maps (500 kB as float32) stay in the core's L2 cache between the
@@ -201,9 +175,9 @@ def _count_per_row(mask: np.ndarray) -> np.ndarray:
 class PixelRing2NMF:
     """A trained model: components, per-ROC model error and thresholds; inference only.
 
-    Build one with `PixelRing2NMF.load(path)` (the safe loader) or from training
-    (`training.train_model`). Inference never changes the model, so one instance serves
-    concurrent requests.
+    Build one with `PixelRing2NMF.load(path)` (the safe loader) or from training (the
+    toolkit's `pixelring2nmf.model.train.train_model`). Inference never changes the model, so
+    one instance serves concurrent requests.
     """
 
     def __init__(
@@ -288,46 +262,23 @@ class PixelRing2NMF:
         return weights.astype(np.float32) @ self.components
 
     def predict(
-        self,
-        maps_nyx: Any,
-        oms: Mapping[str, Any] | None = None,
-        *,
-        roc_maps: bool = False,
-        rule: str = RULE_SIGNIFICANCE,
+        self, maps_nyx: Any, oms: Mapping[str, Any] | None = None, *, roc_maps: bool = False
     ) -> PredictionResult:
         """Flag, Metric, anomaly type and groups of every LS of a (N, 140, 56) batch."""
-        if rule not in (RULE_SIGNIFICANCE, RULE_ORIGINAL):
-            raise ValueError(
-                f"Unknown rule {rule!r}: use {RULE_SIGNIFICANCE!r} or {RULE_ORIGINAL!r}"
-            )
         maps = check_maps(maps_nyx)
         n_ls = len(maps)
         dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
-        if rule == RULE_SIGNIFICANCE:
-            n_bad, n_live = self._screened_counts(maps)
-            search = search_significance(n_bad, n_live, self.thresholds, self.unjudged_groups)
-        else:
-            search = search_original(self._original_counts(maps), self.thresholds)
+        n_bad, n_live = self._screened_counts(maps)
+        search = search_significance(n_bad, n_live, self.thresholds, self.unjudged_groups)
         flag_before = search.metric >= self.thresholds.metric_threshold
-        flag = flag_before & dcs.good
-        LOGGER.info(
-            "[INFO]: Flagging results (before filtering): flagged %d out of %d lumisections.",
-            int(flag_before.sum()),
-            n_ls,
-        )
-        LOGGER.info("[INFO]: Filtering: selected %d out of %d lumisections.", dcs.n_good, n_ls)
-        LOGGER.info(
-            "[INFO]: Flagging results (after filtering): flagged %d out of %d lumisections.",
-            int(flag.sum()),
-            n_ls,
-        )
         return PredictionResult(
-            flag=flag,
+            flag=flag_before & dcs.good,
             metric=search.metric,
             anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
             anomalous_groups=search.anomalous_groups,
             dcs=dcs,
-            roc_maps=self.roc_maps(maps, rule) if roc_maps else None,
+            n_flagged_before_dcs=int(flag_before.sum()),
+            roc_maps=self.roc_maps(maps) if roc_maps else None,
         )
 
     def _chunks(self, maps: np.ndarray):
@@ -395,16 +346,7 @@ class PixelRing2NMF:
         for rows, x, rhs in self._chunks(maps):
             yield rows, x, self._nnls.solve(rhs).astype(np.float32) @ self._components_map
 
-    def _original_counts(self, maps: np.ndarray) -> np.ndarray:
-        """(N, 48) counts of ROCs with (x - mu)^2 > 1e5: the original rule, on every ROC."""
-        n_bad = np.zeros((len(maps), len(GROUP_NAMES_ARRAY)), dtype=np.int32)
-        for rows, x, expected in self._expected_chunks(maps):
-            bad = large_loss(x, expected, self.thresholds.original_loss, np.empty_like(x))
-            bad_rocs = remove_cross(bad.reshape(len(x), *MAP_SHAPE)).reshape(len(x), N_ROCS)
-            n_bad[rows] = group_counts(bad_rocs)
-        return n_bad
-
-    def roc_maps(self, maps_nyx: Any, rule: str = RULE_SIGNIFICANCE) -> dict[str, np.ndarray]:
+    def roc_maps(self, maps_nyx: Any) -> dict[str, np.ndarray]:
         """Per-ROC maps (N, 140, 56) for plots: reconstruction, significance, bad ROCs.
 
         Every ROC is tested here (no screen), so "bad" shows each bad live ROC (significantly
@@ -413,23 +355,19 @@ class PixelRing2NMF:
         """
         maps = check_maps(maps_nyx)
         shape = (len(maps), _MAP_BINS)
-        out = {"reconstruction": np.empty(shape, np.float32), "bad": np.empty(shape, bool)}
-        if rule == RULE_SIGNIFICANCE:
-            out["significance"] = np.empty(shape, np.float32)
+        out = {
+            "reconstruction": np.empty(shape, np.float32),
+            "bad": np.empty(shape, bool),
+            "significance": np.empty(shape, np.float32),
+        }
         roc_bins = GROUP_ID_MAP.ravel() >= 0  # everything but the cross
         t = self.thresholds
         for rows, x, expected in self._expected_chunks(maps):
             out["reconstruction"][rows] = expected
-            if rule == RULE_SIGNIFICANCE:
-                z = deficit_significance(x, expected, self._model_error_map)
-                mean = expected.sum(axis=1) / N_ROCS
-                live = live_rocs(expected, mean, t.live_fraction, self._silence_floor_map)
-                limit = bad_count_limit(
-                    expected, self._model_error_map**2, t, np.empty_like(expected)
-                )
-                out["significance"][rows] = np.where(roc_bins, z, 0.0)
-                out["bad"][rows] = live & (x < limit)
-            else:
-                bad = large_loss(x, expected, t.original_loss, np.empty_like(x))
-                out["bad"][rows] = bad & roc_bins  # junk in the cross is not a ROC
+            z = deficit_significance(x, expected, self._model_error_map)
+            mean = expected.sum(axis=1) / N_ROCS
+            live = live_rocs(expected, mean, t.live_fraction, self._silence_floor_map)
+            limit = bad_count_limit(expected, self._model_error_map**2, t, np.empty_like(expected))
+            out["significance"][rows] = np.where(roc_bins, z, 0.0)
+            out["bad"][rows] = live & (x < limit)
         return {name: array.reshape(len(maps), *MAP_SHAPE) for name, array in out.items()}

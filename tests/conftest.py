@@ -29,14 +29,14 @@ import requests
 
 from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf import simulate
-from pixelring2nmf.local_server import (
+from pixelring2nmf.sim import simulate
+from pixelring2nmf.validation.local_server import (
     LocalServer,
     free_port,
     image_python,
     start_local_server,
 )
-from pixelring2nmf.local_server import stop_local_server as stop_server
+from pixelring2nmf.validation.local_server import stop_local_server as stop_server
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_KEY = "PixelRing2NMF"
@@ -105,7 +105,7 @@ def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     The LS span the occupancies of a fill (pileup 20-65), as the shipped model's do; 150
     passes fit these maps to well under the 5 % model-error floor.
     """
-    from pixelring2nmf.train import train_model
+    from pixelring2nmf.model.train import train_model
 
     rng = np.random.default_rng(2026)
     detector = simulate.default_detector()
@@ -244,7 +244,7 @@ def outputs_by_name(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="session")
 def era_sim(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """About 4,000 LS in 6 runs with many anomalies of every kind."""
-    from pixelring2nmf import simulate as simulator
+    from pixelring2nmf.sim import simulate as simulator
 
     out = tmp_path_factory.mktemp("era_sim")
     return simulator.simulate(out, runs=6, seed=21, ls_per_run=700, anomaly_rate=0.012)

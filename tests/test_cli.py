@@ -207,16 +207,3 @@ def test_the_figure_script_runs_as_the_readme_says(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.stat().st_size > 10_000
-
-
-def test_rule_choices_are_the_pipelines_rules() -> None:
-    from mlserver_model.bad_ROC import RULE_ORIGINAL, RULE_SIGNIFICANCE
-
-    assert cli.RULES == (RULE_SIGNIFICANCE, RULE_ORIGINAL)
-    for command in ("predict", "era", "plot"):
-        (action,) = [
-            a
-            for a in cli.build_parser()._subparsers._group_actions[0].choices[command]._actions
-            if a.dest == "rule"
-        ]
-        assert action.choices == cli.RULES and action.default == RULE_SIGNIFICANCE

@@ -27,12 +27,13 @@ from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.cluster import auto_task_ls
-from pixelring2nmf.era import plan_tasks
-from pixelring2nmf.parquet import split_row_groups
+from pixelring2nmf.era.dask_executor import auto_task_ls
+from pixelring2nmf.era.plan import plan_tasks
+from pixelring2nmf.io.parquet import split_row_groups
 
 TABLES = ("condensed", "powergroup", "per_ls", "run_summary", "persistent", "lumisections")
-RUN_SPECIFIC = ("seconds", "ran_on", "tasks")  # era.json keys that say how, not what
+# era.json keys that say how and when, not what
+RUN_SPECIFIC = ("seconds", "ran_on", "tasks", "started_at", "ended_at")
 
 # The kill plugin below is defined in this test module, which the workers cannot import:
 # send its class by value.
@@ -211,7 +212,7 @@ def test_a_corrupt_file_is_named_and_the_good_files_are_written(
 
 
 def test_tasks_follow_files_and_row_groups(era_sim) -> None:
-    from pixelring2nmf.era import plan_file
+    from pixelring2nmf.era.plan import plan_file
 
     plans = [plan_file(0, era_sim["parquet"]), plan_file(1, "file:///nowhere/x.parquet")]
     assert plans[1].failure == "DIALS parquet not found: file:///nowhere/x.parquet"

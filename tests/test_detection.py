@@ -19,8 +19,9 @@ from mlserver_model.geometry import GROUP_ID_FLAT, group_index
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf import cli
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf.evaluation import (
+from pixelring2nmf.model.train import train_model
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.evaluation import (
     BAR_OCCUPANCIES,
     OCCUPANCIES,
     SCENARIOS_BY_NAME,
@@ -35,9 +36,8 @@ from pixelring2nmf.evaluation import (
     score_era,
     significance_only,
 )
-from pixelring2nmf.mismatch import MISMATCH_LEVELS, NONE, Mismatch, refit_pair
-from pixelring2nmf.original import OriginalPipeline
-from pixelring2nmf.train import train_model
+from pixelring2nmf.validation.mismatch import MISMATCH_LEVELS, NONE, Mismatch, refit_pair
+from pixelring2nmf.validation.original import OriginalPipeline
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 REAL_COMPONENTS = REFERENCE / "ring2_nmf_components_2025C.npy"
@@ -268,8 +268,8 @@ def test_the_original_pipeline_is_rebuilt_from_its_own_nmf():
 def test_a_simulated_era_is_scored_against_its_truth(model, tmp_path):
     paths = simulator.simulate(tmp_path, runs=3, seed=17, ls_per_run=400, anomaly_rate=0.02)
     truth = pd.read_csv(paths["truth"])
-    from pixelring2nmf.oms import align_oms, read_oms_json
-    from pixelring2nmf.parquet import read_dials_parquet
+    from pixelring2nmf.io.oms import align_oms, read_oms_json
+    from pixelring2nmf.io.parquet import read_dials_parquet
 
     data = read_dials_parquet(paths["parquet"])
     oms = align_oms(read_oms_json(paths["oms"]), data.run, data.ls)

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlserver_model.dftools import DCS_FLAGS, DcsResult, dcs_filter
-from pixelring2nmf.parquet import (
+from pixelring2nmf.errors import DataError
+from pixelring2nmf.io.parquet import (
     Ring2Data,
     _row_groups_with_runs,
     iter_dials_parquet,
@@ -228,18 +229,29 @@ def test_wrong_number_of_rows_is_an_error(tmp_path: Path) -> None:
         read_dials_parquet(path)
 
 
-def test_duplicated_run_ls_is_an_error(tmp_path: Path) -> None:
+def test_a_repeated_run_ls_is_read_once_from_its_first_copy(tmp_path: Path) -> None:
+    """The toolkit's duplicate policy (io/keys.py): the first copy in file order, counted."""
     keys = [*KEYS_UNSORTED, (390001, 2)]
-    path = _write(_dials_table(keys), tmp_path / "dup.parquet")
-    with pytest.raises(ValueError, match=r"dup\.parquet: 1 duplicated \(run, ls\).*\(390001, 2\)"):
-        read_dials_parquet(path)
+    maps = _maps_for(keys)
+    path = _write(_dials_table(keys, maps), tmp_path / "dup.parquet")
+    data = read_dials_parquet(path)
+    assert len(data) == len(KEYS_UNSORTED) and data.n_repeated == 1
+    first = keys.index((390001, 2))
+    (kept,) = np.flatnonzero((data.run == 390001) & (data.ls == 2))
+    np.testing.assert_array_equal(data.maps[kept], maps[first])
+    message = data.repeated_message(path)
+    assert "dup.parquet: 1 repeated (run, ls) row(s), e.g. [(390001, 2)]" in message
+    assert "first copy" in message
 
 
-def test_duplicated_run_ls_across_chunks_is_an_error(tmp_path: Path) -> None:
+def test_a_run_ls_repeated_across_chunks_is_dropped_from_the_later_chunk(tmp_path: Path) -> None:
     keys = [(390001, 1), (390001, 2), (390001, 3), (390001, 1)]
-    path = _write(_dials_table(keys), tmp_path / "dup.parquet")
-    with pytest.raises(ValueError, match=r"duplicated \(run, ls\) across chunks.*390001, 1"):
-        list(iter_dials_parquet(path, max_ls=2))
+    maps = _maps_for(keys)
+    path = _write(_dials_table(keys, maps), tmp_path / "dup.parquet")
+    chunks = list(iter_dials_parquet(path, max_ls=2))
+    assert [c.ls.tolist() for c in chunks] == [[1, 2], [3]]
+    assert [c.n_repeated for c in chunks] == [0, 1]
+    np.testing.assert_array_equal(chunks[0].maps[0], maps[0])
 
 
 @pytest.mark.parametrize(
@@ -264,7 +276,7 @@ def test_null_map_is_an_error(tmp_path: Path) -> None:
 
 
 def test_missing_or_unreadable_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"nowhere\.parquet"):
+    with pytest.raises(DataError, match=r"DIALS parquet not found: .*nowhere\.parquet"):
         read_dials_parquet(tmp_path / "nowhere.parquet")
     text = tmp_path / "text.parquet"
     text.write_text("not parquet at all", encoding="utf-8")

@@ -22,9 +22,9 @@ from conftest import REPO, cli_command
 from fake_dials import FakeDials
 
 from mlserver_model.geometry import GROUP_ID_MAP, MULTIDISK_CANDIDATES
-from pixelring2nmf import simulate as simulator
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.parquet import read_dials_parquet
+from pixelring2nmf.io.parquet import read_dials_parquet
+from pixelring2nmf.sim import simulate as simulator
 
 # cmsdials is added to the dev environment without its urllib3 pin (.ci/run, pyproject.toml);
 # locally these tests skip without it, in CI (CI=true) they must run, so a missing install fails.
@@ -219,14 +219,14 @@ def test_fetch_oms_via_dials_writes_what_fetch_oms_writes(fake, secret_env, sour
     assert list(columns) == list(OMS_COLUMNS)
     assert columns == {name: [r[name] for r in rows] for name in OMS_COLUMNS}
     # and the era reads it like any OMS file
-    from pixelring2nmf.oms import read_oms_json
+    from pixelring2nmf.io.oms import read_oms_json
 
     assert len(read_oms_json(out)) == 2 * N_LS
 
 
 def test_an_oms_proxy_repeating_its_first_page_is_an_error(fake, secret_env) -> None:
     """Full pages that never advance would otherwise be fetched forever."""
-    from pixelring2nmf.dials import DialsAccessError, connect, oms_lumisections
+    from pixelring2nmf.remote.dials import DialsAccessError, connect, oms_lumisections
 
     fake.oms_ignores_offset = True
     with pytest.raises(DialsAccessError, match="twice while paging"):
@@ -272,23 +272,30 @@ def test_dials_flags_compares_ls_by_ls(
     assert "agree 1, only DIALS 1, only local 1" in capsys.readouterr().out
 
 
-def test_dials_flags_judges_the_requested_runs_as_era_does(source, model_path, tmp_path):
-    """Reading only the requested runs gives the rows the whole-era analysis gave for them;
-    an LS in two files is refused, since which copy DIALS judged is unknown."""
+def test_dials_flags_judges_the_requested_runs_as_era_does(
+    fake, secret_env, source, model_path, tmp_path, capsys
+):
+    """Reading only the requested runs gives the rows the whole-era analysis gave for them
+    (the same engine); an LS in two files is judged from its first copy, said, and the command
+    ends with exit code 2 (the toolkit's one duplicate policy); an absent run is an error."""
     from mlserver_model.pixelring2nmf import PixelRing2NMF
-    from pixelring2nmf.dials import local_results
-    from pixelring2nmf.era import analyse_era
+    from pixelring2nmf.era.engine import analyse_era
+    from pixelring2nmf.era.executors import InProcessExecutor
 
     model = PixelRing2NMF.load(model_path)
     runs = [RUNS[2], RUNS[0]]
-    era = analyse_era([source["parquet"]], model, progress=False).results
-    expected = era[era.run.isin(runs)].drop(columns="pileup").reset_index(drop=True)
-    got = local_results([source["parquet"]], model, None, runs)
-    pd.testing.assert_frame_equal(got, expected)
+    executor = InProcessExecutor(model, None)
+    era = analyse_era([source["parquet"]], executor, progress=False).results
+    expected = era[era.run.isin(runs)].reset_index(drop=True)
+    some = analyse_era([source["parquet"]], executor, progress=False, runs=runs).results
+    pd.testing.assert_frame_equal(some[some.run.isin(runs)].reset_index(drop=True), expected)
 
     copy = tmp_path / "copy.parquet"
     copy.write_bytes(Path(source["parquet"]).read_bytes())
-    with pytest.raises(ValueError, match="appear more than once"):
-        local_results([source["parquet"], copy], model, None, [RUNS[0]])
-    with pytest.raises(ValueError, match=r"run\(s\) \[1\] are not in"):
-        local_results([source["parquet"]], model, None, [1])
+    args = ["dials-flags", "--model-id", "7", "--model", str(model_path), "--base-url", fake.url]
+    code = cli_main([*args, "--runs", str(RUNS[0]), "--parquet", str(source["parquet"]), str(copy)])
+    out, _ = capsys.readouterr()
+    assert code == 2
+    assert "repeated (run, ls) row(s)" in out and "judged from its first copy" in out
+    code = cli_main([*args, "--runs", "1", "--parquet", str(source["parquet"])])
+    assert code == 2 and "run(s) [1] are not in" in capsys.readouterr().err

@@ -16,8 +16,8 @@ from dism_core.template import Template
 from dism_core.validation.isvc import InferenceServiceValidator
 
 from mlserver_model.pixelring2nmf import MODEL_NAME
-from pixelring2nmf import dism as dism_build
 from pixelring2nmf.cli import main as cli_main
+from pixelring2nmf.serving import dism as dism_build
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "PixelRing2NMF"

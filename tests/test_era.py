@@ -20,11 +20,11 @@ from conftest import REPO, cli_command, outputs_by_name
 from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.geometry import GROUP_ID_MAP, group_index
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf import simulate as simulator
-from pixelring2nmf import tables
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.era import OmsLookup
-from pixelring2nmf.truthcheck import compare_with_truth
+from pixelring2nmf.era import tables
+from pixelring2nmf.io.oms import OmsLookup
+from pixelring2nmf.sim import simulate as simulator
+from pixelring2nmf.validation.truthcheck import compare_with_truth
 
 
 def _truth(era_sim: dict[str, Path]) -> pd.DataFrame:

@@ -223,7 +223,7 @@ HOSTILE_FILES: list[tuple[str, Any, str]] = [
     (
         "a fraction above 1",
         _payload(thresholds=_thresholds(group_fraction=4.0)),
-        "'group_fraction' is a fraction",
+        r"'group_fraction' must be in \[0, 1\], got 4.0",
     ),
     ("unknown threshold", _payload(thresholds=_thresholds(eps=0.1)), r"unknown key\(s\) \['eps'\]"),
     (

@@ -22,9 +22,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from pixelring2nmf import cli, omsclient, omsid
-from pixelring2nmf import oms as omstools
-from pixelring2nmf.omsclient import OMSAccessError, fetch_lumisections
+import omsid
+from pixelring2nmf import cli
+from pixelring2nmf.io import oms as omstools
+from pixelring2nmf.remote.oms_api import OMSAccessError, fetch_lumisections
 
 # docs/domain.md section 3, written out again so a typo in the module cannot hide behind itself.
 EXPECTED_KEYS = [
@@ -554,15 +555,14 @@ def test_fetch_oms_command_reports_a_wrong_secret(
     assert not out_path.exists()
 
 
-def test_fetch_oms_command_refuses_to_write_nothing(serve_fake, two_runs, monkeypatch, tmp_path):
+def test_fetch_oms_command_refuses_to_write_nothing(
+    serve_fake, two_runs, monkeypatch, tmp_path, capsys
+):
     fake = serve_fake(FakeOMS(two_runs))
     point_environment_at(monkeypatch, fake)
-    args = cli.build_parser().parse_args(
-        ["fetch-oms", "--runs", "399999", "--out", str(tmp_path / "omsdata.json")]
-    )
-
-    with pytest.raises(RuntimeError, match=r"no lumisection for run\(s\) \[399999\]"):
-        omsclient.run_fetch_oms(args)
+    args = ["fetch-oms", "--runs", "399999", "--out", str(tmp_path / "omsdata.json")]
+    assert cli.main(args) == 2
+    assert "no lumisection for run(s) [399999]" in capsys.readouterr().err
     assert not (tmp_path / "omsdata.json").exists()
 
 
@@ -570,7 +570,7 @@ def test_module_imports_without_network_libraries():
     # the module must import in an interpreter where `requests` cannot be imported
     code = (
         "import sys; sys.modules['requests'] = None; "
-        "import pixelring2nmf.omsclient as m; print(len(m.OMS_COLUMNS))"
+        "import pixelring2nmf.remote.oms_api as m; print(len(m.OMS_COLUMNS))"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -11,7 +11,7 @@ import pytest
 
 from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.omstools import OMS_COLUMNS
-from pixelring2nmf.oms import (
+from pixelring2nmf.io.oms import (
     align_oms,
     checked_oms_columns,
     dcs_filter_for,
@@ -217,11 +217,11 @@ def test_a_fractional_key_is_an_error_not_truncated(tmp_path: Path, key: str) ->
 def test_partial_coverage_is_said_and_the_columns_are_aligned(tmp_path, caplog) -> None:
     oms = read_oms_json(_write_json(tmp_path, _small_columns()))
     run, ls = np.array([2, 5, 1]), np.array([7, 1, 10000])
-    with caplog.at_level("WARNING", logger="pixelring2nmf.oms"):
+    with caplog.at_level("WARNING", logger="pixelring2nmf.io.oms"):
         columns = checked_oms_columns(oms, run, ls, "oms.json")
     assert caplog.messages == [
         "oms.json covers 2 of 3 LS; the other 1 fail the DCS filter (runs without any OMS "
-        "data: [5])"
+        "data: [5]; runs partly covered: none)"
     ]
     assert columns["lumisection_number"].tolist() == [7, None, 10000]
     assert np.isnan(columns["pileup"][1]) and columns["pileup"][2] == 55.0

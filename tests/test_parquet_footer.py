@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pixelring2nmf.parquet import (
+from pixelring2nmf.io.parquet import (
     RowGroupInfo,
     _row_groups_with_runs,
     iter_dials_parquet,

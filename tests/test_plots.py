@@ -13,8 +13,8 @@ from conftest import REPO, cli_command
 from mlserver_model.geometry import GROUP_NAMES
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.figures import find_lumisection
-from pixelring2nmf.plots import lumisection_figure, short_group_name
+from pixelring2nmf.plots.draw import lumisection_figure, short_group_name
+from pixelring2nmf.plots.figures import find_lumisection
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -113,7 +113,7 @@ def test_plot_of_an_absent_ls_is_a_clear_error(era_sim, tmp_path) -> None:
 def test_era_page_names_persistent_groups_and_draws_without_oms(era_out) -> None:
     import matplotlib.pyplot as plt
 
-    from pixelring2nmf.plots import era_run_figure
+    from pixelring2nmf.plots.draw import era_run_figure
 
     results = pd.read_parquet(era_out / "lumisections.parquet").assign(pileup=np.nan)
     run = int(results.run.iloc[0])
@@ -126,6 +126,6 @@ def test_era_page_names_persistent_groups_and_draws_without_oms(era_out) -> None
     plt.close(figure)
     # every anomaly type the model can report has a colour on these pages
     from mlserver_model.geometry import ANOMALY_NONE, ANOMALY_TYPES
-    from pixelring2nmf.plots import TYPE_COLOURS
+    from pixelring2nmf.plots.draw import TYPE_COLOURS
 
     assert set(TYPE_COLOURS) == set(ANOMALY_TYPES) - {ANOMALY_NONE}

@@ -24,7 +24,7 @@ import pytest
 from conftest import MODEL_NAME, REPO, RunningServer, cli_command, free_port
 
 from mlserver_model.dftools import DCS_FLAGS
-from pixelring2nmf.parquet import read_dials_parquet
+from pixelring2nmf.io.parquet import read_dials_parquet
 
 SCRIPT = REPO / "test_predictions.py"
 N_SMALL = 6
@@ -346,7 +346,7 @@ def test_make_test_data_batches_and_refuses_a_missing_batch(
     assert data["Ring2"].shape == (150, 140, 56)
     assert data["ls_number"][0] == read_dials_parquet(demo_files[0]).ls[600]
     refused = subprocess.run(
-        cli_command(*args, "--batch-id", "3"), capture_output=True, text=True, cwd=REPO
+        cli_command(*args, "--batch-id", "3", "--force"), capture_output=True, text=True, cwd=REPO
     )
     assert refused.returncode == 2
-    assert "batch 3 does not exist" in refused.stderr and "Traceback" not in refused.stderr
+    assert "--batch-id 3: no such batch" in refused.stderr and "Traceback" not in refused.stderr

@@ -29,7 +29,7 @@ from conftest import (
 )
 
 from mlserver_model.dftools import DCS_FLAGS
-from pixelring2nmf.dism import mlserver_command
+from pixelring2nmf.serving.dism import mlserver_command
 
 N_SMALL = 6  # LS in a small request, around the demo's flagged LS
 

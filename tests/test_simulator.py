@@ -20,7 +20,7 @@ from mlserver_model.geometry import (
 )
 from mlserver_model.preprocessor import remove_cross
 from pixelring2nmf import cli
-from pixelring2nmf import simulate as simulator
+from pixelring2nmf.sim import simulate as simulator
 
 DIALS_COLUMNS = [
     "dataset",
@@ -122,7 +122,7 @@ def test_data_column_is_the_real_layout_by_default_and_int_lists_on_request(tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pixelring2nmf.parquet import read_dials_parquet
+    from pixelring2nmf.io.parquet import read_dials_parquet
 
     layouts = {}
     for name, extra in (("default", []), ("ints", ["--int-lists"])):

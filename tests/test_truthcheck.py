@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pixelring2nmf.evaluation import score_era
-from pixelring2nmf.truthcheck import truth_event_ids, truth_ranges
+from pixelring2nmf.validation.evaluation import score_era
+from pixelring2nmf.validation.truthcheck import truth_event_ids, truth_ranges
 
 # Missing LS have empty groups: pandas reads them as NaN unless keep_default_na=False.
 TRUTH_CSV = """run,ls,anomaly_type,groups,n_dead_rocs

@@ -1,0 +1,331 @@
+"""Commands over whole eras: `era` (the model over an era, into the experts' tables) and `plot`.
+
+`era` promises that its folder never lies (era/output.py): era.json says `running` from the
+first moment, and every way the command can end (done, nothing judged, an unreadable input,
+Ctrl-C, SIGTERM, a failed write, a bug) leaves an era.json that says how it ended and why,
+with every table that could be written (an empty result: every table with its header).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from .options import (
+    add_force,
+    add_model,
+    add_no_progress,
+    add_oms,
+    fraction,
+    load_model,
+    non_negative_int,
+    positive_int,
+)
+
+logger = logging.getLogger("pixelring2nmf.cli")
+NO_OMS_WARNING = "No OMS data given (--oms): the DCS filter was not applied, every LS may flag"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "era",
+        help="run the model over whole eras (streamed) and write the experts' anomaly tables",
+    )
+    p.add_argument(
+        "--parquet",
+        nargs="+",
+        required=True,
+        metavar="FILE_OR_DIR_OR_URL",
+        help="DIALS parquet file(s), directories of them, or URLs read through fsspec "
+        "(e.g. root://eosuser.cern.ch//eos/...; kept as given, opened where the work runs)",
+    )
+    add_oms(p)
+    add_model(p)
+    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes on this machine (default: every core it may use; 1: judge in "
+        "this process)",
+    )
+    where.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS|local:N",
+        help="judge on a Dask cluster: the address of a running scheduler (tcp://host:8786, "
+        "tls://...), or local:N for N worker processes on this machine; the same files come out",
+    )
+    p.add_argument(
+        "--task-ls",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="LS per task, in whole row groups (default: 1000; with --dask, about 4 tasks "
+        "per worker connected at the start, 1000 to 5000)",
+    )
+    add_force(p, "into a non-empty --out folder")
+    p.add_argument(
+        "--persistent-fraction",
+        type=fraction,
+        default=0.5,
+        help="a group anomalous in more than this share of a run's DCS-good LS is reported "
+        "once as persistent (default 0.5)",
+    )
+    p.add_argument(
+        "--persistent-min-ls",
+        type=non_negative_int,
+        default=50,
+        help="runs with fewer DCS-good LS have no persistent groups (default 50)",
+    )
+    add_no_progress(p)
+    p.set_defaults(handler=run_era)
+
+    p = commands.add_parser(
+        "plot",
+        help="plot one LS (occupancy, reconstruction, significance, bad ROCs) or an era's runs",
+    )
+    p.add_argument("--parquet", type=Path, nargs="+", default=None, help="DIALS parquet(s)/dirs")
+    p.add_argument("--run", type=positive_int, default=None, help="run of the LS to plot")
+    p.add_argument("--ls", type=positive_int, default=None, help="lumisection to plot")
+    add_oms(p)
+    add_model(p)
+    p.add_argument("--era", type=Path, default=None, help="an `era` output directory")
+    p.add_argument("--runs", type=positive_int, nargs="+", default=None, help="with --era: runs")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="figure file: .png (with --era, one file per run: <name>_<run>.png) or .pdf "
+        "(one page per run)",
+    )
+    add_force(p, "existing figure files")
+    p.set_defaults(handler=run_plot)
+
+
+# ---- era ---------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _executor(args: argparse.Namespace, model, oms) -> Iterator:
+    """Where the tasks run: a Dask cluster, worker processes here, or this process alone."""
+    from ..era.executors import InProcessExecutor, ProcessExecutor, available_cores
+    from ..errors import UserError
+
+    if args.dask:
+        try:
+            from ..era.dask_executor import DaskExecutor, dask_client
+        except ImportError as error:
+            raise UserError(
+                f"--dask needs dask.distributed ({error}): pip install 'pixelring2nmf[dask]'"
+            ) from None
+        with dask_client(args.dask) as client, DaskExecutor(client, model, oms) as executor:
+            yield executor
+        return
+    workers = args.workers or available_cores()
+    if workers == 1:
+        yield InProcessExecutor(model, oms)
+        return
+    with ProcessExecutor(model, oms, workers) as executor:
+        yield executor
+
+
+def run_era(args: argparse.Namespace) -> int:
+    """Read, judge (here, in worker processes or on a Dask cluster), tabulate, write.
+
+    Exit code 0 when every LS was judged and every file written; 2 when an input could not be
+    used, nothing was judged or a file could not be written (all said); 130 when interrupted
+    (what was judged is written); a bug keeps what was judged, then shows its traceback.
+    """
+    from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH
+
+    from ..era.engine import analyse_era
+    from ..era.output import FAILED, EraFolder, EraStatus
+    from ..era.plan import parquet_inputs
+    from ..errors import user_error_types
+    from ..io.oms import OmsLookup
+    from ..io.paths import output_folder
+
+    out_dir = output_folder(args.out, force=args.force, what="--out folder")  # before the work
+    status = EraStatus(model=str(args.model or DEFAULT_MODEL_PATH))
+    folder = EraFolder(out_dir, status)
+    folder.begin()
+    try:
+        sources = parquet_inputs(args.parquet)
+        status.files = [str(source) for source in sources]
+        oms = OmsLookup.read(args.oms) if args.oms else None
+        _record_oms_warnings(status, oms)
+        model = load_model(args.model)
+        with _executor(args, model, oms) as executor:
+            era = analyse_era(
+                sources,
+                executor,
+                progress=not args.no_progress,
+                task_ls=args.task_ls,
+                report=lambda message: logger.error("era: skipped %s", message),
+            )
+    except user_error_types() as error:  # nothing could be judged: say so in era.json too
+        status.state, status.reason = FAILED, str(error)
+        _write_empty(folder, args.xlsx)
+        raise
+    except KeyboardInterrupt as stop:  # before any task (e.g. while a cluster started)
+        status.state, status.reason = "interrupted", f"interrupted by {_how(stop)}"
+        _write_empty(folder, args.xlsx)
+        raise
+    if oms is not None:
+        _record_coverage(status, oms, era)
+    return _write_era(folder, era, args)
+
+
+def _how(stop: BaseException) -> str:
+    return stop.args[0] if stop.args else "Ctrl-C"
+
+
+def _record_oms_warnings(status, oms) -> None:
+    """Say now, and record, what the OMS data lack: no file at all, no DCS flag, bad values."""
+    if oms is None:
+        status.oms = {"dcs_filter": "not applied: no --oms given"}
+        warnings = [NO_OMS_WARNING]
+    else:
+        applied = "applied" if oms.has_dcs_flags else "not applied: no DCS flag column"
+        status.oms = {"files": oms.sources, "dcs_filter": applied}
+        warnings = oms.warnings
+    for warning in warnings:
+        logger.warning(warning)
+    status.warnings += warnings
+
+
+def _record_coverage(status, oms, era) -> None:
+    """Which of the judged LS the OMS data describe, per run; a warning when not all."""
+    results = era.results
+    coverage = oms.coverage(results.run.to_numpy(), results.ls.to_numpy())
+    status.oms.update(coverage.as_dict())
+    status.oms["covered_ls_per_run"] = {str(r): n for r, n in coverage.covered_per_run.items()}
+    warning = coverage.warning(f"OMS file(s) {', '.join(oms.sources)}")
+    if warning:
+        logger.warning(warning)
+        status.warnings.append(warning)
+
+
+def _write_empty(folder, xlsx: bool) -> None:
+    """Every table with its header, and era.json saying why nothing was judged."""
+    from ..era.merge import EraRun
+    from ..era.tables import era_tables
+    from ..io.results import empty_results
+
+    empty = EraRun(results=empty_results(), files=[])
+    with contextlib.suppress(Exception):  # the reason matters more than the empty tables
+        folder.write_results(empty, era_tables(empty.results), xlsx=xlsx)
+    folder.write_status()
+
+
+def _write_era(folder, era, args: argparse.Namespace) -> int:
+    from ..era.output import (
+        FAILED,
+        FINISHED,
+        INCOMPLETE,
+        INTERRUPTED,
+        era_details,
+        summary_line,
+    )
+    from ..era.tables import PersistenceRule, era_tables
+    from ..errors import OutputError
+
+    status = folder.status
+    rule = PersistenceRule(args.persistent_fraction, args.persistent_min_ls)
+    tables = era_tables(era.results, rule)
+    status.problems = list(era.failures)
+    status.details = era_details(era, tables)
+    try:
+        folder.write_results(era, tables, xlsx=args.xlsx)
+    except OutputError as error:
+        status.state, status.reason = FAILED, str(error)
+        with contextlib.suppress(OutputError):
+            folder.write_status()
+        print(summary_line(era, tables, folder.out_dir))
+        raise
+    except KeyboardInterrupt as stop:
+        status.state, status.reason = INTERRUPTED, f"interrupted by {_how(stop)} while writing"
+        folder.write_status()
+        raise
+    if era.error is not None:
+        status.state = FAILED
+        status.reason = f"internal error: {type(era.error).__name__}: {era.error}"
+    elif era.interrupted:
+        status.state, status.reason = INTERRUPTED, f"interrupted by {era.interrupted}"
+    elif not era.complete:
+        status.state = INCOMPLETE
+        status.reason = (
+            f"{len(era.failures)} problem(s): see problems"
+            if era.failures
+            else "no LS to judge in the input"
+        )
+    else:
+        status.state = FINISHED
+    folder.write_status()
+    print(summary_line(era, tables, folder.out_dir))
+    for problem in era.failures:
+        print(f"pixelring2nmf era: error: {problem}", file=sys.stderr)
+    if era.error is not None:
+        raise era.error
+    if era.interrupted:
+        return 130
+    if not len(era.results) and not era.failures:
+        print("pixelring2nmf era: error: no LS to judge in the input", file=sys.stderr)
+    return 0 if era.complete else 2
+
+
+# ---- plot --------------------------------------------------------------------------------------
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    """Exactly one of --era DIR or --parquet ... --run R --ls L."""
+    from ..errors import OptionError
+    from ..io.paths import output_file
+    from ..plots.draw import figure_paths, save_figures
+
+    if args.era is not None:
+        if args.run is not None or args.ls is not None:
+            raise OptionError("give either --era DIR or --run R --ls L, not both")
+        from ..plots.figures import era_plot, era_results
+
+        results, runs = era_results(args.era, args.runs)
+        for target in figure_paths(args.out, runs):  # every file checked before drawing
+            output_file(target, force=args.force, what="figure")
+        written = save_figures(era_plot(args.era, results, runs), args.out, labels=runs)
+    else:
+        if args.run is None or args.ls is None or not args.parquet:
+            raise OptionError("give --era DIR, or --parquet FILE --run R --ls L")
+        written = _plot_lumisection(args, output_file(args.out, force=args.force, what="--out"))
+    for path in written:
+        print(f"Figure written to {path}")
+    return 0
+
+
+def _plot_lumisection(args: argparse.Namespace, out: Path) -> list[Path]:
+    from ..era.plan import parquet_inputs
+    from ..io.oms import OmsLookup
+    from ..plots.draw import save_figures
+    from ..plots.figures import lumisection_plot
+
+    sources = parquet_inputs(args.parquet)
+    oms = OmsLookup.read(args.oms) if args.oms else None
+    for warning in oms.warnings if oms is not None else ():
+        logger.warning(warning)
+    figure, note = lumisection_plot(sources, args.run, args.ls, load_model(args.model), oms)
+    if oms is not None and not note.known:
+        logger.warning(
+            "no OMS data for run %d, LS %d in %s: its DCS state is unknown (the LS could not "
+            "be flagged)",
+            args.run,
+            args.ls,
+            ", ".join(oms.sources),
+        )
+    return save_figures([figure], out)

@@ -1,0 +1,100 @@
+"""The era engine: plan -> judge -> merge, on whichever executor the command chose.
+
+An era is far larger than memory (31 kB per LS as int32, ~300k LS a year), so its maps are read
+row group by row group where the tasks run, judged chunk by chunk and dropped; only the per-LS
+results (~100 bytes each) come back. Every decision is the model's own
+(`PixelRing2NMF.predict`, the call `predict` and the served handler make); the engine only
+plans, collects and merges:
+
+    sources -> executor.plan (footers) -> plan_tasks -> executor.judge (each task:
+    judge_row_groups) -> merge_results -> EraRun
+
+A file that cannot be opened, or a row group that cannot be read, is a failure that names it;
+everything else is judged. An interrupt (Ctrl-C, SIGTERM) stops the tasks not yet started and
+keeps every task that finished. An exception that is not about the data (a bug) also keeps
+what was judged: the EraRun carries it, so that the command writes the results and then
+shows the traceback.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection, Sequence
+
+from .executors import Executor
+from .judge import TaskResult
+from .merge import EraRun, merge_results
+from .plan import Source, plan_tasks
+
+INTERRUPTED_BY_USER = "Ctrl-C"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for by a signal other than Ctrl-C (SIGTERM from a batch system), which the
+    command line raises like Ctrl-C's KeyboardInterrupt; `args[0]` names the signal."""
+
+
+def progress_bar(total: int, enabled: bool):
+    """The era's progress in LS, on stderr, wherever the LS are judged."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="LS", desc="era", disable=not enabled, mininterval=0.5)
+
+
+def analyse_era(
+    sources: Sequence[Source],
+    executor: Executor,
+    *,
+    progress: bool = True,
+    task_ls: int | None = None,
+    runs: Collection[int] | None = None,
+    report=None,
+) -> EraRun:
+    """Judge every LS of `sources` (only the row groups that may hold `runs`, if given).
+
+    `report(message)` is told at once of each file or row group that cannot be used (the
+    summary repeats them at the end). `task_ls` None lets the executor size the tasks.
+    """
+    start = time.perf_counter()
+    parts: list[TaskResult] = []
+    interrupted = ""
+    error: BaseException | None = None
+    plans = []
+    bar = None
+    try:
+        plans = executor.plan(sources)
+        if runs is not None:
+            plans = [plan.with_runs(runs) for plan in plans]
+        for message in (plan.failure for plan in plans if plan.failure):
+            if report is not None:
+                report(message)
+        total = sum(plan.n_ls for plan in plans)
+        tasks = plan_tasks(plans, task_ls or executor.default_task_ls(total))
+        bar = progress_bar(sum(task.n_ls for task in tasks), progress)
+        for part in executor.judge(tasks):
+            parts.append(part)
+            for message in part.failures:
+                if report is not None:
+                    report(message)
+            bar.update(part.task.n_ls)
+    except KeyboardInterrupt as stop:
+        interrupted = stop.args[0] if isinstance(stop, Interrupted) else INTERRUPTED_BY_USER
+        try:
+            parts += executor.stop()
+        except KeyboardInterrupt:  # asked twice: stop now, with what is already here
+            getattr(executor, "kill", lambda: None)()
+    except Exception as bug:  # not about the data: keep what was judged, then show it
+        error = bug
+        executor.stop()
+    finally:
+        if bar is not None:
+            bar.close()
+    era = merge_results(
+        parts,
+        plans,
+        interrupted=interrupted,
+        seconds=time.perf_counter() - start,
+        ran_on=executor.describe(),
+    )
+    era.error = error
+    return era

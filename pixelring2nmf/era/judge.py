@@ -1,0 +1,102 @@
+"""Judge: maps of lumisections -> the model's per-LS results, the one loop every command runs.
+
+`judge_lumisections` is the single step from maps to results (OMS columns of those LS, the
+model's `predict`, the result table with the OMS pileup): a task of an era, `dials-flags` and
+`plot` all go through it, wherever they run. `judge_row_groups` runs it over the chunks of one
+task. Data that cannot be read or judged (a damaged row group, maps the model refuses) is a
+failure naming file and row group, and the task goes on with the rest; anything else is a bug
+and is raised, so that it is seen with its traceback rather than reported as bad data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from mlserver_model.errors import InputError
+from mlserver_model.pixelring2nmf import PixelRing2NMF, PredictionResult
+
+from ..errors import DataError
+from ..io.oms import OmsLookup, pileup_values
+from ..io.parquet import iter_row_group, open_dials_parquet
+from ..io.results import PILEUP_COLUMN, empty_results, results_table
+from .plan import RowGroupTask, problem
+
+CHUNK_LS = 1000  # LS judged at once: ~31 MB of int32 maps, the simulator's row-group size
+FILE_COLUMN = "_file"  # which input file an LS came from, until the merge has used it
+
+
+@dataclass
+class TaskResult:
+    """Per-LS results of a task; `failures` name the row groups that could not be judged."""
+
+    task: RowGroupTask
+    results: pd.DataFrame
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0  # spent judging, where the task ran (bench/era_scale.py)
+
+    @classmethod
+    def unjudged(cls, task: RowGroupTask, why: str) -> TaskResult:
+        """A task none of whose LS could be judged (e.g. its workers kept dying)."""
+        results = empty_results().assign(**{FILE_COLUMN: np.int32(task.file_index)})
+        return cls(task=task, results=results, failures=[f"{task.describe()}: {why}"])
+
+
+def judge_lumisections(
+    maps: np.ndarray,
+    run: np.ndarray,
+    ls: np.ndarray,
+    model: PixelRing2NMF,
+    oms: OmsLookup | None,
+    *,
+    roc_maps: bool = False,
+) -> tuple[pd.DataFrame, PredictionResult]:
+    """The model's results for these LS: the era's columns (with pileup) and the full result."""
+    columns = oms.columns_for(run, ls) if oms is not None else None
+    result = model.predict(maps, columns, roc_maps=roc_maps)
+    table = results_table(run, ls, result)
+    table[PILEUP_COLUMN] = pileup_values(columns, len(table))
+    return table, result
+
+
+def judge_row_groups(
+    task: RowGroupTask,
+    model: PixelRing2NMF,
+    oms: OmsLookup | None,
+    on_chunk: Callable[[int], object] | None = None,
+) -> TaskResult:
+    """Judge these row groups of this file: the one unit of work of every executor.
+
+    A row group that cannot be read or judged is a failure naming file and row group; the
+    chunks judged before it and the row groups after it are kept, since nothing computed may
+    be lost. `on_chunk(n_ls)` reports progress where the task runs in this process.
+    """
+    start = time.perf_counter()
+    tables: list[pd.DataFrame] = []
+    failures: list[str] = []
+    try:
+        with open_dials_parquet(task.source) as parquet_file:
+            for row_group in task.row_groups:
+                try:
+                    chunks = iter_row_group(parquet_file, row_group, task.source, max_ls=CHUNK_LS)
+                    for chunk in chunks:
+                        table, _ = judge_lumisections(chunk.maps, chunk.run, chunk.ls, model, oms)
+                        tables.append(table)
+                        if on_chunk is not None:
+                            on_chunk(len(table))
+                except (DataError, InputError) as error:
+                    where = f"{task.source}, row group {row_group}"
+                    failures.append(problem(task.source, where, error))
+    except DataError as error:  # the file itself would not open (any more)
+        failures.append(problem(task.source, task.describe(), error))
+    results = pd.concat(tables, ignore_index=True) if tables else empty_results()
+    return TaskResult(
+        task=task,
+        results=results.assign(**{FILE_COLUMN: np.int32(task.file_index)}),
+        failures=failures,
+        seconds=time.perf_counter() - start,
+    )

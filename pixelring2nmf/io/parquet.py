@@ -1,0 +1,526 @@
+"""DIALS per-LS Ring 2 histograms (parquet) -> arrays, read in bounded batches.
+
+A DIALS parquet has one row per (run, LS); its `data` column holds the Ring 2 map as a list of
+140 rows of 56 numbers (`list<list<double>>` as `cmsdials` saves it, or integer lists).
+Converting those nested lists one LS at a time in Python would dominate the cost of a whole era,
+so pyarrow flattens each batch of lists to one buffer of numbers that numpy checks, casts and
+reshapes in a few vectorised passes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from mlserver_model.errors import checked_integer
+from mlserver_model.geometry import MAP_SHAPE, RING2_ME
+
+from ..errors import DataError
+from .keys import examples, repeated_mask
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+# Only these columns are read: the others (dataset, ids, ranges, entries) repeat per row.
+DIALS_COLUMNS = ("run_number", "ls_number", "x_bin", "y_bin", "data")
+ME_COLUMN = "me"  # checked when present: another ME of the same binning must not pass as Ring 2
+RING2_ME_SUFFIX = RING2_ME[RING2_ME.rindex("_PXRing") :]  # digi_occupancy_per_... too
+_N_ROWS, _N_COLUMNS = MAP_SHAPE  # (y_bin, x_bin) = (140, 56)
+_READ_BATCH_LS = 1000  # LS decoded at a time by read_dials_parquet (~60 MB of float64 lists)
+_READ_BUFFER_BYTES = 4 << 20  # file bytes read at a time while decoding a column chunk
+
+
+# What `data` holds: "double" is the layout users have (cmsdials declares `list[list[float]]`,
+# so `.to_pandas().to_parquet()` writes list<list<double>>); "int32" is the compact variant
+# some older files use. Readers accept both, so tests can cover both.
+VALUE_TYPES = ("double", "int32")
+DEFAULT_VALUE_TYPE = "double"
+
+
+def dials_schema(value_type: str = DEFAULT_VALUE_TYPE):
+    """The columns of a DIALS per-LS histogram file, in cmsdials' order."""
+    import pyarrow as pa
+
+    if value_type not in VALUE_TYPES:
+        raise ValueError(f"value_type must be one of {VALUE_TYPES}, got {value_type!r}")
+    values = pa.float64() if value_type == "double" else pa.int32()
+    return pa.schema(
+        [
+            ("dataset", pa.string()),
+            ("me", pa.string()),
+            ("dataset_id", pa.int64()),
+            ("file_id", pa.int64()),
+            ("run_number", pa.int64()),
+            ("ls_number", pa.int64()),
+            ("me_id", pa.int64()),
+            ("x_min", pa.float64()),
+            ("x_max", pa.float64()),
+            ("x_bin", pa.float64()),
+            ("y_min", pa.float64()),
+            ("y_max", pa.float64()),
+            ("y_bin", pa.float64()),
+            ("entries", pa.int64()),
+            ("data", pa.list_(pa.list_(values))),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Ring2Data:
+    """Ring 2 maps of a set of lumisections, sorted by (run, LS)."""
+
+    maps: np.ndarray  # int32 (N, 140, 56): clusters per ROC
+    run: np.ndarray  # int64 (N,)
+    ls: np.ndarray  # int64 (N,)
+    n_repeated: int = 0  # copies of an LS dropped (the first copy is kept; io/keys.py)
+    repeated_examples: tuple[tuple[int, int], ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.run)
+
+    def repeated_message(self, source: str | Path) -> str:
+        """What a command says when it dropped repeated LS ('' when there were none)."""
+        if not self.n_repeated:
+            return ""
+        return (
+            f"{source}: {self.n_repeated} repeated (run, ls) row(s), e.g. "
+            f"{list(self.repeated_examples)}; each LS was judged from its first copy "
+            "(DIALS stores one histogram per lumisection)"
+        )
+
+
+def read_dials_parquet(path: str | Path, *, runs: Collection[int] | None = None) -> Ring2Data:
+    """Read a whole DIALS Ring 2 parquet (optionally only some runs) into memory.
+
+    A (run, LS) found more than once is kept from its first row and the others are dropped and
+    counted (`Ring2Data.n_repeated`): the toolkit's one duplicate policy (io/keys.py), which
+    the caller reports.
+    """
+    parquet_file = _open_dials_parquet(path)
+    row_groups = _row_groups_with_runs(parquet_file, runs)
+    # Decoding batch by batch keeps only one batch of Arrow lists alive next to the int32 maps.
+    # The row-group sizes bound the LS count, so the maps are filled in place, not concatenated.
+    n_max = sum(parquet_file.metadata.row_group(i).num_rows for i in row_groups)
+    maps = np.empty((n_max, *MAP_SHAPE), dtype=np.int32)
+    run = np.empty(n_max, dtype=np.int64)
+    ls = np.empty(n_max, dtype=np.int64)
+    n_read = 0
+    if row_groups:
+        batches = parquet_file.iter_batches(
+            batch_size=_READ_BATCH_LS, row_groups=row_groups, columns=_columns_to_read(parquet_file)
+        )
+        for batch in batches:
+            batch_maps, batch_run, batch_ls = _batch_arrays(batch, path, runs)
+            stop = n_read + len(batch_run)
+            maps[n_read:stop], run[n_read:stop], ls[n_read:stop] = batch_maps, batch_run, batch_ls
+            n_read = stop
+    return _first_copies(maps[:n_read], run[:n_read], ls[:n_read])
+
+
+def iter_dials_parquet(
+    path: str | Path, *, max_ls: int = 5000, runs: Collection[int] | None = None
+) -> Iterator[Ring2Data]:
+    """Stream a DIALS Ring 2 parquet in chunks of at most `max_ls` LS.
+
+    An era can be far larger than memory (31 kB per LS as int32), so only one chunk is decoded
+    at a time (and, with `runs`, only the row groups that may hold them). Each chunk is sorted by
+    (run, LS); the order *across* chunks is the order of the file, so the stream is globally
+    sorted only when the file is (the project's simulator writes files sorted by (run, LS)).
+    A (run, LS) seen before (in this chunk or an earlier one) is dropped, as `read_dials_parquet`
+    drops it, and the chunk counts it in `n_repeated`; remembering the keys costs ~100 bytes per
+    LS, negligible next to the 31 kB of its map.
+    """
+    checked_integer(max_ls, "max_ls", minimum=1)
+    parquet_file = _open_dials_parquet(path)
+    row_groups = _row_groups_with_runs(parquet_file, runs)
+    if not row_groups:
+        return
+    seen: set[tuple[int, int]] = set()
+    for chunk in _chunks(parquet_file, row_groups, path, runs, max_ls):
+        keys = list(zip(chunk.run.tolist(), chunk.ls.tolist(), strict=True))
+        fresh = np.fromiter((key not in seen for key in keys), dtype=bool, count=len(keys))
+        fresh &= ~repeated_mask(chunk.run, chunk.ls)
+        seen.update(keys)
+        if fresh.all():
+            yield chunk
+        elif fresh.any():
+            yield Ring2Data(
+                chunk.maps[fresh],
+                chunk.run[fresh],
+                chunk.ls[fresh],
+                n_repeated=int((~fresh).sum()),
+                repeated_examples=tuple(examples(chunk.run, chunk.ls, ~fresh)),
+            )
+
+
+def is_url(source: str | Path) -> bool:
+    """A URL (root://, https://, file://, ...) is read through fsspec, anything else is a path."""
+    return isinstance(source, str) and "://" in source
+
+
+def _open_dials_parquet(path: str | Path) -> pq.ParquetFile:
+    """Open a local file and check the needed columns exist before reading any data."""
+    if Path(path).is_dir():
+        raise DataError(f"{path} is a folder: give the DIALS parquet file(s) inside it")
+    if not Path(path).is_file():
+        raise DataError(f"DIALS parquet not found: {path}")
+    return _dials_parquet_file(path, path)
+
+
+def _dials_parquet_file(source, name: str | Path) -> pq.ParquetFile:
+    """A ParquetFile over a path or an open file object, checked for the DIALS columns."""
+    import pyarrow.parquet as pq
+
+    try:
+        # No pre-buffering, a bounded read buffer: pyarrow otherwise caches the compressed
+        # column chunks of every row group it is asked for, so memory grew with the file
+        # (9 kB per LS); this way only the pages of the current batch are held, whatever the
+        # row-group layout (pandas writes a whole download as one row group).
+        parquet_file = pq.ParquetFile(source, pre_buffer=False, buffer_size=_READ_BUFFER_BYTES)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise DataError(f"{name} is not a readable parquet file: {error}") from error
+    names = set(parquet_file.schema_arrow.names)
+    missing = [c for c in DIALS_COLUMNS if c not in names]
+    if missing:
+        raise DataError(
+            f"{name} is not a DIALS per-LS histogram parquet: missing column(s) {missing}; "
+            f"columns found: {sorted(names)}"
+        )
+    return parquet_file
+
+
+@contextmanager
+def open_dials_parquet(source: str | Path) -> Iterator[pq.ParquetFile]:
+    """A checked DIALS parquet, local or behind a URL; a URL's connection closes on exit.
+
+    URLs go through fsspec (`root://` needs the fsspec-xrootd plugin, as on lxplus and SWAN),
+    so workers of a cluster read EOS themselves and no map ever passes through the client.
+    """
+    if not is_url(source):
+        parquet_file = _open_dials_parquet(source)
+        try:
+            yield parquet_file
+        finally:
+            parquet_file.close()
+        return
+    handle = _open_url(str(source))
+    try:
+        yield _dials_parquet_file(handle, source)
+    finally:
+        handle.close()
+
+
+def _open_url(url: str):
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec comes with the `dask` extra
+        raise DataError(f"{url}: reading URLs needs fsspec (pip install fsspec)") from None
+    try:
+        return fsspec.open(url, "rb").open()
+    except ImportError as error:  # a known protocol whose plugin is missing (root://)
+        raise DataError(f"{url}: {error}") from None
+    except FileNotFoundError:
+        raise DataError(f"DIALS parquet not found: {url}") from None
+    except OSError as error:
+        raise DataError(f"{url}: cannot be opened: {error}") from None
+
+
+@dataclass(frozen=True)
+class RowGroupInfo:
+    """What a footer says of one row group, before any map is read."""
+
+    n_ls: int
+    runs: tuple[int, int] | None  # first and last run_number (statistics); None: not written
+
+
+def row_group_infos(source: str | Path) -> list[RowGroupInfo]:
+    """LS and runs of each row group, from the footer alone: how an era is cut into tasks, and
+    which OMS rows each task needs, without reading a map."""
+    with open_dials_parquet(source) as parquet_file:
+        metadata = parquet_file.metadata
+        return [
+            RowGroupInfo(metadata.row_group(i).num_rows, runs)
+            for i, runs in enumerate(_run_ranges(parquet_file))
+        ]
+
+
+def _run_ranges(parquet_file: pq.ParquetFile) -> list[tuple[int, int] | None]:
+    """(min, max) run_number of each row group from its statistics; None where not written.
+
+    Statistics belong to leaf columns, whose numbering differs from the Arrow fields' once a
+    column of several leaves (a struct) comes before run_number: the leaf is found by its path.
+    """
+    metadata = parquet_file.metadata
+    paths = [metadata.schema.column(i).path for i in range(metadata.num_columns)]
+    leaves = [i for i, path in enumerate(paths) if path == "run_number"]
+    ranges: list[tuple[int, int] | None] = []
+    for i in range(metadata.num_row_groups):
+        stats = metadata.row_group(i).column(leaves[0]).statistics if leaves else None
+        known = stats is not None and stats.has_min_max
+        ranges.append((int(stats.min), int(stats.max)) if known else None)
+    return ranges
+
+
+def iter_row_group(
+    parquet_file: pq.ParquetFile, row_group: int, source: str | Path, *, max_ls: int
+) -> Iterator[Ring2Data]:
+    """One row group of an open DIALS parquet, in sorted chunks of at most `max_ls` LS.
+
+    Chunks never span two row groups, so what a chunk holds depends on the file alone, not on
+    how its row groups are grouped into tasks: a local run and a cluster run judge the same
+    chunks. Duplicates are rejected inside a chunk; across chunks the caller sees them.
+    """
+    checked_integer(max_ls, "max_ls", minimum=1)
+    yield from _chunks(parquet_file, [row_group], source, None, max_ls)
+
+
+def _chunks(
+    parquet_file: pq.ParquetFile,
+    row_groups: list[int],
+    source: str | Path,
+    runs: Collection[int] | None,
+    max_ls: int,
+) -> Iterator[Ring2Data]:
+    """The batches of these row groups as non-empty chunks sorted by (run, LS): what a whole-file
+    stream and a row-group task both judge, so they accept the same files. Repeated LS are
+    kept here, in file order (the sort is stable): whoever merges drops the later copies."""
+    batches = parquet_file.iter_batches(
+        batch_size=int(max_ls), row_groups=row_groups, columns=_columns_to_read(parquet_file)
+    )
+    for batch in _decoded(batches, source):
+        chunk = _sorted_ring2(*_batch_arrays(batch, source, runs))
+        if len(chunk):
+            yield chunk
+
+
+def _decoded(batches: Iterator[pa.RecordBatch], source: str | Path) -> Iterator[pa.RecordBatch]:
+    """pyarrow's batches, its decoding failures as a DataError that says what they mean."""
+    import pyarrow as pa
+
+    try:
+        yield from batches
+    except (pa.ArrowException, OSError) as error:  # "Unexpected end of stream", bad pages
+        raise DataError(
+            f"{source}: cannot be decoded (a corrupt or truncated file?): {error}"
+        ) from error
+
+
+def split_row_groups(sizes: Sequence[int], max_ls: int) -> list[tuple[int, ...]]:
+    """Consecutive non-empty row groups, gathered until a group would exceed `max_ls` LS.
+
+    A row group is never cut: it is the smallest unit parquet reads without decoding the
+    rows before it, so one larger than `max_ls` is a group of its own.
+    """
+    checked_integer(max_ls, "max_ls", minimum=1)
+    groups: list[tuple[int, ...]] = []
+    current: list[int] = []
+    n_current = 0
+    for index, n_ls in enumerate(sizes):
+        if n_ls == 0:
+            continue
+        if current and n_current + n_ls > max_ls:
+            groups.append(tuple(current))
+            current, n_current = [], 0
+        current.append(index)
+        n_current += n_ls
+    if current:
+        groups.append(tuple(current))
+    return groups
+
+
+def _columns_to_read(parquet_file: pq.ParquetFile) -> list[str]:
+    present = parquet_file.schema_arrow.names
+    return [*DIALS_COLUMNS, *([ME_COLUMN] if ME_COLUMN in present else [])]
+
+
+def _row_groups_with_runs(parquet_file: pq.ParquetFile, runs: Collection[int] | None) -> list[int]:
+    """Row groups that may hold one of `runs`, judged by their run_number statistics.
+
+    Selecting one run of an era this way skips decoding the other runs' maps entirely.
+    """
+    if runs is None:
+        return list(range(parquet_file.metadata.num_row_groups))
+    wanted = np.asarray(sorted({int(r) for r in runs}), dtype=np.int64)
+    if wanted.size == 0:
+        return []
+    selected = []
+    for i, run_range in enumerate(_run_ranges(parquet_file)):
+        if run_range is None:
+            selected.append(i)
+            continue
+        first, last = run_range
+        lo = np.searchsorted(wanted, first, side="left")
+        if lo < wanted.size and wanted[lo] <= last:
+            selected.append(i)
+    return selected
+
+
+def _batch_arrays(
+    batch: pa.RecordBatch, path: str | Path, runs: Collection[int] | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate and convert DIALS rows to (maps int32, run, ls) in file order, without a loop
+    over LS."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = pa.Table.from_batches([batch])
+    if runs is not None:
+        wanted = pa.array(sorted({int(r) for r in runs}), type=pa.int64())
+        run_column = pc.cast(table.column("run_number"), pa.int64())
+        table = table.filter(pc.fill_null(pc.is_in(run_column, value_set=wanted), False))
+    run = _integer_column(table, "run_number", path)
+    ls = _integer_column(table, "ls_number", path)
+    _check_me(table, path)
+    _check_binning(table, path)
+    maps = _nested_data_to_maps(table.column("data"), path)
+    return maps, run, ls
+
+
+def _first_copies(maps: np.ndarray, run: np.ndarray, ls: np.ndarray) -> Ring2Data:
+    """Sorted by (run, LS), each LS once: its first copy in file order."""
+    repeated = repeated_mask(run, ls)
+    if not repeated.any():
+        return _sorted_ring2(maps, run, ls)
+    kept = _sorted_ring2(maps[~repeated], run[~repeated], ls[~repeated])
+    return Ring2Data(
+        kept.maps,
+        kept.run,
+        kept.ls,
+        n_repeated=int(repeated.sum()),
+        repeated_examples=tuple(examples(run, ls, repeated)),
+    )
+
+
+def _sorted_ring2(maps: np.ndarray, run: np.ndarray, ls: np.ndarray) -> Ring2Data:
+    order = np.lexsort((ls, run))  # stable: repeated LS keep their file order
+    if np.any(order != np.arange(order.size)):
+        run, ls, maps = run[order], ls[order], maps[order]
+    return Ring2Data(maps=maps, run=run, ls=ls)
+
+
+def _integer_column(table: pa.Table, name: str, path: str | Path) -> np.ndarray:
+    column = table.column(name)
+    if column.null_count:
+        raise DataError(f"{path}: column {name!r} has {column.null_count} null value(s)")
+    values = column.to_numpy()
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"{path}: column {name!r} must be numeric, got {column.type}")
+    if values.dtype.kind == "f" and not np.all(values == np.round(values)):
+        raise DataError(f"{path}: column {name!r} has non-integral values")
+    return values.astype(np.int64)
+
+
+def _check_me(table: pa.Table, path: str | Path) -> None:
+    """Every row must be a Ring 2 ME: the model knows nothing else."""
+    import pyarrow.compute as pc
+
+    if ME_COLUMN not in table.column_names:
+        return
+    names = pc.unique(table.column(ME_COLUMN)).to_pylist()
+    others = [name for name in names if not str(name).endswith(RING2_ME_SUFFIX)]
+    if others:
+        raise DataError(
+            f"{path}: the model reads the Ring 2 ME (...{RING2_ME_SUFFIX}), but the file holds "
+            f"{others[:3]}"
+        )
+
+
+def _check_binning(table: pa.Table, path: str | Path) -> None:
+    """The map is only meaningful in the (140, 56) Ring 2 binning; Ring 1 is (92, 56)."""
+    for name, expected in (("x_bin", _N_COLUMNS), ("y_bin", _N_ROWS)):
+        column = table.column(name)
+        values = column.to_numpy(zero_copy_only=False).astype(np.float64)
+        if column.null_count or np.any(values != expected):
+            found = sorted(set(pd.unique(values).tolist()), key=str)[:10]
+            raise DataError(
+                f"{path}: expected {name} = {expected} for every row of the Ring 2 ME "
+                f"(shape {MAP_SHAPE}), found {name} values {found}"
+            )
+
+
+def _nested_data_to_maps(data: pa.ChunkedArray, path: str | Path) -> np.ndarray:
+    """list<list<number>> (N maps of 140 lists of 56) -> int32 (N, 140, 56), chunk by chunk.
+
+    Flattening the two list levels is free in Arrow (the numbers are already one contiguous
+    buffer), so the whole conversion is a handful of vectorised passes over the values.
+    """
+    list_type = data.type
+    if not _is_list_type(list_type) or not _is_list_type(list_type.value_type):
+        raise DataError(f"{path}: column 'data' must be a list of lists, got type {list_type}")
+    maps = np.empty((len(data), *MAP_SHAPE), dtype=np.int32)
+    flat_maps = maps.reshape(len(data), -1)
+    first = 0
+    for chunk in data.chunks:
+        n_ls = len(chunk)
+        if n_ls:
+            flat_maps[first : first + n_ls] = _chunk_counts(chunk, path).reshape(n_ls, -1)
+        first += n_ls
+    return maps
+
+
+def _is_list_type(arrow_type: pa.DataType) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)
+
+
+def _chunk_counts(chunk: pa.Array, path: str | Path) -> np.ndarray:
+    """One Arrow chunk of maps -> flat int32 counts, after checking shape and values."""
+    import pyarrow as pa
+
+    if chunk.null_count:
+        raise DataError(f"{path}: column 'data' has {chunk.null_count} null map(s)")
+    _check_list_lengths(chunk, _N_ROWS, "rows per map", path)
+    rows = chunk.flatten()
+    if rows.null_count:
+        raise DataError(f"{path}: column 'data' has {rows.null_count} null row(s)")
+    _check_list_lengths(rows, _N_COLUMNS, "numbers per map row", path)
+    values = rows.flatten()
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise DataError(f"{path}: map values must be numeric, got type {values.type}")
+    if values.null_count:
+        raise DataError(f"{path}: column 'data' has {values.null_count} null value(s)")
+    values_np = values.to_numpy(zero_copy_only=False)
+    with np.errstate(invalid="ignore"):  # NaN or out-of-range casts are caught just below
+        counts = values_np.astype(np.int32)
+    # One comparison proves the cast lossless (no NaN, fraction or overflow); only on failure
+    # are the values examined again to say what is wrong.
+    if values_np.dtype != np.int32 and not np.array_equal(counts, values_np):
+        _explain_bad_counts(values_np, path)
+    if counts.size and counts.min() < 0:
+        raise DataError(f"{path}: map values must be non-negative counts, found {counts.min()}")
+    return counts
+
+
+def _check_list_lengths(lists: pa.Array, expected: int, what: str, path: str | Path) -> None:
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    wrong = np.flatnonzero(lengths != expected)
+    if wrong.size:
+        found = sorted(set(lengths[wrong].tolist()))[:10]
+        raise DataError(
+            f"{path}: expected {expected} {what} (Ring 2 map shape {MAP_SHAPE}), "
+            f"found {wrong.size} list(s) of length {found}"
+        )
+
+
+def _explain_bad_counts(values: np.ndarray, path: str | Path) -> None:
+    """Raise the error that says why `values` are not int32 cluster counts."""
+    if values.dtype.kind == "f":
+        n_nan = int(np.count_nonzero(np.isnan(values)))
+        if n_nan:
+            raise DataError(f"{path}: map values contain {n_nan} NaN value(s)")
+        if not np.all(values == np.floor(values)):
+            raise DataError(f"{path}: map values must be integral counts, found fractions")
+    lowest, highest = values.min(), values.max()
+    if lowest < 0:
+        raise DataError(f"{path}: map values must be non-negative counts, found {lowest}")
+    raise DataError(f"{path}: map value {highest} does not fit int32")

@@ -1,0 +1,1 @@
+"""Training: good LS of DIALS parquet files -> a model file the runtime loads."""

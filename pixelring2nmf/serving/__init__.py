@@ -1,0 +1,1 @@
+"""Serving without Docker: the DISM build folder and a local MLServer on it."""
