@@ -262,11 +262,7 @@ def _write_era(folder, era, args: argparse.Namespace) -> int:
         status.state, status.reason = INTERRUPTED, f"interrupted by {era.interrupted}"
     elif not era.complete:
         status.state = INCOMPLETE
-        status.reason = (
-            f"{len(era.failures)} problem(s): see problems"
-            if era.failures
-            else "no LS to judge in the input"
-        )
+        status.reason = _incomplete_reason(era)
     else:
         status.state = FINISHED
     folder.write_status()
@@ -280,6 +276,15 @@ def _write_era(folder, era, args: argparse.Namespace) -> int:
     if not len(era.results) and not era.failures:
         print("pixelring2nmf era: error: no LS to judge in the input", file=sys.stderr)
     return 0 if era.complete else 2
+
+
+def _incomplete_reason(era) -> str:
+    """The first problem, and how many more: what a user reads first in era.json."""
+    if not era.failures:
+        return "no LS to judge in the input"
+    nothing = "nothing judged: " if not len(era.results) else ""
+    more = f" (and {len(era.failures) - 1} more problem(s))" if len(era.failures) > 1 else ""
+    return f"{nothing}{era.failures[0]}{more}"
 
 
 # ---- plot --------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import os
 import signal
 import uuid
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,7 @@ MAX_TASK_LS = 5000
 TASKS_PER_WORKER = 4
 CONNECT_TIMEOUT_S = 30
 PACKAGE = "pixelring2nmf"
+_LOGGING_VARIABLE = "DASK_LOGGING__DISTRIBUTED"
 
 
 @contextmanager
@@ -82,6 +84,22 @@ def _children_ignore_sigint() -> Iterator[None]:
 
 
 @contextmanager
+def _quiet_local_workers() -> Iterator[None]:
+    """Local worker processes, started or restarted while inside, log errors only: their
+    notes on tasks cancelled by Ctrl-C would follow the summary line (dask reads its logging
+    configuration from the environment when each process starts)."""
+    previous = os.environ.get(_LOGGING_VARIABLE)
+    os.environ[_LOGGING_VARIABLE] = "error"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(_LOGGING_VARIABLE, None)
+        else:
+            os.environ[_LOGGING_VARIABLE] = previous
+
+
+@contextmanager
 def dask_client(spec: str) -> Iterator[Client]:
     """A client of the cluster `spec` names; a `local:N` cluster ends with the client.
 
@@ -93,6 +111,7 @@ def dask_client(spec: str) -> Iterator[Client]:
     with ExitStack() as stack:
         stack.enter_context(_quiet("distributed"))
         if spec.startswith(LOCAL_PREFIX):
+            stack.enter_context(_quiet_local_workers())
             with _children_ignore_sigint():
                 cluster = stack.enter_context(_local_cluster(spec))
             address = cluster.scheduler_address
