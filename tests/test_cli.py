@@ -207,3 +207,101 @@ def test_the_figure_script_runs_as_the_readme_says(tmp_path) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert out.stat().st_size > 10_000
+
+
+# ---- the error policy: one line for what the user can fix, a traceback for a bug -----------
+
+
+def test_a_bug_in_a_command_is_a_traceback_and_exit_1(demo_files) -> None:
+    """An internal error is never reported as the user's bad input (one line, exit 2)."""
+    parquet, _ = demo_files
+    planted = (
+        "import sys, pixelring2nmf.io.results as r\n"
+        "def broken(*args): raise ValueError('planted: a shape bug')\n"
+        "r.results_table = broken\n"
+        "from pixelring2nmf.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", planted, "predict", "--parquet", str(parquet)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ValueError: planted: a shape bug" in done.stderr
+    assert "error: planted" not in done.stderr
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, capsys) -> None:
+    missing = tmp_path / "nowhere.parquet"
+    code, _, err = run(capsys, "predict", "--parquet", missing)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    code, _, err = run(capsys, "-v", "predict", "--parquet", missing)
+    assert code == 2 and "Traceback" in err and "DataError" in err
+    assert (
+        err.strip().splitlines()[-1]
+        == f"pixelring2nmf predict: error: DIALS parquet not found: {missing}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("serve", "--port", "80000"), "expected a TCP port in 1..65535, got 80000"),
+        (("era", "--parquet", "x", "--out", "y", "--workers", "0"), "expected a positive integer"),
+        (("simulate", "--out", "y", "--anomaly-rate", "-1"), "expected a finite number >= 0"),
+        (
+            ("era", "--parquet", "x", "--out", "y", "--workers", "2", "--dask", "local:2"),
+            "not allowed with argument",
+        ),
+    ],
+)
+def test_an_impossible_option_is_one_usage_error(capsys, args, message) -> None:
+    with pytest.raises(SystemExit) as stop:
+        cli.main(list(args))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_closed_pipe_ends_quietly(demo_files) -> None:
+    """`predict ... | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    parquet, oms = demo_files
+    command = " ".join(cli_command("predict", "--parquet", str(parquet), "--oms", str(oms)))
+    done = subprocess.run(
+        f"{command} | head -1; echo status=${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.stdout.splitlines()[0].startswith("[INFO]: Flagging results (before filtering)")
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+    assert done.stdout.splitlines()[-1] in ("status=0", "status=141")
+
+
+def test_predict_refuses_to_overwrite_without_force(demo_files, tmp_path, capsys) -> None:
+    parquet, oms = demo_files
+    out = tmp_path / "flags.csv"
+    out.write_text("someone's results")
+    code, _, err = run(capsys, "predict", "--parquet", parquet, "--oms", oms, "--out", out)
+    assert code == 2 and f"--out {out} exists; pass --force" in err
+    assert out.read_text() == "someone's results"
+    code, _, _ = run(capsys, "predict", "--parquet", parquet, "--oms", oms, "--out", out, "--force")
+    assert code == 0 and len(pd.read_csv(out)) == 750
+
+
+def test_a_wrong_exclusion_file_is_a_short_message(demo_files, tmp_path, capsys) -> None:
+    """Given the parquet (or any large file) as --exclude, the message names the file and the
+    columns it needs, and stays short (not the file's content)."""
+    parquet, oms = demo_files
+    args = ("train", "--parquet", parquet, "--oms", oms, "--out", tmp_path / "m.joblib")
+    for wrong in (parquet, oms):
+        code, _, err = run(capsys, *args, "--exclude", wrong)
+        assert code == 2 and str(wrong) in err
+        assert len(err) < 600, len(err)
+        assert len(err.strip().splitlines()) == 1

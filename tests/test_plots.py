@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from conftest import REPO, cli_command
 
+from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.geometry import GROUP_NAMES
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 from pixelring2nmf.cli import main as cli_main
@@ -129,3 +131,43 @@ def test_era_page_names_persistent_groups_and_draws_without_oms(era_out) -> None
     from pixelring2nmf.plots.draw import TYPE_COLOURS
 
     assert set(TYPE_COLOURS) == set(ANOMALY_TYPES) - {ANOMALY_NONE}
+
+
+def test_era_png_pages_are_named_by_run_and_never_overwritten(era_out, tmp_path, capsys) -> None:
+    runs = pd.read_csv(era_out / "run_summary.csv").Run_Number.tolist()[:2]
+    png = tmp_path / "era.png"
+    command = ["plot", "--era", str(era_out), "--runs", *map(str, runs), "--out", str(png)]
+    assert cli_main(command) == 0
+    pages = sorted(p.name for p in tmp_path.glob("era_*.png"))
+    assert pages == [f"era_{run}.png" for run in sorted(runs)]
+    before = (tmp_path / pages[0]).stat().st_mtime_ns
+    assert cli_main(command) == 2
+    assert f"{tmp_path / pages[0]} exists; pass --force" in capsys.readouterr().err
+    assert (tmp_path / pages[0]).stat().st_mtime_ns == before
+    assert cli_main([*command, "--force"]) == 0
+
+
+def test_an_ls_without_oms_data_is_not_called_dcs_bad(
+    era_sim, era_out, model_path, tmp_path, capsys
+) -> None:
+    """An OMS file of other runs says nothing about the detector: the figure must not say it
+    was off."""
+    row = _pick(era_out, "none")
+    columns = json.loads(era_sim["oms"].read_text())
+    columns["run_number"] = [run + 1000 for run in columns["run_number"]]
+    other = tmp_path / "omsdata_other_runs.json"
+    other.write_text(json.dumps(columns))
+    args = ["plot", "--parquet", str(era_sim["parquet"]), "--oms", str(other)]
+    args += ["--model", str(model_path), "--run", str(row.run), "--ls", str(row.ls)]
+    figure = tmp_path / "ls.png"
+    assert cli_main([*args, "--out", str(figure)]) == 0
+    out = capsys.readouterr().out
+    assert f"[WARNING]: no OMS data for run {row.run}, LS {row.ls}" in out
+    from pixelring2nmf.io.oms import OmsLookup
+    from pixelring2nmf.plots.figures import dcs_note
+
+    note = dcs_note(OmsLookup.read([other]), int(row.run), int(row.ls), list(DCS_FLAGS))
+    assert note.text == "no OMS data for this LS" and "DCS bad" not in note.text
+    good = dcs_note(OmsLookup.read([era_sim["oms"]]), int(row.run), int(row.ls), [])
+    assert good.text.startswith("DCS good; pileup ")
+    assert cli_main([*args, "--out", str(figure)]) == 2  # exists: --force needed

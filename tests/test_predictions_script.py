@@ -28,6 +28,7 @@ from pixelring2nmf.io.parquet import read_dials_parquet
 
 SCRIPT = REPO / "test_predictions.py"
 N_SMALL = 6
+LINE = r"\[INFO\]: (Flagging results|Filtering: selected)"  # the original's three log lines
 
 
 def run_script(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
@@ -350,3 +351,27 @@ def test_make_test_data_batches_and_refuses_a_missing_batch(
     )
     assert refused.returncode == 2
     assert "--batch-id 3: no such batch" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_the_server_log_and_predict_print_the_same_three_lines(
+    served_model: RunningServer, test_data_pkl: Path, demo_files, model_path: Path
+) -> None:
+    """The original's three [INFO] lines, word for word, wherever the model runs: the handler
+    logs them, the `predict` command prints them, for the same LS and the same model."""
+    result = run_script(
+        "-n", MODEL_NAME, "-p", str(served_model.port), "--data", str(test_data_pkl)
+    )
+    assert result.returncode == 0, result.stderr
+    served = [line for line in served_model.log().splitlines() if re.match(LINE, line)][-3:]
+    parquet, oms = demo_files
+    predicted = subprocess.run(
+        cli_command(
+            "predict", "--parquet", str(parquet), "--oms", str(oms), "--model", str(model_path)
+        ),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    ).stdout.splitlines()[:3]
+    assert served == predicted
+    assert predicted[1] == "[INFO]: Filtering: selected 740 out of 750 lumisections."
