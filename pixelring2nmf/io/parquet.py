@@ -454,13 +454,15 @@ def _nested_data_to_maps(data: pa.ChunkedArray, path: str | Path) -> np.ndarray:
     list_type = data.type
     if not _is_list_type(list_type) or not _is_list_type(list_type.value_type):
         raise DataError(f"{path}: column 'data' must be a list of lists, got type {list_type}")
+    chunks = [chunk for chunk in data.chunks if len(chunk)]
+    if len(chunks) == 1:  # the usual batch: its counts are the maps, no copy
+        return _chunk_counts(chunks[0], path).reshape(len(data), *MAP_SHAPE)
     maps = np.empty((len(data), *MAP_SHAPE), dtype=np.int32)
     flat_maps = maps.reshape(len(data), -1)
     first = 0
-    for chunk in data.chunks:
+    for chunk in chunks:
         n_ls = len(chunk)
-        if n_ls:
-            flat_maps[first : first + n_ls] = _chunk_counts(chunk, path).reshape(n_ls, -1)
+        flat_maps[first : first + n_ls] = _chunk_counts(chunk, path).reshape(n_ls, -1)
         first += n_ls
     return maps
 
@@ -487,13 +489,16 @@ def _chunk_counts(chunk: pa.Array, path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: map values must be numeric, got type {values.type}")
     if values.null_count:
         raise DataError(f"{path}: column 'data' has {values.null_count} null value(s)")
-    values_np = values.to_numpy(zero_copy_only=False)
-    with np.errstate(invalid="ignore"):  # NaN or out-of-range casts are caught just below
-        counts = values_np.astype(np.int32)
-    # One comparison proves the cast lossless (no NaN, fraction or overflow); only on failure
-    # are the values examined again to say what is wrong.
-    if values_np.dtype != np.int32 and not np.array_equal(counts, values_np):
-        _explain_bad_counts(values_np, path)
+    if values.type != pa.int32():
+        import pyarrow.compute as pc
+
+        try:
+            # Arrow's safe cast is one pass that refuses NaN, fractions and overflow; only on
+            # failure are the values examined again, to say what is wrong.
+            values = pc.cast(values, pa.int32())
+        except pa.ArrowInvalid:
+            _explain_bad_counts(values.to_numpy(zero_copy_only=False), path)
+    counts = values.to_numpy()  # no copy: int32 without nulls
     if counts.size and counts.min() < 0:
         raise DataError(f"{path}: map values must be non-negative counts, found {counts.min()}")
     return counts
