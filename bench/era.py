@@ -1,29 +1,43 @@
-"""`pixelring2nmf era` end to end on simulated eras: LS/s, peak memory, and the truth.
+"""`pixelring2nmf era` end to end: one process, worker processes, a local Dask cluster.
 
-    python bench/era.py [--sizes 30000 120000] [--workdir /tmp/pixelring2nmf-bench-era]
+    python bench/era.py [--n-ls 76000] [--memory-sizes 30000 150000] [--rounds 5]
+                        [--workdir /tmp/pixelring2nmf-bench-era]
 
-For each size, an era of real-layout parquet (list<list<double>>, row groups of 1000 LS, one
-file) with its OMS JSON and injected anomalies is simulated once (kept in --workdir), then
-`pixelring2nmf era --xlsx` runs in a fresh process with the shipped model. Measured from
-outside: wall time from process start to exit (imports, reading, the model, tables, CSV,
-parquet, XLSX: end to end) and the process's peak RSS (wait4's ru_maxrss). The tables are
-then matched with the simulator's truth (pixelring2nmf/truthcheck.py).
+An era of `--n-ls` LS (real-layout parquet: `list<list<double>>`, zstd, row groups of 1000 LS,
+runs of 1000 LS with the simulator's default anomalies, and its OMS JSON) is simulated once and
+kept in --workdir. Then, in turns so that a change in the machine's other work weighs on every
+configuration alike, `--rounds` times each:
 
-Goals: >= 3,000 LS/s end to end on the 2-core machine; peak RSS at the largest size within
-1.2x of that at the smallest (memory must not grow with the number of LS).
+    pixelring2nmf era --workers 1        (one process: the reference)
+    pixelring2nmf era --workers 2        (two worker processes)
+    pixelring2nmf era --dask local:2     (two Dask worker processes)
+
+each in a fresh process, with the shipped model. Measured from outside: wall time from process
+start to exit (imports, reading, the model, tables, CSV and parquet: end to end); from era.json:
+the analysis alone (plan, tasks, merge; what `era` prints as LS/s) and the peak RSS of the
+main process and of the largest worker. Every configuration's tables and per-LS results are
+compared byte for byte with the reference's, and the tables with the simulator's truth.
+
+Memory: `--workers 2` again on eras of `--memory-sizes` LS, to show that no process's peak
+grows with the era.
+
+Goals (issue "The toolkit in layers"): `--workers 2` >= 1.6x the LS/s of `--workers 1`;
+`--dask local:2` within 1.3x of `--workers 2`; peak memory per process independent of the
+era's size (largest / smallest era <= 1.2).
 """
 
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,15 +48,30 @@ from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.truthcheck import compare_with_truth
 
 LS_PER_RUN = 1000
-GOAL_LS_PER_S = 3000.0
-GOAL_RSS_RATIO = 1.2
+CONFIGURATIONS = {
+    "--workers 1": ["--workers", "1"],
+    "--workers 2": ["--workers", "2"],
+    "--dask local:2": ["--dask", "local:2"],
+}
+GOAL_PROCESSES = 1.6  # --workers 2 over --workers 1
+GOAL_DASK = 1.3  # --workers 2 over --dask local:2, at most
+GOAL_MEMORY = 1.2  # peak at the largest era over the smallest, at most
+COMPARED = [
+    "lumisections.parquet",
+    "lumisections.csv",
+    "condensed.csv",
+    "powergroup.csv",
+    "per_ls.csv",
+    "run_summary.csv",
+    "persistent.csv",
+]
 
 
 def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
     """The era of `n_ls` LS (runs of 1000 LS, default anomalies), simulated once.
 
     Kept in `workdir` for later runs with the same workdir (bench/era_scale.py uses it too):
-    simulating a large era takes minutes.
+    simulating a large era takes a minute.
     """
     out = workdir / f"era_{n_ls}"
     paths = simulator.output_paths(out)
@@ -52,108 +81,145 @@ def simulated_era(workdir: Path, n_ls: int) -> dict[str, Path]:
     return paths
 
 
-def run_era(paths: dict[str, Path], out: Path) -> dict:
-    """One `pixelring2nmf era` process: wall seconds, peak RSS (MB), its own summary."""
+def run_era(paths: dict[str, Path], out: Path, options: list[str]) -> dict:
+    """One `pixelring2nmf era` process: wall seconds, its era.json, its summary line."""
     command = [sys.executable, "-m", "pixelring2nmf.cli", "era", "--parquet", str(paths["parquet"])]
-    command += ["--oms", str(paths["oms"]), "--out", str(out), "--xlsx", "--no-progress", "--force"]
+    command += ["--oms", str(paths["oms"]), "--out", str(out), "--no-progress", "--force"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(process.pid, 0)
+    done = subprocess.run([*command, *options], capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
-    stdout = process.stdout.read()
-    process.stdout.close()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"era failed ({status}): {stdout}")
+    if done.returncode != 0:
+        raise RuntimeError(f"era {options} failed ({done.returncode}): {done.stderr[-2000:]}")
     summary = json.loads((out / "era.json").read_text())
-    return {
-        "seconds": seconds,
-        "rss_mb": usage.ru_maxrss / 1024,  # kB on Linux
-        "summary": summary,
-        "line": stdout.strip().splitlines()[-1],
-    }
+    return {"seconds": seconds, "summary": summary, "line": done.stdout.strip().splitlines()[-1]}
+
+
+def same_outputs(out: Path, reference: Path) -> bool:
+    return all(filecmp.cmp(out / name, reference / name, shallow=False) for name in COMPARED)
+
+
+def measure_speed(paths: dict[str, Path], workdir: Path, rounds: int) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {name: [] for name in CONFIGURATIONS}
+    reference = workdir / "out_speed_--workers_1"
+    for round_number in range(rounds):
+        for name, options in CONFIGURATIONS.items():
+            out = workdir / f"out_speed_{name.replace(' ', '_')}"
+            run = run_era(paths, out, options)
+            run["load"] = os.getloadavg()[0]
+            if name != "--workers 1":
+                run["identical"] = same_outputs(out, reference)
+            runs[name].append(run)
+            n_ls = run["summary"]["n_ls"]
+            print(
+                f"round {round_number + 1} {name}: {run['seconds']:.2f} s end to end "
+                f"({n_ls / run['seconds']:,.0f} LS/s), analysis {run['summary']['seconds']:.2f} s",
+                flush=True,
+            )
+    return runs
+
+
+def measure_memory(workdir: Path, sizes: list[int]) -> list[dict]:
+    rows = []
+    for n_ls in sizes:
+        paths = simulated_era(workdir, n_ls)
+        run = run_era(paths, workdir / f"out_memory_{n_ls}", CONFIGURATIONS["--workers 2"])
+        peaks = run["summary"]["peak_memory_mb"]
+        rows.append({"n_ls": run["summary"]["n_ls"], **peaks})
+        print(f"{n_ls} LS: peak memory {peaks}", flush=True)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[30000, 120000])
+    parser.add_argument("--n-ls", type=int, default=76_000)
+    parser.add_argument("--memory-sizes", type=int, nargs="+", default=[30_000, 150_000])
+    parser.add_argument("--rounds", type=int, default=5, help="fresh processes per configuration")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/pixelring2nmf-bench-era"))
-    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per size")
     args = parser.parse_args()
-    model = PixelRing2NMF.load()
-    rows, checks = [], []
-    for n_ls in args.sizes:
-        paths = simulated_era(args.workdir, n_ls)
-        runs = [run_era(paths, args.workdir / f"out_{n_ls}") for _ in range(args.repeats)]
-        measured = runs[-1]
-        n_read = measured["summary"]["n_ls"]
-        comparison = compare_with_truth(
-            pd.read_csv(args.workdir / f"out_{n_ls}" / "powergroup.csv"),
-            pd.read_csv(paths["truth"], keep_default_na=False),
-            model.unjudged_groups,
-        )
-        rates = sorted(n_read / r["seconds"] for r in runs)
-        rows.append(
-            {
-                "n_ls": n_read,
-                "file_mb": paths["parquet"].stat().st_size / 1e6,
-                "seconds": float(np.median([r["seconds"] for r in runs])),
-                "ls_per_s": float(np.median(rates)),
-                "ls_per_s_min": rates[0],
-                "inner_ls_per_s": float(
-                    np.median([n_read / r["summary"]["seconds"] for r in runs])
-                ),
-                "rss_mb": max(r["rss_mb"] for r in runs),
-                "flagged": measured["summary"]["n_flagged"],
-                "rows": sum(measured["summary"]["rows_by_type"].values()),
-                "repeats": len(runs),
-            }
-        )
-        checks.append((n_read, comparison))
-        print(measured["line"])
-        print(
-            f"  end to end {rows[-1]['ls_per_s']:.0f} LS/s (median; slowest "
-            f"{rows[-1]['ls_per_s_min']:.0f}), peak RSS {rows[-1]['rss_mb']:.0f} MB"
-        )
-        print(f"  truth: {comparison.describe()}")
-    write_section("era", "Era analysis: `pixelring2nmf era` end to end", report(rows, checks))
+    paths = simulated_era(args.workdir, args.n_ls)
+    runs = measure_speed(paths, args.workdir, args.rounds)
+    truth = compare_with_truth(
+        pd.read_csv(args.workdir / "out_speed_--workers_1" / "powergroup.csv"),
+        pd.read_csv(paths["truth"], keep_default_na=False),
+        PixelRing2NMF.load().unjudged_groups,
+    )
+    memory = measure_memory(args.workdir, sorted({*args.memory_sizes, args.n_ls}))
+    body = report(paths, runs, memory, truth)
+    print(body)
+    write_section("era", "Era analysis: `pixelring2nmf era` on every core", body)
     return 0
 
 
-def report(rows: list[dict], checks: list) -> str:
+def _median(values) -> float:
+    return float(statistics.median(values))
+
+
+def report(paths: dict[str, Path], runs: dict[str, list[dict]], memory: list[dict], truth) -> str:
+    n_ls = runs["--workers 1"][0]["summary"]["n_ls"]
+    rounds = len(runs["--workers 1"])
+    size_mb = paths["parquet"].stat().st_size / 1e6
     lines = [
-        "`python bench/era.py` — simulated eras of real-layout parquet (`list<list<double>>`,",
-        "zstd, row groups of 1000 LS) with their OMS JSON, runs of 1000 LS with the simulator's",
-        "default anomalies; `pixelring2nmf era --xlsx` with the shipped model in a fresh process per",
-        f"run, {rows[0]['repeats']} fresh processes per size (median, slowest; largest peak RSS).",
-        "Wall time is process start to exit (imports, reading, the model, tables, CSV, parquet,",
-        "XLSX); peak RSS is the process's `ru_maxrss`. The data stay in the page cache between",
-        "runs; this virtual machine's speed varies by +-30 % from run to run.",
+        f"`python bench/era.py` — a simulated era of {n_ls:,} LS in one parquet of "
+        f"{size_mb:.0f} MB (`list<list<double>>`, zstd, row groups of 1000 LS) with its OMS JSON,",
+        "runs of 1000 LS with the simulator's default anomalies, the shipped model. Each",
+        f"configuration ran {rounds} times in a fresh process, the three in turns (round 1: A, B,",
+        "C; round 2: A, B, C; ...), so that the other work on this 2-core machine weighs on all",
+        "alike. End to end = process start to exit (imports, reading, the model, tables, CSV and",
+        "parquet); analysis = what `era` reports (plan, tasks, merge). Peak memory from era.json",
+        "(each process's own `ru_maxrss`).",
         "",
-        "| LS | parquet | end to end (median) | LS/s end to end: median (slowest) | LS/s inside `era` | peak RSS | flagged LS | table rows |",
-        "|---|---|---|---|---|---|---|---|",
+        "| configuration | end to end, median (each round) | LS/s end to end | analysis, median | LS/s of the analysis | peak memory: main / largest worker | outputs |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['n_ls']:,} | {r['file_mb']:.0f} MB | {r['seconds']:.1f} s | "
-            f"**{r['ls_per_s']:,.0f}** ({r['ls_per_s_min']:,.0f}) | {r['inner_ls_per_s']:,.0f} | "
-            f"**{r['rss_mb']:.0f} MB** | {r['flagged']} | {r['rows']} |"
+    medians = {}
+    for name, done in runs.items():
+        wall = _median(r["seconds"] for r in done)
+        inner = _median(r["summary"]["seconds"] for r in done)
+        medians[name] = (n_ls / wall, n_ls / inner)
+        each = ", ".join(f"{r['seconds']:.1f}" for r in done)
+        peak = done[-1]["summary"]["peak_memory_mb"]
+        same = (
+            "reference"
+            if name == "--workers 1"
+            else ("identical" if all(r["identical"] for r in done) else "**DIFFER**")
         )
-    slowest = min(r["ls_per_s_min"] for r in rows)
-    ratio = rows[-1]["rss_mb"] / rows[0]["rss_mb"]
+        lines.append(
+            f"| `era {name}` | {wall:.2f} s ({each}) | **{n_ls / wall:,.0f}** | {inner:.2f} s | "
+            f"**{n_ls / inner:,.0f}** | {peak['this process']} / {peak['largest worker']} MB | "
+            f"{same} |"
+        )
+    two = [medians["--workers 2"][i] / medians["--workers 1"][i] for i in (0, 1)]
+    dask = [medians["--workers 2"][i] / medians["--dask local:2"][i] for i in (0, 1)]
+    loads = [r["load"] for done in runs.values() for r in done]
     lines += [
         "",
-        f"Slowest end to end: {slowest:,.0f} LS/s (goal >= {GOAL_LS_PER_S:,.0f}: "
-        f"{'met' if slowest >= GOAL_LS_PER_S else 'NOT met'}). Peak RSS at {rows[-1]['n_ls']:,} LS "
-        f"/ at {rows[0]['n_ls']:,} LS = **{ratio:.2f}** (goal <= {GOAL_RSS_RATIO}: "
-        f"{'met' if ratio <= GOAL_RSS_RATIO else 'NOT met'}).",
+        f"- `--workers 2` / `--workers 1`: **{two[0]:.2f}x** end to end, **{two[1]:.2f}x** for "
+        f"the analysis (goal >= {GOAL_PROCESSES}: "
+        f"{'met' if min(two) >= GOAL_PROCESSES else 'met for the analysis only' if two[1] >= GOAL_PROCESSES else 'NOT met'}).",
+        f"- `--workers 2` / `--dask local:2`: **{dask[0]:.2f}x** end to end, **{dask[1]:.2f}x** "
+        f"for the analysis (goal <= {GOAL_DASK}: {'met' if max(dask) <= GOAL_DASK else 'NOT met'}; "
+        "the local cluster's start, ~1-2 s, is part of end to end).",
+        f"- 1-minute load average at the runs: {min(loads):.2f}-{max(loads):.2f}.",
+        f"- Tables against the simulator's truth: {truth.describe()}.",
         "",
-        "Tables against the simulator's truth (every injected Multi-Disk, Quarter and Single-Disk",
-        "range as one row with its exact first/last LS, type and groups; rows where nothing was",
-        "injected):",
+        "**Memory per process against the era's size** (`era --workers 2`):",
         "",
+        "| LS | main process | largest worker |",
+        "|---|---|---|",
     ]
-    for n_ls, comparison in checks:
-        lines.append(f"- {n_ls:,} LS: {comparison.describe()}.")
+    for row in memory:
+        lines.append(
+            f"| {row['n_ls']:,} | {row['this process']} MB | {row['largest worker']} MB |"
+        )
+    worker = memory[-1]["largest worker"] / memory[0]["largest worker"]
+    main_ratio = memory[-1]["this process"] / memory[0]["this process"]
+    lines += [
+        "",
+        f"Largest era / smallest: workers **{worker:.2f}x**, main process **{main_ratio:.2f}x** "
+        f"(goal <= {GOAL_MEMORY}: {'met' if max(worker, main_ratio) <= GOAL_MEMORY else 'NOT met'}). "
+        "A worker holds one chunk of 1000 LS at a time; the main process holds the per-LS "
+        "results (~100 bytes per LS) and writes the tables.",
+    ]
     return "\n".join(lines)
 
 

@@ -5,10 +5,10 @@
 An era of `--n-ls` LS (real-layout parquet, row groups of 1000 LS, runs of 1000 LS, the OMS
 JSON) is simulated once and judged with the shipped model:
 
-1. in this process without Dask (`era.analyse_era`, the reference), then the client-side
+1. in this process without Dask (`era.engine.analyse_era` in-process, the reference), then the client-side
    work alone (`era_tables` + CSV/parquet writing) is timed: it runs once, after the tasks;
 2. on `LocalCluster`s of 1 and 2 single-threaded worker processes with the default task size
-   (`cluster.auto_task_ls`), 3 runs each taken in turns: LS/s of the analysis (plan, tasks,
+   (`dask_executor.auto_task_ls`), 3 runs each taken in turns: LS/s of the analysis (plan, tasks,
    merge), cluster start apart;
 3. on 1 worker with tasks of 100 and 500 LS (a copy of the era's first 5,000 LS in row
    groups of 100) and of 1, 2, 5 and 10 row groups of 1000, twice each: the time between
@@ -50,16 +50,15 @@ from _report import write_section
 from era import simulated_era
 
 from mlserver_model.pixelring2nmf import PixelRing2NMF
-from pixelring2nmf.era import (
-    OmsLookup,
-    TaskResult,
-    analyse_era,
-    plan_file,
-    plan_tasks,
-    write_era,
-)
-from pixelring2nmf.era.dask_executor import MAX_TASK_LS, analyse_era_on_dask, auto_task_ls
+from pixelring2nmf.era.dask_executor import MAX_TASK_LS, DaskExecutor, auto_task_ls
+from pixelring2nmf.era.engine import analyse_era
+from pixelring2nmf.era.executors import InProcessExecutor
+from pixelring2nmf.era.judge import TaskResult
+from pixelring2nmf.era.merge import EraRun
+from pixelring2nmf.era.output import EraFolder, EraStatus
+from pixelring2nmf.era.plan import RowGroupTask, plan_file, plan_tasks
 from pixelring2nmf.era.tables import PersistenceRule, era_tables
+from pixelring2nmf.io.oms import OmsLookup
 
 FIT_TASK_LS = (1000, 2000, 5000, 10000)  # on the era's file, row groups of 1000 LS
 FINE_TASK_LS = (100, 500)  # on a copy of its first FINE_N_LS in row groups of 100 LS
@@ -158,15 +157,14 @@ def timed_dask_run(client, paths, model, oms, task_ls: int | None) -> dict:
     arrivals: list[tuple[float, TaskResult]] = []
     load = Load()
     start = time.perf_counter()
-    era = analyse_era_on_dask(
-        client,
-        paths,
-        model,
-        oms,
-        progress=False,
-        task_ls=task_ls,
-        on_task=lambda part: arrivals.append((time.perf_counter(), part)),
-    )
+    with DaskExecutor(client, model, oms) as executor:
+        era = analyse_era(
+            paths,
+            executor,
+            progress=False,
+            task_ls=task_ls,
+            on_task=lambda part: arrivals.append((time.perf_counter(), part)),
+        )
     assert era.complete, era.failures
     client_cpu, cluster_cpu = load.ours_seconds()
     return {
@@ -234,10 +232,9 @@ def client_costs(era_results, out: Path, sample: TaskResult) -> dict:
     """Per LS on the client: tables + files once at the end, and receiving results."""
     start = time.perf_counter()
     tables = era_tables(era_results, PersistenceRule())
-    from pixelring2nmf.era import EraRun
-
     era = EraRun(results=era_results, files=[])
-    write_era(out, era, tables, xlsx=False, model_path=Path("model"))
+    out.mkdir(parents=True, exist_ok=True)
+    EraFolder(out, EraStatus()).write_results(era, tables, xlsx=False)
     client_s = (time.perf_counter() - start) / len(era_results)
     blob = pickle.dumps(sample, protocol=5)
     repeats = 5
@@ -269,13 +266,13 @@ def main() -> int:
     files = [paths["parquet"]]
     model = PixelRing2NMF.load()
     oms = OmsLookup.read([paths["oms"]])
-    # what a task of 5000 LS carries of the OMS table (cluster._oms_of), per LS
+    # what a task of 5000 LS carries of the OMS table (DaskExecutor._oms_of), per LS
     task = plan_tasks([plan_file(0, paths["parquet"])], 5000)[0]
     oms_bytes_per_ls = len(pickle.dumps(oms.runs_between(*task.runs), protocol=5)) / task.n_ls
     file_kb_per_ls = paths["parquet"].stat().st_size / 1e3 / args.n_ls
 
     load = Load()
-    local = analyse_era(files, model, oms, progress=False)
+    local = analyse_era(files, InProcessExecutor(model, oms), progress=False)
     local_row = {
         "ls_per_s": len(local.results) / local.seconds,
         "others": load.others_cores(),
@@ -338,8 +335,6 @@ def main() -> int:
 
 def _sample_result(run: dict, local) -> TaskResult:
     """A task's result of `run`'s size, rebuilt from the local results (for timing receipt)."""
-    from pixelring2nmf.era import RowGroupTask
-
     n = run["task_ls"]
     frame = local.results.iloc[:n].assign(_file=np.int32(0))
     return TaskResult(task=RowGroupTask(0, "x", tuple(range(n // 1000)), n), results=frame)
@@ -426,7 +421,7 @@ def report(
         f"({costs['bytes_per_ls']:.0f} bytes per LS on the wire).",
         "",
         "**Projection** for N LS on W workers, tasks of s LS (the default: "
-        "`cluster.auto_task_ls`, about 4 per worker, 1,000-5,000 LS):",
+        "`dask_executor.auto_task_ls`, about 4 per worker, 1,000-5,000 LS):",
         "",
         "`wall = fixed + max(ceil(ceil(N/s)/W) x (overhead + s x cost), N x receive) + N x client`",
         "",

@@ -43,7 +43,7 @@ from mlserver_model.preprocessor import insert_cross
 from pixelring2nmf.model.train import train_model
 from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.mismatch import Mismatch
-from pixelring2nmf.validation.original import OriginalPipeline
+from pixelring2nmf.validation.original import OriginalPipeline, original_rule_flags
 
 N_LS = 750
 MAX_SLOWDOWN = 2.0  # anomalous batches must stay within 2x of the healthy one
@@ -151,7 +151,7 @@ def main() -> int:
         original_flagged = {name: int(original.predict(maps[name]).flag.sum()) for name in maps}
         agreement = screen_agreement(model, maps)
         dead = maps["ROG dead on 2 disks in every LS"]
-        ours_original_rule = model.predict(dead, rule="original").flag
+        ours_original_rule = original_rule_flags(model, dead)
         sklearn_original_rule = sklearn_transform_flags(dead, model.components)
     tracemalloc.start()
     model.predict(maps["quarter dead in every LS"])

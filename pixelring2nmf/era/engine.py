@@ -19,7 +19,7 @@ shows the traceback.
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from .executors import Executor
 from .judge import TaskResult
@@ -48,12 +48,14 @@ def analyse_era(
     progress: bool = True,
     task_ls: int | None = None,
     runs: Collection[int] | None = None,
-    report=None,
+    report: Callable[[str], object] | None = None,
+    on_task: Callable[[TaskResult], object] | None = None,
 ) -> EraRun:
     """Judge every LS of `sources` (only the row groups that may hold `runs`, if given).
 
     `report(message)` is told at once of each file or row group that cannot be used (the
-    summary repeats them at the end). `task_ls` None lets the executor size the tasks.
+    summary repeats them at the end); `on_task(result)` sees every task as it arrives
+    (bench/era_scale.py times them). `task_ls` None lets the executor size the tasks.
     """
     start = time.perf_counter()
     parts: list[TaskResult] = []
@@ -77,6 +79,8 @@ def analyse_era(
                 if report is not None:
                     report(message)
             bar.update(part.task.n_ls)
+            if on_task is not None:
+                on_task(part)
     except KeyboardInterrupt as stop:
         interrupted = stop.args[0] if isinstance(stop, Interrupted) else INTERRUPTED_BY_USER
         try:

@@ -38,6 +38,7 @@ class TaskResult:
     results: pd.DataFrame
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0  # spent judging, where the task ran (bench/era_scale.py)
+    peak_memory_mb: float = 0.0  # the peak RSS of the process that ran it, after the task
 
     @classmethod
     def unjudged(cls, task: RowGroupTask, why: str) -> TaskResult:
@@ -99,4 +100,14 @@ def judge_row_groups(
         results=results.assign(**{FILE_COLUMN: np.int32(task.file_index)}),
         failures=failures,
         seconds=time.perf_counter() - start,
+        peak_memory_mb=peak_memory_mb(),
     )
+
+
+def peak_memory_mb() -> float:
+    """This process's peak resident memory so far (MB): what a worker needs to be given."""
+    try:
+        import resource
+    except ImportError:  # not on a Unix
+        return float("nan")
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux

@@ -30,6 +30,7 @@ class EraRun:
     ran_on: str = "this machine"  # where the tasks ran: processes here or a Dask cluster
     n_tasks: int = 0
     error: BaseException | None = None  # a bug met while judging (the results are still kept)
+    worker_peak_memory_mb: float = 0.0  # the largest peak RSS of the processes that judged
 
     @property
     def complete(self) -> bool:
@@ -65,6 +66,7 @@ def merge_results(
         seconds=seconds,
         ran_on=ran_on,
         n_tasks=len(ordered),
+        worker_peak_memory_mb=max((part.peak_memory_mb for part in ordered), default=0.0),
     )
 
 

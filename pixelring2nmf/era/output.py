@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..errors import OutputError
 from ..io.atomic import TEMPORARY_SUFFIX, write_atomically, write_text
+from .judge import peak_memory_mb
 from .merge import EraRun
 from .tables import EraTables
 
@@ -190,6 +191,10 @@ def era_details(era: EraRun, tables: EraTables) -> dict:
         "rows_by_type": {str(k): int(v) for k, v in tables.condensed.Type.value_counts().items()},
         "persistent": len(tables.persistent),
         "seconds": round(era.seconds, 2),
+        "peak_memory_mb": {
+            "this process": round(peak_memory_mb()),
+            "largest worker": round(era.worker_peak_memory_mb),
+        },
     }
 
 

@@ -1,6 +1,6 @@
 """The original's era spreadsheets, built from per-LS results: ranges, groups, runs.
 
-The experts kept three tables per era (DOMAIN.md section 7) and compared eras through them, so
+The experts kept three tables per era (docs/domain.md) and compared eras through them, so
 the column names and value formats here are theirs exactly (`Disk -2:-3`,
 `FPix_BmI_D2_ROG2:FPix_BmI_D3_ROG2`, `-2:-3`, `Ring 2`, `Forward`). Everything is derived from
 the per-LS results the model produced (`io.results`, plus `pileup`): no decision of

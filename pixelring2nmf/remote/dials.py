@@ -323,7 +323,7 @@ def oms_lumisections(dials, runs: Iterable[int], page_limit: int = PAGE_LIMIT) -
     """OMS `lumisections` of the runs through DIALS's OMS proxy (no OMS application needed).
 
     The proxy forwards OMS's JSON:API pages, so they are paged and checked by the same loop
-    as the OMS API's (`omsclient.run_lumisections`).
+    as the OMS API's (`oms_api.run_lumisections`).
     """
     import requests
     from cmsdials.clients.oms_proxy.models import OMSFilter, OMSPage
@@ -385,7 +385,7 @@ def dials_flags(dials, model_id: int, runs: Sequence[int], dataset_ids: Sequence
 def compare_flags(dials_flagged: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
     """LS flagged by either side: `agree`, `only DIALS` or `only local`, with both Metrics.
 
-    `local` are per-LS results (`predict.results_table`) of the same data; an LS DIALS flagged
+    `local` are per-LS results (`io.results`) of the same data; an LS DIALS flagged
     that is not in the local data is `only DIALS` with an empty local Metric.
     """
     mine = local[["run", "ls", "flag", "metric", "type", "groups"]].rename(
