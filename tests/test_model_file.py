@@ -13,7 +13,7 @@ import os
 import pickle
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from mlserver_model.artifact import (
     load_artifact,
 )
 from mlserver_model.bad_ROC import Thresholds
-from mlserver_model.pixelring2nmf import PixelRing2NMF
+from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH, PixelRing2NMF
 
 REFUSED_EXIT = 3
 LOAD_TIMEOUT_S = 10.0
@@ -308,3 +308,40 @@ def test_saving_refuses_what_could_not_be_loaded(model: PixelRing2NMF, tmp_path:
     with pytest.raises(ArtifactError, match="mean 1"):
         broken.save(tmp_path / "broken.joblib")
     assert not (tmp_path / "broken.joblib").exists()
+
+
+def test_files_of_0_1_0_with_the_original_thresholds_still_load(tmp_path: Path) -> None:
+    """The original rule left the served model: its two thresholds are no longer written, and
+    a file that still carries them (every file before this change, the shipped one included)
+    loads with them dropped, deciding exactly as before."""
+    old = _thresholds(original_loss=1e5, original_group_fraction=0.40)
+    path = tmp_path / "old.joblib"
+    path.write_bytes(pickle.dumps(_payload(thresholds=old), protocol=4))
+    model = PixelRing2NMF.load(path)
+    assert asdict(model.thresholds) == asdict(Thresholds())
+    resaved = model.save(tmp_path / "new.joblib")
+    stored = pickle.loads(resaved.read_bytes())["thresholds"]
+    assert "original_loss" not in stored and "original_group_fraction" not in stored
+    shipped = pickle.loads(DEFAULT_MODEL_PATH.read_bytes())["thresholds"]
+    assert PixelRing2NMF.load().thresholds == Thresholds.from_mapping(shipped)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"z_threshold": "4"}, r"'z_threshold' must be a number, got '4' \(str\)"),
+        ({"min_live_rocs": 16.5}, r"'min_live_rocs' must be an integer, got 16.5"),
+        ({"min_live_rocs": True}, r"'min_live_rocs' must be an integer, got True \(bool\)"),
+        ({"live_fraction": 1.5}, r"'live_fraction' must be in \[0, 1\], got 1.5"),
+        ({"min_relative_deficit": -0.1}, r"'min_relative_deficit' must be in \[0, 1\]"),
+        ({"screen_deficit": -0.5}, None),  # negative: every group is judged (allowed)
+        ({"metric_threshold": float("inf")}, r"'metric_threshold' must be finite"),
+    ],
+)
+def test_each_threshold_is_checked_against_its_declared_kind_and_bounds(changes, message):
+    if message is None:
+        assert Thresholds(**changes).screen_deficit == -0.5
+        return
+    with pytest.raises(ValueError, match=message):
+        Thresholds(**changes)
+    assert set(Thresholds.CONSTRAINTS) == {spec.name for spec in fields(Thresholds)}
