@@ -146,11 +146,7 @@ def run_era(args: argparse.Namespace) -> int:
     """
     from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH
 
-    from ..era.engine import analyse_era
-    from ..era.output import FAILED, EraFolder, EraStatus
-    from ..era.plan import parquet_inputs
-    from ..errors import user_error_types
-    from ..io.oms import OmsLookup
+    from ..era.output import EraFolder, EraStatus
     from ..io.paths import output_folder
 
     out_dir = output_folder(args.out, force=args.force, what="--out folder")  # before the work
@@ -158,30 +154,48 @@ def run_era(args: argparse.Namespace) -> int:
     folder = EraFolder(out_dir, status)
     folder.begin()
     try:
-        sources = parquet_inputs(args.parquet)
-        status.files = [str(source) for source in sources]
-        oms = OmsLookup.read(args.oms) if args.oms else None
-        _record_oms_warnings(status, oms)
-        model = load_model(args.model)
-        with _executor(args, model, oms) as executor:
-            era = analyse_era(
-                sources,
-                executor,
-                progress=not args.no_progress,
-                task_ls=args.task_ls,
-                report=lambda message: logger.error("era: skipped %s", message),
-            )
-    except user_error_types() as error:  # nothing could be judged: say so in era.json too
-        status.state, status.reason = FAILED, str(error)
+        era = _judge(args, status)
+    except BaseException as stop:  # nothing judged: era.json says why, every table its header
+        status.state, status.reason = _why_stopped(stop)
         _write_empty(folder, args.xlsx)
         raise
-    except KeyboardInterrupt as stop:  # before any task (e.g. while a cluster started)
-        status.state, status.reason = "interrupted", f"interrupted by {_how(stop)}"
-        _write_empty(folder, args.xlsx)
-        raise
+    return _write_era(folder, era, args)
+
+
+def _judge(args: argparse.Namespace, status):
+    """Inputs, OMS data and model, then the engine on the chosen executor: the EraRun."""
+    from ..era.engine import analyse_era
+    from ..era.plan import parquet_inputs
+    from ..io.oms import OmsLookup
+
+    sources = parquet_inputs(args.parquet)
+    status.files = [str(source) for source in sources]
+    oms = OmsLookup.read(args.oms) if args.oms else None
+    _record_oms_warnings(status, oms)
+    model = load_model(args.model)
+    with _executor(args, model, oms) as executor:
+        era = analyse_era(
+            sources,
+            executor,
+            progress=not args.no_progress,
+            task_ls=args.task_ls,
+            report=lambda message: logger.error("era: skipped %s", message),
+        )
     if oms is not None:
         _record_coverage(status, oms, era)
-    return _write_era(folder, era, args)
+    return era
+
+
+def _why_stopped(stop: BaseException) -> tuple[str, str]:
+    """era.json's state and reason for a run that ended before or while writing."""
+    from ..era.output import FAILED, INTERRUPTED
+    from ..errors import user_error_types
+
+    if isinstance(stop, KeyboardInterrupt):
+        return INTERRUPTED, f"interrupted by {_how(stop)}"
+    if isinstance(stop, user_error_types()):
+        return FAILED, str(stop)
+    return FAILED, f"internal error: {type(stop).__name__}: {stop}"
 
 
 def _how(stop: BaseException) -> str:
@@ -227,14 +241,7 @@ def _write_empty(folder, xlsx: bool) -> None:
 
 
 def _write_era(folder, era, args: argparse.Namespace) -> int:
-    from ..era.output import (
-        FAILED,
-        FINISHED,
-        INCOMPLETE,
-        INTERRUPTED,
-        era_details,
-        summary_line,
-    )
+    from ..era.output import FAILED, FINISHED, INCOMPLETE, INTERRUPTED, era_details, summary_line
     from ..era.tables import PersistenceRule, era_tables
     from ..errors import OutputError
 
@@ -245,15 +252,12 @@ def _write_era(folder, era, args: argparse.Namespace) -> int:
     status.details = era_details(era, tables)
     try:
         folder.write_results(era, tables, xlsx=args.xlsx)
-    except OutputError as error:
-        status.state, status.reason = FAILED, str(error)
+    except BaseException as stop:  # a full disk, a second Ctrl-C, a bug: say so, keep the rest
+        status.state, status.reason = _why_stopped(stop)
         with contextlib.suppress(OutputError):
             folder.write_status()
-        print(summary_line(era, tables, folder.out_dir))
-        raise
-    except KeyboardInterrupt as stop:
-        status.state, status.reason = INTERRUPTED, f"interrupted by {_how(stop)} while writing"
-        folder.write_status()
+        if isinstance(stop, OutputError):
+            print(summary_line(era, tables, folder.out_dir))
         raise
     if era.error is not None:
         status.state = FAILED
