@@ -208,9 +208,7 @@ def report(paths: dict[str, Path], runs: dict[str, list[dict]], memory: list[dic
         "|---|---|---|",
     ]
     for row in memory:
-        lines.append(
-            f"| {row['n_ls']:,} | {row['this process']} MB | {row['largest worker']} MB |"
-        )
+        lines.append(f"| {row['n_ls']:,} | {row['this process']} MB | {row['largest worker']} MB |")
     worker = memory[-1]["largest worker"] / memory[0]["largest worker"]
     main_ratio = memory[-1]["this process"] / memory[0]["this process"]
     lines += [
