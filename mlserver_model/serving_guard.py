@@ -17,7 +17,9 @@ with this guard, which for every inference request:
    that stalls: uvicorn has no such timeout, so a stalled upload held its memory for ever);
 4. for a model that runs in this process, cuts its flat integer maps out of the body and
    parses them with numpy in a thread (tensor_text.py): ~4 bytes of memory per byte of JSON,
-   and the event loop stays free, so probes answer. The handler takes the parsed array
+   and the event loop stays free, so probes answer. One body is parsed at a time: a parse
+   keeps a core busy for ~1 s per 5,000 LS, and on the deployment's 2 cores the event loop
+   needs the other (three at once delayed a probe by 1.3 s). The handler takes the parsed array
    (`parsed_values`); MLServer parses only the small rest. A body the cut declines goes to
    MLServer as received, its reservation grown to MLServer's cost (or 503 if that does not
    fit, or 413 above MAX_MLSERVER_PATH_BYTES);
@@ -174,6 +176,7 @@ class ServingGuard:
         self.app = app
         self.settings = settings
         self.budget = MemoryBudget(settings.budget_bytes, settings.queue_length)
+        self._parsing = asyncio.Semaphore(1)  # module docstring, step 4
         self._released_since_trim = 0
         self._malloc_trim = _malloc_trim()
 
@@ -234,7 +237,8 @@ class ServingGuard:
             if body.refusal is not None:
                 await send.refuse(body.refusal)
             return cost
-        received, cut = await asyncio.to_thread(_cut, chunks, local)
+        async with self._parsing:
+            received, cut = await asyncio.to_thread(_cut, chunks, local)
         size = len(received)
         if cut is None:  # MLServer's path, on the body as received
             refusal = None
