@@ -298,10 +298,13 @@ def test_tensor_values_reads_the_list_without_copying() -> None:
 @pytest.mark.parametrize(
     ("values", "fast"),
     [
-        ([0, 5, 2**31 - 1, 2**32 - 1], True),
-        ([1, True], False),  # a bool is an int to array.array, but not a count
+        ([0, 5, 2**31 - 1, 0, 1, 84, 70, 105], True),  # 84, 70, 105: the bytes T, F, i
+        ([1, True], False),  # a bool is an int to numpy, but not a count
+        ([0, False, 2], False),
+        ([True] * 5 + [2**40], False),  # lengths that add up as n ints would
         ([1, -1], False),  # not a count: the general path names it
-        ([1, 2**32], False),  # does not fit in uint32
+        ([1, 2**31], False),  # a count, but not an int32: the general path takes it
+        ([1, 2**32], False),
         ([1, 2.0], False),
         ([1, None], False),
         ([1, "3"], False),
@@ -320,10 +323,10 @@ def test_fast_path_takes_only_lists_of_counts(values, fast) -> None:
 def test_decoding_is_the_same_where_the_fast_path_is_off(monkeypatch) -> None:
     values = [7, 0, 2**31 - 1, 3]
     fast = datatype.decode_numeric(values, "INT32", [2, 2])
-    monkeypatch.setattr(datatype, "_FAST_COUNTS", False)  # as where "I" is not 4 bytes
-    assert datatype.flat_counts(values) is None
+    monkeypatch.setattr(datatype, "flat_counts", lambda values: None)
     general = datatype.decode_numeric(values, "INT32", [2, 2])
     assert general.tolist() == fast.tolist() == [[7, 0], [2**31 - 1, 3]]
+    assert datatype.decode_numeric([1, 2**31], "UINT32", [2]).tolist() == [1, 2**31]
 
 
 def test_negative_values_take_the_general_path_with_their_sign() -> None:
