@@ -213,15 +213,16 @@ class ServingGuard:
             return
         arrived = _ARRIVED.set(started)
         body = _Body(receive, s)
+        held = [cost]  # grows when the fast path hands the body to MLServer after all
         try:
             if local is None:
                 await self.app(scope, body.receive, body.guarded(send))
             else:
-                cost = await self._fast_path(scope, body, send, local, cost)
+                await self._fast_path(scope, body, send, local, held)
         finally:
             _ARRIVED.reset(arrived)
-            self.budget.release(cost)
-            self._released_since_trim += cost
+            self.budget.release(held[0])
+            self._released_since_trim += held[0]
         if body.refusal is not None:
             self._log(scope, size, body.refusal)
         if self.budget.in_flight == 0 and self._released_since_trim >= s.trim_after_bytes:
@@ -229,14 +230,15 @@ class ServingGuard:
             await asyncio.to_thread(self._give_memory_back)
 
     async def _fast_path(
-        self, scope: Scope, body: _Body, send: _Responder, local: LocalModel, cost: int
-    ) -> int:
-        """Read, cut and parse the body, then run MLServer on the rest; returns the cost held."""
+        self, scope: Scope, body: _Body, send: _Responder, local: LocalModel, held: list[int]
+    ) -> None:
+        """Read, cut and parse the body, then run MLServer on the rest; `held[0]` is the cost
+        reserved for the request, grown here when MLServer must parse the body itself."""
         chunks = await body.read_all()
         if chunks is None:  # the client left, or stalled (408, answered below)
             if body.refusal is not None:
                 await send.refuse(body.refusal)
-            return cost
+            return
         async with self._parsing:
             received, cut = await asyncio.to_thread(_cut, chunks, local)
         size = len(received)
@@ -249,9 +251,10 @@ class ServingGuard:
                 refusal = self._busy(extra, 0.0)
             if refusal is not None:
                 await self._refuse(send, scope, size, refusal)
-                return cost
+                return
+            held[0] += extra
             await self.app(_with_length(scope, size), _replay(received, body), send)
-            return cost + extra
+            return
         del received  # from here on only the parsed values and the small rest are held
         rest, values = cut.rest, cut.values
         token = _PARSED.set(None if values is None else _Parsed(local.tensor, values))
@@ -259,7 +262,6 @@ class ServingGuard:
             await self.app(_with_length(scope, len(rest)), _replay(rest, body), send)
         finally:
             _PARSED.reset(token)
-        return cost
 
     def _busy(self, cost: int, waited_s: float) -> _Refusal:
         s = self.settings

@@ -78,6 +78,7 @@ class App:
         self.release = asyncio.Event()
         self.bodies: list[bytes] = []
         self.parsed: list[np.ndarray | None] = []
+        self.fail = False
 
     async def __call__(self, scope: dict, receive, send) -> None:
         body = b""
@@ -92,6 +93,8 @@ class App:
                 break
         self.bodies.append(body)
         self.parsed.append(serving_guard.parsed_values("Ring2"))
+        if self.fail:
+            raise RuntimeError("MLServer failed")
         await self.release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b'{"ok": true}'})
@@ -255,6 +258,12 @@ def test_a_declined_body_that_mlserver_would_parse_needs_its_cost_to_fit():
         client = Client(too_big)
         await guard(scope(len(too_big)), client.receive, client.send)
         assert client.status == 413 and "one flat list of integers" in client.json()["error"]
+        # a declined body that MLServer parses, and MLServer fails: the grown cost comes back
+        app.fail = True
+        client = Client(body)
+        await guard(scope(len(body)), client.receive, client.send)
+        assert client.status == 500
+        assert guard.budget.reserved_bytes == 0 and guard.budget.in_flight == 0
 
     run(scenario())
 
