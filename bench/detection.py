@@ -295,7 +295,7 @@ def main() -> int:
         missing = "\n\n(../shared/reference absent: real-component study not run.)"
     if args.hot_rocs:
         intro = f"""`python bench/detection.py --hot-rocs` — the hot-ROC cases of the study
-below alone: 1-5 ROCs at x5-x20, and one ROC at 10x, 100x, 1,000x and 10,000x its
+above alone: 1-5 ROCs at x5-x20, and one ROC at 10x, 100x, 1,000x and 10,000x its
 expectation in every LS (before the refit without hot ROCs, one ROC at 3,000x its expectation
 turned healthy LS into Quarter flags). Share of LS flagged, per level of mismatch and occupancy
 (clusters per live ROC; {", ".join(map(str, OCCUPANCIES))}); the bar for our rule: 0 flags
