@@ -1,48 +1,72 @@
-"""Peak memory of a served request by its number of lumisections, on both MLServer versions.
+"""Server memory and health probes under concurrent requests, on both MLServer versions.
 
-    python bench/memory.py [--sizes 750 3000 10000] [--no-image]
+    python bench/memory.py [--no-image] [--scenarios 5000x1 5000x2 ...]
 
-For each size, a fresh MLServer (parallel_workers 0: the model runs in the server process)
-serves the build folder; one request of N LS (DIALS's JSON: flattened INT32 Ring2 and the DCS
-flags) is sent, and the server's peak resident memory (VmHWM) is read from /proc. MLServer
-parses the whole body before the model sees it, so a request above `max_lumisections` costs
-the same memory before it is refused: the last size is max_lumisections + 1, to show it.
-The numbers set `Resources` in template.yaml and the memory table of the README.
+The build folder (`pixelring2nmf build`, the shipped model) is served as production runs it:
+`mlserver start /mnt/pixel-ring2-nmf` with MLServer's defaults (one worker process, debug on,
+a metrics server) but for free loopback ports, by the main environment's MLServer 1.7 and by
+the image venv's 1.5.0, a fresh server per scenario. A scenario `<N>x<k>` sends k requests of N
+LS at once from k threads (DIALS's JSON: flattened INT32 Ring2 and the 8 DCS flags, assembled
+as text from 750 simulated maps); `<N>nx<k>` sends the maps as nested lists (MLServer's own
+parsing, which the serving guard does not do for it). While the clients run, the resident
+memory of the server and its worker process is summed every 50 ms (the pod's memory limit
+counts both) and `/v2/health/live` is probed every 250 ms, as a liveness probe would. The
+table gives each scenario's statuses, the peak, the slowest answer, and the probes.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
+import shutil
+import statistics
 import sys
 import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_section
 
-from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS
 from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.pixelring2nmf import MODEL_NAME
 from mlserver_model.preprocessor import insert_cross
-from pixelring2nmf.serving.dism import build, mlserver_command
+from mlserver_model.serving_guard import MB, GuardSettings
+from pixelring2nmf.serving.dism import build
+from pixelring2nmf.serving.mlserver import mlserver_start_command
 from pixelring2nmf.sim import simulate
 from pixelring2nmf.validation.local_server import (
     free_port,
     image_python,
-    memory_mb,
-    post_infer,
     start_local_server,
     stop_local_server,
+    tree_rss_mb,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_LS = 750  # maps are made once for a block and repeated: memory does not depend on values
 START_TIMEOUT_S = 180.0
 REQUEST_TIMEOUT_S = 900.0
+SAMPLE_S = 0.05
+PROBE_S = 0.25
+SCENARIOS = ("5000x1", "5000x2", "5000x3", "3000x3", "750x32", "5000nx1", "5001x1")
+
+
+def template_limit_mb() -> float:
+    """The memory limit of template.yaml's resource, in MB (e.g. 3Gi -> 3221)."""
+    content = yaml.safe_load((REPO / "template.yaml").read_text())
+    (resource,) = content["Resources"].values()
+    limit = resource["Properties"]["Resources"]["Limits"]["memory"]
+    units = {"Gi": 2**30, "Mi": 2**20, "G": 10**9, "M": 10**6}
+    unit = next(u for u in units if limit.endswith(u))
+    return float(limit.removesuffix(unit)) * units[unit] / MB
 
 
 def block_of_maps() -> np.ndarray:
@@ -52,11 +76,14 @@ def block_of_maps() -> np.ndarray:
     return insert_cross(simulate.sample_maps(expected, rng)).astype(np.int32)
 
 
-def request_body(n_ls: int, block: np.ndarray) -> bytes:
-    """DIALS's JSON for n_ls LS, assembled from the block's text (no 80 M Python ints)."""
-    per_ls = [json.dumps(m.ravel().tolist())[1:-1] for m in block]
-    data = ",".join(per_ls[i % BLOCK_LS] for i in range(n_ls))
-    flags = ",".join(["true"] * n_ls)
+def request_body(n_ls: int, block: np.ndarray, nested: bool = False) -> bytes:
+    """DIALS's JSON for n_ls LS, assembled from the block's text (no 40 M Python ints)."""
+    if nested:
+        per_ls = [json.dumps(m.tolist()) for m in block]
+    else:
+        per_ls = [json.dumps(m.ravel().tolist())[1:-1] for m in block]
+    data = ", ".join(per_ls[i % BLOCK_LS] for i in range(n_ls))
+    flags = ", ".join(["true"] * n_ls)
     inputs = [
         f'{{"name": "Ring2", "shape": [{n_ls}, 140, 56], "datatype": "INT32", "data": [{data}]}}'
     ]
@@ -68,79 +95,196 @@ def request_body(n_ls: int, block: np.ndarray) -> bytes:
     return ('{"inputs": [' + ", ".join(inputs) + "]}").encode()
 
 
-def measure(python: Path | None, folder: Path, n_ls: int, body: bytes, tmp: Path) -> dict:
-    port = free_port()
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps({**settings, "http_port": port}))
-    command = mlserver_command(folder, python) if python else mlserver_command(folder)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "HOME": str(tmp)}
-    server = start_local_server(
-        command, port, tmp / f"server-{n_ls}.log", cwd=tmp, env=env, timeout_s=START_TIMEOUT_S
-    )
+@dataclass
+class Scenario:
+    name: str
+    n_ls: int
+    clients: int
+    nested: bool
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        size, clients = text.split("x")
+        return cls(text, int(size.rstrip("n")), int(clients), size.endswith("n"))
+
+
+@dataclass
+class Outcome:
+    environment: str
+    scenario: Scenario
+    body_mb: float
+    idle_mb: float
+    peak_mb: float = 0.0
+    answers: list[tuple[int | str, float]] = field(default_factory=list)  # (status, seconds)
+    probes_s: list[float] = field(default_factory=list)
+    probe_failures: int = 0
+
+
+def post(port: int, body: bytes) -> tuple[int | str, float]:
+    started = time.perf_counter()
     try:
-        idle = memory_mb(server.process.pid)["VmRSS"]
-        seconds, response = post_infer(server, MODEL_NAME, body, REQUEST_TIMEOUT_S)
-        peak = memory_mb(server.process.pid)["VmHWM"]
-    finally:
-        stop_local_server(server)
-    return {
-        "n_ls": n_ls,
-        "body_mb": len(body) / 1e6,
-        "status": response.status_code,
-        "idle_mb": idle,
-        "peak_mb": peak,
-        "seconds": seconds,
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_S)
+        connection.request(
+            "POST",
+            f"/v2/models/{MODEL_NAME}/infer",
+            body=body,
+            headers={"Content-Type": "application/json"},
+        )
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response.status, time.perf_counter() - started
+    except OSError as error:  # recorded: a reset is a result too
+        return type(error).__name__, time.perf_counter() - started
+
+
+def measure(
+    label: str, python: Path, folder: Path, scenario: Scenario, body: bytes, tmp: Path
+) -> Outcome:
+    port = free_port()
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp),
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MLSERVER_HTTP_PORT": str(port),
+        "MLSERVER_GRPC_PORT": str(free_port()),
+        "MLSERVER_METRICS_PORT": str(free_port()),
     }
+    log = tmp / f"server-{label.split()[1]}-{scenario.name}.log"
+    server = start_local_server(
+        mlserver_start_command(folder, python),
+        port,
+        log,
+        cwd=folder.parent,
+        env=env,
+        timeout_s=START_TIMEOUT_S,
+    )
+    pid = server.process.pid
+    outcome = Outcome(label, scenario, len(body) / MB, tree_rss_mb(pid))
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            outcome.peak_mb = max(outcome.peak_mb, tree_rss_mb(pid))
+            stop.wait(SAMPLE_S)
+
+    def probe() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                connection.request("GET", "/v2/health/live")
+                ok = connection.getresponse().status == 200
+                connection.close()
+            except OSError:
+                ok = False
+            outcome.probes_s.append(time.perf_counter() - started)
+            outcome.probe_failures += not ok
+            stop.wait(PROBE_S)
+
+    def client() -> None:
+        outcome.answers.append(post(port, body))
+
+    watchers = [threading.Thread(target=sample), threading.Thread(target=probe)]
+    clients = [threading.Thread(target=client) for _ in range(scenario.clients)]
+    try:
+        for thread in watchers + clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+        stop.wait(1.0)  # one more second of samples: memory freed after the last answer
+    finally:
+        stop.set()
+        for thread in watchers:
+            thread.join()
+        stop_local_server(server)
+    return outcome
+
+
+def row(o: Outcome, limit_mb: float) -> str:
+    statuses: dict[str, list[float]] = {}
+    for status, seconds in o.answers:
+        statuses.setdefault(str(status), []).append(seconds)
+    shown = ", ".join(
+        f"{len(t)} x {s}" + (f" ({min(t):.1f}-{max(t):.1f} s)" if s != "200" else "")
+        for s, t in sorted(statuses.items())
+    )
+    slowest = max(seconds for _, seconds in o.answers)
+    within = "yes" if o.peak_mb <= limit_mb else "**NO**"
+    over_1s = sum(p > 1.0 for p in o.probes_s)
+    return (
+        f"| {o.environment} | {o.scenario.name} | {o.body_mb:.0f} | {shown} | {o.idle_mb:.0f} | "
+        f"**{o.peak_mb:,.0f}** | {within} | {slowest:.1f} | {max(o.probes_s):.2f} / "
+        f"{statistics.median(o.probes_s):.3f} | {over_1s} of {len(o.probes_s)} "
+        f"(failed {o.probe_failures}) |"
+    )
+
+
+def report(outcomes: list[Outcome], limit_mb: float, started: float, load: tuple) -> str:
+    g = GuardSettings()
+    rows = "\n".join(row(o, limit_mb) for o in outcomes)
+    worst = max(outcomes, key=lambda o: o.peak_mb)
+    return f"""
+`python bench/memory.py` — memory of the served model under concurrent requests, and health
+probes meanwhile. Each row is a fresh `mlserver start /mnt/{MODEL_NAME}` on the build folder
+(the shipped model) with **MLServer's defaults, as production runs it** (one worker process,
+debug on, a metrics server; free loopback ports), by the main environment's MLServer 1.7.1 or
+the image venv's 1.5.0. `NxK`: K clients send a request of N LS at once (DIALS's JSON:
+flattened INT32 `Ring2` + the 8 DCS flags; maps simulated, 300-900 clusters per ROC, repeated
+in blocks of 750 LS); `Nn`: the maps as nested lists, which MLServer parses itself; 5001 LS is
+one more than the model accepts. Peak: the resident memory of the server and its worker process,
+summed every {SAMPLE_S * 1000:.0f} ms (what the pod's limit counts); template.yaml's limit is
+{limit_mb:,.0f} MB. Probes: `GET /v2/health/live` every {PROBE_S} s during the scenario, their
+slowest and median latency, and how many took more than 1 s.
+
+The serving guard admits requests against {g.budget_bytes / MB:,.0f} MB of estimated request
+memory (Content-Length x {g.fast_path_cost:g} on the numpy path, x {g.mlserver_path_cost:g}
+on MLServer's); what does not fit waits with its body unread (up to {g.queue_wait_s:.0f} s,
+{g.queue_length} at most), then gets 503 with Retry-After.
+
+| MLServer | scenario | body (MB) | answers | idle (MB) | peak (MB) | within the limit | slowest answer (s) | probes: max / median (s) | probes > 1 s |
+|---|---|---|---|---|---|---|---|---|---|
+{rows}
+
+Highest peak: {worst.peak_mb:,.0f} MB ({worst.environment}, {worst.scenario.name}), against
+{limit_mb:,.0f} MB. Load average (1/5/15 min) before {load[0][0]:.1f}/{load[0][1]:.1f}/
+{load[0][2]:.1f}, after {load[1][0]:.1f}/{load[1][1]:.1f}/{load[1][2]:.1f} (2 cores; client and
+server share them); total {(time.monotonic() - started) / 60:.0f} min.
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", type=int, nargs="+", default=[750, 3000, DEFAULT_MAX_LUMISECTIONS]
-    )
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS))
     parser.add_argument("--no-image", action="store_true", help="only the main environment")
     args = parser.parse_args()
-    sizes = [*args.sizes, DEFAULT_MAX_LUMISECTIONS + 1]
-    environments: list[tuple[str, Path | None]] = [("MLServer 1.7 (main)", None)]
+    started, load_before = time.monotonic(), os.getloadavg()
+    environments = [("MLServer 1.7.1 (main)", Path(sys.executable))]
     image = image_python(REPO)
     if not args.no_image and image.exists():
         environments.append(("MLServer 1.5.0 (image)", image))
+    scenarios = [Scenario.parse(text) for text in args.scenarios]
     block = block_of_maps()
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp_name:
+    limit_mb = template_limit_mb()
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp_name:
         tmp = Path(tmp_name)
         os.environ["BUILD_PATH"] = str(tmp / "build")
-        (folder,) = build(REPO / "template.yaml").values()
-        for n_ls in sizes:
-            body = request_body(n_ls, block)
+        (built,) = build(REPO / "template.yaml").values()
+        folder = tmp / "mnt" / MODEL_NAME  # as start-api mounts it
+        shutil.copytree(built, folder)
+        for scenario in scenarios:
+            body = request_body(scenario.n_ls, block, scenario.nested)
             for label, python in environments:
-                row = {"environment": label, **measure(python, folder, n_ls, body, tmp)}
-                rows.append(row)
-                print(
-                    f"{label:24s} {n_ls:6d} LS  body {row['body_mb']:6.0f} MB  "
-                    f"HTTP {row['status']}  idle {row['idle_mb']:5.0f} MB  "
-                    f"peak {row['peak_mb']:6.0f} MB  {row['seconds']:5.1f} s",
-                    flush=True,
-                )
+                outcome = measure(label, python, folder, scenario, body, tmp)
+                outcomes.append(outcome)
+                print(row(outcome, limit_mb), flush=True)
             del body
-    lines = [
-        "Peak resident memory of the server process (VmHWM) for one request of N LS, a fresh",
-        "server per request (`parallel_workers: 0`), the shipped model, flattened INT32 maps and",
-        f"the 8 DCS flags. The last size is `max_lumisections` + 1 ({DEFAULT_MAX_LUMISECTIONS}"
-        " + 1): MLServer parses the whole body",
-        "before the model can refuse it. Reproduce: `python bench/memory.py`.",
-        "",
-        "| environment | LS | body (MB) | HTTP | idle RSS (MB) | peak RSS (MB) | peak per 1000 LS (MB) | time (s) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        per_1000 = (row["peak_mb"] - row["idle_mb"]) / row["n_ls"] * 1000
-        lines.append(
-            f"| {row['environment']} | {row['n_ls']} | {row['body_mb']:.0f} | {row['status']} | "
-            f"{row['idle_mb']:.0f} | {row['peak_mb']:.0f} | {per_1000:.0f} | {row['seconds']:.1f} |"
-        )
-    write_section("memory", "Memory per request (bench/memory.py)", "\n".join(lines))
-    return 0
+    text = report(outcomes, limit_mb, started, (load_before, os.getloadavg()))
+    print(text)
+    write_section("memory", "Memory and probes under concurrent requests", text)
+    return 0 if all(o.peak_mb <= limit_mb for o in outcomes) else 1
 
 
 if __name__ == "__main__":

@@ -5,7 +5,11 @@
 One MLServer serves our model, the folder `pixelring2nmf build` writes (as DIALS would get
 it), beside reference models that receive the same parsed request and answer Flag/Metric of
 the right length: a do-nothing handler (the baseline), and two that only read or only convert
-the 5.9 M values (the floor of any handler that uses the data). The same JSON bytes (what
+the 5.9 M values (the floor of any handler that uses the data). Our model is served twice: as
+deployed (the serving guard parses the maps with numpy, so MLServer parses only the rest of the
+request), and once more as `pixel-ring2-nmf-mlserver-path`, the same handler with the maps
+parsed by MLServer as for the reference models (the path before the guard, and the one any
+other format takes): its ratio is the one to compare with earlier runs of this benchmark. The same JSON bytes (what
 test_predictions.py sends: flattened INT32 Ring2 [750, 140, 56] plus the
 oms_lumisection_info__* tensors) are POSTed to each, one request per model per round in a
 shuffled order (seeded), so all medians come from the same run, no model always follows
@@ -46,7 +50,7 @@ from _report import write_section
 
 from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf.io.testdata import make_test_data
-from pixelring2nmf.serving.dism import mlserver_command, server_settings
+from pixelring2nmf.serving.mlserver import mlserver_environment, serve_command
 from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.local_server import LocalServer as Server
 from pixelring2nmf.validation.local_server import (
@@ -76,8 +80,9 @@ REQUEST_TIMEOUT_S = 300.0
 # handler that looks at the data, so their rows show how much of our cost is that step.
 REFERENCE_SOURCE = '''"""Reference MLServer models of bench/serving.py (not part of the project)."""
 
-import array
+import marshal
 
+import numpy as np
 from mlserver import MLModel
 from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
@@ -117,15 +122,33 @@ class ReadEveryValue(Reference):
 
 class ConvertEveryValue(Reference):
     def touch(self, values) -> None:
-        """The fastest conversion of the list into an array: our decoder's (array.array)."""
-        array.array("I", values)
+        """Our decoder's conversion of the list into an array (marshal, types checked)."""
+        n = len(values)
+        packed = marshal.dumps(values, 2)
+        codes = np.ndarray((n,), np.uint8, packed, 5, (5,))
+        assert len(packed) == 5 + 5 * n and bool(np.all(codes == ord("i")))
+        np.ndarray((n,), "<i4", packed, 6, (5,)).astype(np.uint32)
+'''
+# Our handler with the maps left to MLServer: written beside a copy of the build folder. Both
+# copies hold the same app.py, which MLServer imports once.
+MLSERVER_PATH_NAME = f"{MODEL_NAME}-mlserver-path"
+MLSERVER_PATH_SOURCE = '''"""bench/serving.py: our handler, the maps parsed by MLServer (not part of the project)."""
+
+from app import Handler, _guard
+
+
+class MLServerPathHandler(Handler):
+    async def load(self) -> bool:
+        loaded = await super().load()
+        _guard.stop_serving_in_process(self.name)  # the guard passes its requests through
+        return loaded
 '''
 NOOP_NAME = "do-nothing"
 # model name -> (class in REFERENCE_SOURCE, row label)
 REFERENCES = {
     NOOP_NAME: ("Reference", "do-nothing handler"),
     "read-only": ("ReadEveryValue", "reference: only reads every value (`sum`)"),
-    "convert-only": ("ConvertEveryValue", "reference: only converts every value (`array`)"),
+    "convert-only": ("ConvertEveryValue", "reference: only converts every value (`marshal`)"),
 }
 IMAGE_REFERENCES = [NOOP_NAME, "convert-only"]  # `read-only` makes its point once, in main
 
@@ -201,11 +224,21 @@ def write_reference_folders(parent: Path, names: list[str]) -> None:
         (folder / "model-settings.json").write_text(json.dumps(settings))
 
 
-def write_server_settings(parent: Path) -> int:
-    """settings.json of the served parent folder, like the build's, on a free HTTP port."""
+def write_mlserver_path_copy(parent: Path) -> None:
+    """A copy of our model folder whose handler leaves the maps to MLServer's parsing."""
+    folder = parent / MLSERVER_PATH_NAME
+    shutil.copytree(parent / MODEL_NAME, folder)
+    (folder / "bench_mlserver_path.py").write_text(MLSERVER_PATH_SOURCE)
+    settings = json.loads((folder / "model-settings.json").read_text())
+    settings["name"] = MLSERVER_PATH_NAME
+    settings["implementation"] = "bench_mlserver_path.MLServerPathHandler"
+    (folder / "model-settings.json").write_text(json.dumps(settings))
+
+
+def server_environment(base: dict[str, str]) -> tuple[int, dict[str, str]]:
+    """A free HTTP port and `base` plus the MLSERVER_* settings `pixelring2nmf serve` passes."""
     port = free_port()
-    (parent / "settings.json").write_text(json.dumps(server_settings("127.0.0.1", port)))
-    return port
+    return port, {**base, **mlserver_environment("127.0.0.1", port, free_port())}
 
 
 # --------------------------------------------------------------------------- server
@@ -287,13 +320,14 @@ def measure(
 
 def main_environment(tmp: Path, body: bytes, args: argparse.Namespace) -> Measurement:
     """Main venv: the build folder and the reference models under one `mlserver start`."""
+    built = build_model_folder(tmp / "main" / "build")
     parent = tmp / "main" / "models"
-    build_model_folder(parent)
+    shutil.copytree(built, parent / MODEL_NAME)
+    write_mlserver_path_copy(parent)
     write_reference_folders(parent, list(REFERENCES))
-    port = write_server_settings(parent)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = mlserver_command(parent)
-    models = [MODEL_NAME, *REFERENCES]
+    port, env = server_environment(dict(os.environ))
+    command = serve_command(parent)
+    models = [MODEL_NAME, MLSERVER_PATH_NAME, *REFERENCES]
     return measure("main", command, tmp / "main" / "server.log", port, env, body, args, models)
 
 
@@ -310,14 +344,16 @@ def image_environment(
         label += f", run {run + 1}/{args.runs}"
     workdir = tmp / f"image-{coretype or 'default'}-{run}"
     parent = workdir / "mnt"
-    shutil.copytree(tmp / "main" / "models" / BUILD_KEY, parent / MODEL_NAME)
+    shutil.copytree(tmp / "main" / "models" / MODEL_NAME, parent / MODEL_NAME)
+    write_mlserver_path_copy(parent)
     write_reference_folders(parent, IMAGE_REFERENCES)
-    port = write_server_settings(parent)
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    port, env = server_environment(
+        {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    )
     if coretype is not None:
         env["OPENBLAS_CORETYPE"] = coretype
-    command = mlserver_command(parent, IMAGE_PYTHON)
-    models = [MODEL_NAME, *IMAGE_REFERENCES]
+    command = serve_command(parent, IMAGE_PYTHON)
+    models = [MODEL_NAME, MLSERVER_PATH_NAME, *IMAGE_REFERENCES]
     return measure(label, command, workdir / "server.log", port, env, body, args, models)
 
 
@@ -350,6 +386,11 @@ def table_rows(m: Measurement) -> str:
         f"| {name} | ours (`{MODEL_NAME}`) | {cells(MODEL_NAME)} | **{m.ratio():.3f}** "
         f"({verdict}) | {m.rss_idle_mb:.0f} / {m.rss_after_mb:.0f} / {m.hwm_mb:.0f} MB |"
     ]
+    if MLSERVER_PATH_NAME in m.latencies_s:
+        rows.append(
+            f"| {name} | ours, maps parsed by MLServer (`{MLSERVER_PATH_NAME}`) | "
+            f"{cells(MLSERVER_PATH_NAME)} | **{m.ratio(MLSERVER_PATH_NAME):.3f}** | same server |"
+        )
     for model, (_, label) in REFERENCES.items():
         if model in m.latencies_s:
             rows.append(
@@ -383,18 +424,27 @@ def report(
             f"ratios ({runs}) = **{gate:.3f}**, bar {MAX_RATIO}: {passed}."
         )
     paired = ", ".join(f"{m.environment}: {m.paired_ratio:.3f}" for m in results)
+    if image_runs:
+        through = [m.ratio(MLSERVER_PATH_NAME) for m in image_runs]
+        verdict += (
+            f" Our handler with the maps parsed by MLServer, as before the serving guard (the "
+            f"figure earlier runs of this benchmark gated): "
+            f"{', '.join(f'{r:.3f}' for r in through)}, median "
+            f"**{statistics.median(through):.3f}**."
+        )
     return f"""
 `python bench/serving.py` — one {N_LS}-LS request as DIALS sends it (flattened INT32 `Ring2`
 [{N_LS}, 140, 56] + 11 `oms_lumisection_info__*` tensors; {body_mb:.1f} MB of JSON, the same
 bytes every time), POSTed by one client over loopback to one MLServer serving our build folder
 beside reference models that get the same parsed request and answer Flag/Metric of {N_LS}
 values: a do-nothing handler (the baseline: it does not read the data) and two that only read
-(`sum`, main environment only) or only convert (`array.array("I")`, our decoder's step) the
-5.9 M values and throw the result away: no handler that uses the data can beat the latter by
-much, so ours minus convert-only is what validation, the model and the answer cost on top of
-it. {args.rounds} rounds of one request to each
-model, in a shuffled order, {args.gap} s apart, after {args.warmups} warm-ups each; settings.json
-as the build's (debug off, parallel_workers 0). Latency is client-side, request sent to answer
+(`sum`, main environment only) or only convert (`marshal` and a check of the types, our
+decoder's step on MLServer's path) the 5.9 M values and throw the result away: no handler that
+gets the values from MLServer can beat the latter by much. {args.rounds} rounds of one request to each
+model, in a shuffled order, {args.gap} s apart, after {args.warmups} warm-ups each; the settings
+`pixelring2nmf serve` passes (MLSERVER_* variables: debug off, parallel_workers 0). Ours is
+served as deployed (the serving guard parses the maps with numpy; MLServer parses the rest) and
+a second time with the maps left to MLServer, as the reference models get them. Latency is client-side, request sent to answer
 read. The image environment (what DIALS runs) is measured {args.runs} times, each with a fresh
 server; the main environment once, for reference.
 

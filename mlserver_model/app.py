@@ -4,7 +4,16 @@ Decoding turns the V2 tensors into maps and OMS columns; the pipeline does the p
 encoders build the outputs. Every problem of the request is an `InputError`, answered with a 400
 that names it; any other exception is ours: a 500 whose body says only that, with the
 traceback in the server log (DIALS shows the body to operators, and a traceback there helps
-no one while it leaks code paths).
+no one while it leaks code paths). The server log gets one INFO line per answered request and
+one WARNING line per refused one, beside the original deployment's three [INFO] lines.
+
+When MLServer creates the handler (in its server process), the handler puts the serving guard
+in front of MLServer's REST app (serving_guard.py: requests in flight within the memory budget,
+body timeouts, the maps parsed without blocking the server), and keeps itself out of MLServer's
+worker processes: a worker would receive every request pickled (+1.2 GB for 5,000 LS, measured)
+and the guard could not hand it the parsed maps. MLServer's defaults, which production runs,
+start one worker; the model-level `parallel_workers = 0` is the way MLServer (1.5 and 1.7) lets
+a model stay in the server process.
 """
 
 from __future__ import annotations
@@ -37,13 +46,21 @@ PACKAGE_NAME = _PACKAGE.__name__
 
 import asyncio  # noqa: E402
 import logging  # noqa: E402
-from collections.abc import Callable  # noqa: E402
+import re  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from typing import TextIO  # noqa: E402
 
 import numpy as np  # noqa: E402
 from mlserver import MLModel  # noqa: E402
 from mlserver.errors import InferenceError, MLServerError  # noqa: E402
-from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput  # noqa: E402
+from mlserver.types import (  # noqa: E402
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ResponseOutput,
+)
 from mlserver.utils import get_model_uri  # noqa: E402
 
 _pipeline = importlib.import_module(f"{PACKAGE_NAME}.pixelring2nmf")
@@ -52,16 +69,26 @@ _omstools = importlib.import_module(f"{PACKAGE_NAME}.omstools")
 _errors = importlib.import_module(f"{PACKAGE_NAME}.errors")
 _geometry = importlib.import_module(f"{PACKAGE_NAME}.geometry")
 _nmf2d = importlib.import_module(f"{PACKAGE_NAME}.nmf2d")
+_signature = importlib.import_module(f"{PACKAGE_NAME}.signature")
+_guard = importlib.import_module(f"{PACKAGE_NAME}.serving_guard")
 InputError = _errors.InputError
 PixelRing2NMF = _pipeline.PixelRing2NMF
 PredictionResult = _pipeline.PredictionResult
 
-RING2_INPUT = "Ring2"
+RING2_INPUT = _signature.RING2.name
 RING2_SHAPE = _geometry.MAP_SHAPE  # (rows, columns) of one LS, as DIALS sends it
-# A run rarely exceeds 3000 LS. MLServer holds ~0.44 MB per LS while it parses a request
-# (BENCHMARKS.md, memory), so 5000 LS peak at ~2.4 GB, within template.yaml's 3Gi limit.
+# A run rarely exceeds 3000 LS; 5000 LS are a 183-274 MB body, which the serving guard
+# admits alone at any time (BENCHMARKS.md, memory).
 DEFAULT_MAX_LUMISECTIONS = 5_000
 MAX_LUMISECTIONS_PARAMETER = "max_lumisections"  # in model-settings parameters.extra
+COUNTS = _datatype.Limits(0, _pipeline.MAX_COUNT, "occupancy counts")
+# The request id comes back in the Ce-Id response header: a character HTTP headers cannot
+# carry gave a bare 500 (non-Latin-1) or a dropped connection (CR, LF, NUL) after the
+# inference had run, so ids are checked before anything else.
+MAX_ID_LENGTH = 256
+_VALID_ID = re.compile(rf"[\x20-\x7e]{{0,{MAX_ID_LENGTH}}}")
+SHOWN_ID_LENGTH = 64  # of a refused id, in messages and log lines
+SHOWN_NAMES = 10  # of a list of tensor names, in messages and log lines
 
 RUNTIME_LOGGER = logging.getLogger("mlserver_model")  # the runtime's loggers, not the toolkit's
 LOGGER = logging.getLogger("mlserver_model.app")
@@ -109,12 +136,41 @@ class Handler(MLModel):
     model itself is never changed by a request, so the server keeps answering afterwards.
     """
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # MLServer creates the model in its server process, also when it runs worker
+        # processes (module docstring); this is the one moment the model is there for sure.
+        show_logs(sys.stdout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # the field's, in MLServer 1.7
+            if self.settings.parallel_workers is None:
+                self.settings.parallel_workers = 0  # stay in the server process
+                _quiet_worker_opt_out()
+        if _guard.install():
+            settings = _guard.GuardSettings()
+            LOGGER.info(
+                "Serving guard in front of the REST server: at most %.0f MB of requests in "
+                "flight (%d waiting, %.0f s each), bodies up to %.0f MB, %.0f s between parts",
+                settings.budget_bytes / _guard.MB,
+                settings.queue_length,
+                settings.queue_wait_s,
+                settings.max_body_bytes / _guard.MB,
+                settings.body_idle_s,
+            )
+
     async def load(self) -> bool:
         model_path = await get_model_uri(self.settings)
         self._model = PixelRing2NMF.load(model_path)
         self._max_lumisections = _max_lumisections(self.settings.parameters)
         _nmf2d.single_blas_thread()
         show_logs(sys.stdout)
+        self.inputs = [_metadata(spec) for spec in _signature.INPUTS]
+        self.outputs = [_metadata(spec) for spec in _signature.OUTPUTS]
+        # predict runs where load runs: the guard may parse the maps for this process
+        values_per_ls = RING2_SHAPE[0] * RING2_SHAPE[1]
+        _guard.serve_in_process(
+            self.name, _guard.LocalModel(RING2_INPUT, self._max_lumisections * values_per_ls)
+        )
         LOGGER.info(
             "Loaded %s (%s) from %s; at most %d lumisections per request",
             self.name,
@@ -125,29 +181,100 @@ class Handler(MLModel):
         # MLServer marks the model ready with this value: None would leave it never ready.
         return True
 
+    async def unload(self) -> bool:
+        _guard.stop_serving_in_process(self.name)
+        return await super().unload()
+
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
+        started = time.perf_counter()
         # Decoding and the pipeline run off the event loop, so health probes and the
         # parsing of other requests go on meanwhile; the model is read-only, hence thread-safe.
         try:
-            outputs = await asyncio.to_thread(self._predict_outputs, payload)
+            check_request_id(payload.id)
+            outputs, result = await asyncio.to_thread(self._predict_outputs, payload)
         except InputError as error:
+            LOGGER.warning("Refused request id=%s (400): %s", shown_id(payload.id), error)
             raise InferenceError(str(error)) from None
         except MLServerError:
             raise
         except Exception as error:
-            LOGGER.exception("Internal error on request id=%s", payload.id)
+            LOGGER.exception("Internal error on request id=%s", shown_id(payload.id))
             raise MLServerError(INTERNAL_ERROR_MESSAGE, status_code=500) from error
+        log_request(payload.id, result, started)
         return InferenceResponse(
             model_name=self.name, model_version=self.version, id=payload.id, outputs=outputs
         )
 
-    def _predict_outputs(self, payload: InferenceRequest) -> list[ResponseOutput]:
+    def _predict_outputs(
+        self, payload: InferenceRequest
+    ) -> tuple[list[ResponseOutput], PredictionResult]:
         wanted = _wanted_outputs(payload)
         maps_nyx, oms = decode_request(payload, self._max_lumisections)
         result = self._model.predict(maps_nyx, oms)
         for line in result.flagging_lines():
             LOGGER.info(line)
-        return [OUTPUT_ENCODERS[name](result) for name in wanted]
+        return [OUTPUT_ENCODERS[name](result) for name in wanted], result
+
+
+def _metadata(spec) -> MetadataTensor:
+    return MetadataTensor(name=spec.name, datatype=spec.datatype, shape=list(spec.shape))
+
+
+class _WorkerOptOutNotice(logging.Filter):
+    """Drops MLServer's "DEPRECATED!!" warning about the model-level `parallel_workers`, which
+    the handler sets on purpose (module docstring): in a normal start it read as trouble."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("DEPRECATED!! The `parallel_workers` setting")
+
+
+def _quiet_worker_opt_out() -> None:
+    parallel_logger = logging.getLogger("mlserver.parallel")
+    if not any(isinstance(f, _WorkerOptOutNotice) for f in parallel_logger.filters):
+        parallel_logger.addFilter(_WorkerOptOutNotice())
+
+
+def check_request_id(request_id: str | None) -> None:
+    """Refuse an id that the Ce-Id response header could not carry (module constants)."""
+    if request_id is not None and not _VALID_ID.fullmatch(request_id):
+        raise InputError(
+            f"The request id must be at most {MAX_ID_LENGTH} printable ASCII characters (it "
+            f"is sent back in the Ce-Id response header); got {shown_id(request_id)}"
+        )
+
+
+def shown_id(request_id: str | None) -> str:
+    """The id as log lines and messages show it: quoted, escaped, at most SHOWN_ID_LENGTH."""
+    if request_id is None:
+        return "none"
+    if len(request_id) <= SHOWN_ID_LENGTH:
+        return ascii(request_id)
+    return f"{request_id[:SHOWN_ID_LENGTH]!a}... ({len(request_id)} characters)"
+
+
+def log_request(request_id: str | None, result: PredictionResult, started: float) -> None:
+    """The one INFO line of an answered request, for operators: who, how many LS, what was
+    flagged, and how long it took since the server received it (the guard notes that moment;
+    without the guard, since the handler got the parsed request)."""
+    finished = time.perf_counter()
+    arrived = _guard.request_arrival() or started
+    LOGGER.info(
+        "Request id=%s: %d LS, flagged %d before and %d after the DCS filter; %.0f ms "
+        "(%.0f ms in the model)",
+        shown_id(request_id),
+        len(result.flag),
+        result.n_flagged_before_dcs,
+        int(result.flag.sum()),
+        (finished - arrived) * 1e3,
+        (finished - started) * 1e3,
+    )
+
+
+def shown_names(names: Sequence[str]) -> str:
+    """A list of tensor names for a message, at most SHOWN_NAMES of them."""
+    shown = [str(name) for name in names[:SHOWN_NAMES]]
+    more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+    return f"{shown}{more}"
 
 
 def decode_request(
@@ -156,21 +283,31 @@ def decode_request(
     """Ring 2 maps (N, 140, 56) and OMS columns {attribute: (N,)} of a V2 request.
 
     Cheap checks (names, shapes, lengths, the LS limit) run before the one expensive step,
-    converting the ~5.9 M map values.
+    converting the ~5.9 M map values. When the serving guard parsed the maps already (it hands
+    MLServer the request with an empty Ring2 `data`), the parsed array goes through the same
+    checks as a list would.
     """
     tensors = _inputs_by_name(payload)
     ring2 = tensors.pop(RING2_INPUT, None)
     if ring2 is None:
         raise InputError(
             f"Missing input tensor {RING2_INPUT!r} (Ring 2 maps, shape [N, 140, 56]); "
-            f"received inputs {sorted(tensors)}"
+            f"received inputs {shown_names(sorted(tensors))}"
         )
     n_ls = _n_lumisections(list(ring2.shape), max_lumisections)
     oms = _omstools.oms_columns(tensors, n_ls, _decode_column)
+    values = _datatype.tensor_values(ring2.data)
+    empty = isinstance(values, list) and not values  # the guard may have parsed the maps
+    parsed = _guard.parsed_values(RING2_INPUT) if empty else None
     try:
-        maps_nyx = _datatype.decode_numeric(
-            _datatype.tensor_values(ring2.data), _datatype_name(ring2), list(ring2.shape)
-        )
+        if parsed is not None:
+            maps_nyx = _datatype.decode_parsed_integers(
+                parsed, _datatype_name(ring2), list(ring2.shape), limits=COUNTS
+            )
+        else:
+            maps_nyx = _datatype.decode_numeric(
+                values, _datatype_name(ring2), list(ring2.shape), limits=COUNTS
+            )
     except ValueError as error:
         raise InputError(f"Input {RING2_INPUT!r}: {error}") from error
     return maps_nyx, oms

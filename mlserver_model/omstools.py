@@ -32,6 +32,7 @@ OMS_COLUMNS = (
 OMS_SEPARATOR = "__"  # OMS tensors are named <prefix>__<attribute>
 
 LOGGER = logging.getLogger("mlserver_model.omstools")
+SHOWN_IGNORED = 10  # names of ignored tensors in the log line (10,000 once made it 110 kB)
 
 
 def oms_attribute(tensor_name: str) -> str | None:
@@ -72,8 +73,11 @@ def oms_columns(
         columns[attribute] = column
         source[attribute] = name
     if ignored:
+        shown = f"{ignored[:SHOWN_IGNORED]}" + (
+            f" and {len(ignored) - SHOWN_IGNORED} more" if len(ignored) > SHOWN_IGNORED else ""
+        )
         LOGGER.warning(
             "Ignoring input(s) %s: neither the maps nor an OMS tensor named <prefix>__<attribute>",
-            ignored,
+            shown,
         )
     return columns

@@ -21,6 +21,17 @@ The screened groups are judged one group at a time, vectorised over the LS that 
 (at most 48 passes, never a loop over LS): the LS share the group's ROCs, so their counts are
 one block slice of the maps and their expectations one (n, K) @ (K, R) product.
 
+Hot ROCs. A ROC that counts far above its expectation (a noisy readout) must not move the fit:
+least squares lifts the whole reconstruction towards it, and the rest of the detector then reads
+as dead (measured before this step: one ROC at 3,000x its expectation turned 1 in 4 healthy LS
+into Quarter flags). Every chunk's largest count is compared with its LS's total (one reduction
+over the chunk, the total comes with the projection); an LS where one ROC holds more than
+`HOT_SHARE` of its clusters is refitted with each ROC far above its reconstruction replaced by
+that reconstruction, repeated until the fit settles. Replacing a value by its prediction is the
+EM step for a missing value, so the fit converges to the one without those ROCs. Healthy ROCs
+never come near that share (at most ~1/1000 of the LS), so a healthy LS never takes the extra
+step, and a hot ROC below it is too small a part of the LS to move the fit.
+
 Lumisections are processed in chunks of _CHUNK_LS so that temporaries stay in the CPU cache;
 there is no Python loop over individual lumisections.
 """
@@ -62,6 +73,23 @@ from .preprocessor import insert_cross, remove_cross
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("pixelring2nmf.joblib")
 MODEL_NAME = "pixel-ring2-nmf"
+# The largest count of one ROC in one LS the model accepts: what an unsigned 32-bit histogram bin
+# holds (an LS has ~1e9 bunch crossings, so no real count comes near), and small enough that the
+# float32 arithmetic of inference stays finite (sums over 7840 bins of counts up to 2^32 times
+# components of mean 1, and squares of the expectations, are far below float32's 3.4e38).
+MAX_COUNT = 2**32 - 1
+
+# Hot ROCs (module docstring). An LS is refitted when one ROC holds more than HOT_SHARE of its
+# clusters (13x the mean ROC; the largest ROC of a healthy map holds at most ~7x the mean, on the
+# simulated detector and on maps of the real 2025C components at every mismatch level of the
+# detection study, 20-2000 clusters per ROC; a false suspect only costs a refit); a ROC is
+# then hot when its count is above HOT_FACTOR times its reconstruction and HOT_Z standard
+# deviations (Poisson and model error) above it, which no healthy ROC and no misfit reaches.
+HOT_SHARE = 0.002
+HOT_FACTOR = 3.0
+HOT_Z = 5.0
+HOT_MAX_REFITS = 20  # the fit settles in a few; a bound, not a tolerance
+HOT_SETTLED = 1e-5  # relative change of the NNLS right-hand sides at which it has settled
 
 
 @dataclass(frozen=True)
@@ -114,21 +142,39 @@ def check_maps(maps_nyx: Any) -> np.ndarray:
     return maps
 
 
-def check_counts(maps: np.ndarray, *, may_be_infinite: bool | None = None) -> None:
-    """Refuse negative, NaN or infinite counts (two reductions; ints cannot be NaN).
+def check_counts(maps: np.ndarray, *, first_ls: int = 0) -> None:
+    """Refuse counts that are negative, NaN, infinite or above MAX_COUNT (two reductions).
 
-    `may_be_infinite=False` skips the second reduction for float copies of integer maps.
+    The message names the first offending value and its place (LS, then the map's row and
+    column when the maps are (N, 140, 56) or (N, 7840)); `first_ls` is the LS number of
+    maps[0] when the maps are a chunk of a larger batch.
     """
     if not len(maps):
         return
-    lowest = maps.min()
-    if not lowest >= 0:  # also true for NaN
-        what = "NaN" if np.isnan(lowest) else f"negative ({lowest:g})"
-        raise InputError(f"Occupancy counts must be finite and >= 0, found {what} values")
-    if may_be_infinite is None:
-        may_be_infinite = maps.dtype.kind == "f"
-    if may_be_infinite and not np.isfinite(maps.max()):
-        raise InputError("Occupancy counts must be finite, found infinite values")
+    limit = _count_limit(maps.dtype)
+    lowest, highest = maps.min(), maps.max()
+    if lowest >= 0 and highest <= limit:  # False for NaN
+        return
+    bad = ~((maps >= 0) & (maps <= limit))  # error path only: a full pass is fine
+    index = np.unravel_index(int(np.argmax(bad)), maps.shape)
+    value = maps[index]
+    where = f"LS {first_ls + int(index[0])}"
+    if maps.shape[1:] in (MAP_SHAPE, (_MAP_BINS,)):  # maps, or the flat chunks of inference
+        row, column = np.unravel_index(np.ravel_multi_index(index[1:], maps.shape[1:]), MAP_SHAPE)
+        where += f", row {int(row)}, column {int(column)}"
+    what = "NaN" if np.isnan(value) else str(value.item())
+    raise InputError(
+        f"Occupancy counts must be finite and in [0, {MAX_COUNT}], found {what} at {where}"
+    )
+
+
+def _count_limit(dtype: np.dtype) -> float:
+    """MAX_COUNT in `dtype`, rounded down: float32 has no 2^32 - 1, and rounding up to 2^32
+    would let 2^32 through (compared in the maps' own dtype: numpy 1.26 would use float64)."""
+    if dtype.kind != "f":
+        return MAX_COUNT
+    limit = np.asarray(MAX_COUNT, dtype=dtype)
+    return limit if float(limit) <= MAX_COUNT else np.nextafter(limit, dtype.type(0))
 
 
 def to_model_space(maps_nyx: Any) -> np.ndarray:
@@ -197,10 +243,12 @@ class PixelRing2NMF:
         k = len(components)
         # Map-space versions (zero at the cross) so chunks never need the cross removed.
         components_map = insert_cross(components.reshape(k, *MODEL_SHAPE)).reshape(k, _MAP_BINS)
-        # The NNLS right-hand side is one product; zero columns pad the components to a
-        # multiple of 8, which OpenBLAS multiplies markedly faster than 5 or 53 columns.
-        self._projection = np.zeros((_MAP_BINS, -(-k // 8) * 8), dtype=np.float32)
+        # The NNLS right-hand side is one product; column k of ones adds each LS's total over
+        # its ROCs (for the hot-ROC test), and zero columns pad to a multiple of 8, which
+        # OpenBLAS multiplies markedly faster than 5 or 53 columns.
+        self._projection = np.zeros((_MAP_BINS, -(-(k + 1) // 8) * 8), dtype=np.float32)
         self._projection[:, :k] = components_map.T
+        self._projection[:, k] = GROUP_ID_MAP.ravel() >= 0  # every bin but the cross
         self._components_map = components_map
         self._components_group_totals = group_totals_map(components_map)  # (K, 48)
         # Groups with fewer live ROCs than min_live_rocs in the components (a permanently dead
@@ -282,11 +330,13 @@ class PixelRing2NMF:
         )
 
     def _chunks(self, maps: np.ndarray):
-        """Yield (slice, float32 (m, 7840) maps, float32 (m, K) NNLS right-hand sides).
+        """Yield (slice, float32 (m, 7840) maps as fitted, float32 (m, K) NNLS right-hand sides).
 
         Maps that already are C-contiguous float32 are used in place; others (the MLServer
-        handler's uint32 counts, parquet's int32) are cast chunk by chunk into a buffer that
-        stays in the CPU cache.
+        handler's counts, parquet's int32) are cast chunk by chunk into a buffer that stays in
+        the CPU cache. In an LS with a hot ROC (module docstring) the maps yielded hold the
+        reconstruction in place of its hot ROCs, and the right-hand sides are those of the fit
+        without them; the caller's maps are never changed.
         """
         flat = maps.reshape(len(maps), _MAP_BINS)
         in_place = flat.dtype == np.float32 and flat.flags.c_contiguous
@@ -296,13 +346,47 @@ class PixelRing2NMF:
             rows = slice(start, min(start + _CHUNK_LS, len(maps)))
             if in_place:
                 x = flat[rows]
-                check_counts(x)
+                check_counts(x, first_ls=start)
             else:
+                # on the cached copy: one read of the input, not two (an integer beyond
+                # float32's range casts to a finite float, caught by the bound all the same)
                 x = buffer[: rows.stop - rows.start]
                 np.copyto(x, flat[rows], casting="unsafe")
-                # on the cached copy: one read of the input, not two
-                check_counts(x, may_be_infinite=flat.dtype.kind == "f")
-            yield rows, x, (x @ self._projection)[:, :k]
+                try:
+                    check_counts(x, first_ls=start)
+                except InputError:
+                    # the counts as sent decide, and are named: the cast may have rounded a
+                    # valid count at the limit up, or a huge integer to a float
+                    check_counts(flat[rows], first_ls=start)
+            products = x @ self._projection
+            rhs, total = products[:, :k], products[:, k]
+            suspects = np.flatnonzero(x.max(axis=1) > HOT_SHARE * total)
+            if suspects.size:
+                x = x.copy() if in_place else x
+                x[suspects], rhs[suspects] = self._refit_without_hot_rocs(
+                    x[suspects], rhs[suspects]
+                )
+            yield rows, x, rhs
+
+    def _refit_without_hot_rocs(
+        self, x: np.ndarray, rhs: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(maps, NNLS right-hand sides) of LS x (n, 7840) with every hot ROC replaced by its
+        reconstruction, refitted until the fit settles (module docstring)."""
+        k = len(self.components)
+        error_squared = self._model_error_map**2
+        fitted = x
+        for _ in range(HOT_MAX_REFITS):
+            expected = self._nnls.solve(rhs).astype(np.float32) @ self._components_map
+            sigma = np.sqrt(expected * (1.0 + error_squared * expected) + 1.0)
+            hot = x > HOT_FACTOR * expected + HOT_Z * sigma
+            fitted = np.where(hot, expected, x)
+            refitted = (fitted @ self._projection)[:, :k]
+            settled = np.allclose(refitted, rhs, rtol=HOT_SETTLED, atol=0.0)
+            rhs = refitted
+            if settled:
+                break
+        return fitted, rhs
 
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
@@ -362,7 +446,9 @@ class PixelRing2NMF:
         }
         roc_bins = GROUP_ID_MAP.ravel() >= 0  # everything but the cross
         t = self.thresholds
-        for rows, x, expected in self._expected_chunks(maps):
+        counts = maps.reshape(len(maps), _MAP_BINS)
+        for rows, _, expected in self._expected_chunks(maps):
+            x = counts[rows].astype(np.float32)  # the counts as sent, hot ROCs included
             out["reconstruction"][rows] = expected
             z = deficit_significance(x, expected, self._model_error_map)
             mean = expected.sum(axis=1) / N_ROCS

@@ -6,10 +6,11 @@ start on clean simulated maps of the simulator's default detector, the detector 
 and of every simulation in the tests. The shipped file has its own small tests.
 
 The server is started the way a user does (`pixelring2nmf serve --port P`, which builds and
-then becomes `mlserver start <build dir>`), on a free loopback port, with its build folder in a
-temporary BUILD_PATH. Readiness is awaited by polling /v2/health/ready with a deadline while
-watching the process; teardown stops it by its PID. A 750-LS request is ~30 MB of JSON, so the
-demo request body is serialised once and the single-client answer is kept for comparisons.
+then runs `mlserver start <build dir>` as its child), on a free loopback port, with its build
+folder in a temporary BUILD_PATH. Readiness is awaited by polling /v2/health/ready with a
+deadline while watching the process; teardown stops it by its PID. A 750-LS request is ~30 MB
+of JSON, so the demo request body is serialised once and the single-client answer is kept for
+comparisons.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import requests
 
 from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
+from pixelring2nmf.serving.mlserver import mlserver_environment
 from pixelring2nmf.sim import simulate
 from pixelring2nmf.validation.local_server import (
     LocalServer,
@@ -91,6 +93,25 @@ def start_server(
         timeout_s=SERVER_START_TIMEOUT_S,
         server_class=RunningServer,
     )
+
+
+def mlserver_env(port: int, *, defaults: bool = False, **extra: str) -> dict[str, str]:
+    """The environment of an MLServer started by a test, with nothing of the repository visible.
+
+    `defaults`: MLServer's own defaults but for the ports (one worker process, debug on, a
+    metrics server), as `dismcli start-api` and production run it; otherwise the settings
+    `pixelring2nmf serve` passes. Ports are always free ones (tests may run side by side).
+    """
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
+    if defaults:
+        env.update(
+            MLSERVER_HTTP_PORT=str(port),
+            MLSERVER_GRPC_PORT=str(free_port()),
+            MLSERVER_METRICS_PORT=str(free_port()),
+        )
+    else:
+        env.update(mlserver_environment("127.0.0.1", port, free_port()))
+    return {**env, **extra}
 
 
 def cli_command(*args: str) -> list[str]:

@@ -6,6 +6,12 @@ Endpoints (under /api/v1/, as cmsdials calls them):
 - `oms-proxy/?endpoint=lumisections&filter[run_number][EQ]=..&page[limit]=..&page[offset]=..`:
   OMS's JSON:API answer (`data[i].attributes`, `links.next`);
 - `ml-bad-lumisection/`: what a registered model flagged, cursor pages.
+And what `dismcli build` and `package` (cmsdism 0.6.1) call (DOMAIN.md section 14):
+- `mes/`: the MEs, a plain list of `{me_id, me, count, dim}`;
+- `th2/?me_id=N`: a cursor page of that ME's histograms (also filtered by `me`, above);
+- `dataset-index/?page_size=500`, `ml-models-index/?name=...`: cursor pages;
+- `POST minio/ml-presigned-put-object/` `{"workspace", "object_name"}` -> `{"url"}`, a URL
+  made by `presign(workspace, object_name)` (the tests' loopback S3).
 And the CERN SSO's client-credentials token endpoint (`/auth/realms/cern/api-access/token`).
 
 Requests without a valid X-CLIENT-SECRET header or Bearer token get 401, as DIALS answers.
@@ -21,6 +27,7 @@ import json
 import re
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -39,6 +46,11 @@ class FakeDials:
     client_id: str = "pixel-app"
     fail: dict[tuple[str, int], int] = field(default_factory=dict)
     oms_ignores_offset: bool = False  # a broken proxy: every OMS page is the first one
+    mes: list[dict] = field(default_factory=list)
+    datasets: list[dict] = field(default_factory=list)
+    ml_models: list[dict] = field(default_factory=list)
+    presign: Callable[[str, str], str] | None = None
+    presigned: list[dict] = field(default_factory=list)  # the bodies of presign requests
     log: list[tuple[str, int, int]] = field(default_factory=list)
     workspaces: list[str | None] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
@@ -96,7 +108,11 @@ class _Handler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and token in self.state.tokens
 
     def do_POST(self) -> None:
-        if urlsplit(self.path).path != "/auth/realms/cern/api-access/token":
+        path = urlsplit(self.path).path
+        if path == "/api/v1/minio/ml-presigned-put-object/":
+            self._presign()
+            return
+        if path != "/auth/realms/cern/api-access/token":
             self._send(404, {"detail": "Not found."})
             return
         length = int(self.headers.get("Content-Length") or 0)
@@ -111,6 +127,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.tokens.add(token)
         self._send(200, {"access_token": token, "expires_in": 300, "token_type": "Bearer"})
 
+    def _presign(self) -> None:
+        if not self._authorised():
+            self.state.log.append(("minio", -1, 401))
+            self._send(401, UNAUTHORIZED)
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length))
+        self.state.presigned.append(request)
+        self.state.log.append(("minio", 0, 200))
+        url = self.state.presign(request["workspace"], request["object_name"])
+        self._send(200, {"url": url})
+
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         query = {k: v[0] for k, v in parse_qs(parts.query).items()}
@@ -119,6 +147,9 @@ class _Handler(BaseHTTPRequestHandler):
             "th2": self._th2,
             "oms-proxy": self._oms,
             "ml-bad-lumisection": self._bad_lumis,
+            "mes": self._mes,
+            "dataset-index": self._datasets,
+            "ml-models-index": self._ml_models,
         }
         if endpoint not in handlers:
             self._send(404, {"detail": "Not found."})
@@ -153,10 +184,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.state.log.append((endpoint, page, 200))
         self._send(200, {"next": next_url, "previous": None, "results": chunk})
 
+    def _mes(self, endpoint: str, query: dict, parts) -> None:
+        self.state.log.append((endpoint, 0, 200))
+        self._send(200, self.state.mes)  # not paginated
+
+    def _datasets(self, endpoint: str, query: dict, parts) -> None:
+        self._paged(endpoint, self.state.datasets, query, parts)
+
+    def _ml_models(self, endpoint: str, query: dict, parts) -> None:
+        rows = [m for m in self.state.ml_models if query.get("name") in (None, m["name"])]
+        self._paged(endpoint, rows, query, parts)
+
     def _th2(self, endpoint: str, query: dict, parts) -> None:
         rows = self.state.h2d_rows
         if "me" in query:
             rows = [r for r in rows if r["me"] == query["me"]]
+        if "me_id" in query:
+            rows = [r for r in rows if r["me_id"] == int(query["me_id"])]
         if "dataset__regex" in query:
             rows = [r for r in rows if re.search(query["dataset__regex"], r["dataset"])]
         for key, test in (

@@ -21,7 +21,7 @@ from mlserver.settings import ModelParameters, ModelSettings
 from mlserver.types import InferenceRequest
 
 from mlserver_model import datatype
-from mlserver_model.app import DEFAULT_MAX_LUMISECTIONS, Handler
+from mlserver_model.app import COUNTS, DEFAULT_MAX_LUMISECTIONS, Handler
 from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.pixelring2nmf import MODEL_NAME, PixelRing2NMF
 
@@ -234,7 +234,11 @@ def _bad_requests(maps: np.ndarray) -> list[tuple[str, dict, str]]:
         ("null in INT32", {"inputs": [{**good, "data": nan}]}, "Ring2.*(None|null)"),
         ("null in FP32", {"inputs": [{**good, "datatype": "FP32", "data": nan}]}, "null at"),
         ("NaN in FP32", {"inputs": [{**good, "datatype": "FP32", "data": real_nan}]}, "NaN"),
-        ("negative", {"inputs": [{**good, "data": negative}]}, "negative"),
+        (
+            "negative",
+            {"inputs": [{**good, "data": negative}]},
+            r"value -3 at flat position 100 is outside the range of occupancy counts",
+        ),
         ("BYTES maps", {"inputs": [{**good, "datatype": "BYTES"}]}, "numeric"),
         (
             "OMS length",
@@ -294,10 +298,13 @@ def test_tensor_values_reads_the_list_without_copying() -> None:
 @pytest.mark.parametrize(
     ("values", "fast"),
     [
-        ([0, 5, 2**31 - 1, 2**32 - 1], True),
-        ([1, True], True),  # a bool is an int, as in numpy: True -> 1
+        ([0, 5, 2**31 - 1, 0, 1, 84, 70, 105], True),  # 84, 70, 105: the bytes T, F, i
+        ([1, True], False),  # a bool is an int to numpy, but not a count
+        ([0, False, 2], False),
+        ([True] * 5 + [2**40], False),  # lengths that add up as n ints would
         ([1, -1], False),  # not a count: the general path names it
-        ([1, 2**32], False),  # does not fit in uint32
+        ([1, 2**31], False),  # a count, but not an int32: the general path takes it
+        ([1, 2**32], False),
         ([1, 2.0], False),
         ([1, None], False),
         ([1, "3"], False),
@@ -316,15 +323,68 @@ def test_fast_path_takes_only_lists_of_counts(values, fast) -> None:
 def test_decoding_is_the_same_where_the_fast_path_is_off(monkeypatch) -> None:
     values = [7, 0, 2**31 - 1, 3]
     fast = datatype.decode_numeric(values, "INT32", [2, 2])
-    monkeypatch.setattr(datatype, "_FAST_COUNTS", False)  # as where "I" is not 4 bytes
-    assert datatype.flat_counts(values) is None
+    monkeypatch.setattr(datatype, "flat_counts", lambda values: None)
     general = datatype.decode_numeric(values, "INT32", [2, 2])
     assert general.tolist() == fast.tolist() == [[7, 0], [2**31 - 1, 3]]
+    assert datatype.decode_numeric([1, 2**31], "UINT32", [2]).tolist() == [1, 2**31]
 
 
 def test_negative_values_take_the_general_path_with_their_sign() -> None:
     decoded = datatype.decode_numeric([3, -2], "INT32", [2])
-    assert decoded.tolist() == [3, -2]  # the pipeline then refuses them, naming "negative"
+    assert decoded.tolist() == [3, -2]  # without limits: the datatype allows them
+
+
+@pytest.mark.parametrize(
+    ("values", "v2_type", "message"),
+    [
+        # each a value the datatype allows that counts cannot be: the exact value and place
+        ([0, 2**63], "UINT64", "value 9223372036854775808 at flat position 1"),
+        ([0, 2**64 - 1], "UINT64", "value 18446744073709551615 at flat position 1"),
+        ([0, 2**63 - 1], "INT64", "value 9223372036854775807 at flat position 1"),
+        ([0, 2**32], "INT64", "value 4294967296 at flat position 1"),
+        ([0, 3e38], "FP32", r"value 3e\+38 at flat position 1"),
+        ([0, -1], "INT32", "value -1 at flat position 1"),
+        ([[0, 1], [2**40, 3]], "INT64", r"value 1099511627776 at index \[1, 0\]"),
+    ],
+)
+def test_counts_outside_what_float32_inference_can_hold_are_refused(
+    values, v2_type, message
+) -> None:
+    shape = [2, 2] if isinstance(values[0], list) else [2]
+    with pytest.raises(ValueError, match=f"{message} is outside the range of occupancy counts"):
+        datatype.decode_numeric(values, v2_type, shape, limits=COUNTS)
+    assert datatype.decode_numeric([0, 2**32 - 1], "UINT64", [2], limits=COUNTS).max() == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "values", [[1, True], [True, 1], [False, 0.5], [[1, 2], [3, False]], [True, False]]
+)
+def test_booleans_are_not_counts(values) -> None:
+    shape = [2, 2] if isinstance(values[0], list) else [2]
+    with pytest.raises(ValueError, match=r"found (True|False) at flat position"):
+        datatype.decode_numeric(values, "INT32", shape, limits=COUNTS)
+
+
+def test_parsed_integers_get_the_checks_and_messages_of_a_list() -> None:
+    """The guard's numpy-parsed maps meet the same checks as MLServer's lists (same words)."""
+    for values, v2_type, shape in [
+        ([0, 1, 2], "INT32", [2]),
+        ([0, 2**31], "INT32", [2]),
+        ([0, 2**33], "INT64", [2]),
+        ([0, 1000], "INT8", [2]),
+        ([1, 2], "BYTES", [2]),
+    ]:
+        as_list = as_array = None
+        try:
+            datatype.decode_numeric(values, v2_type, shape, limits=COUNTS)
+        except ValueError as error:
+            as_list = str(error)
+        try:
+            parsed = np.asarray(values, dtype=np.int64)
+            datatype.decode_parsed_integers(parsed, v2_type, shape, limits=COUNTS)
+        except ValueError as error:
+            as_array = str(error)
+        assert as_list is not None and as_list == as_array
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,9 @@ from pixelring2nmf.era.plan import plan_tasks
 from pixelring2nmf.io.parquet import split_row_groups
 
 TABLES = ("condensed", "powergroup", "per_ls", "run_summary", "persistent", "lumisections")
-# era.json keys that say how and when, not what
-RUN_SPECIFIC = ("seconds", "ran_on", "tasks", "started_at", "ended_at")
+# era.json keys that say how and when, not what (the processes' peak memory too: it depends on
+# what ran in the process before)
+RUN_SPECIFIC = ("seconds", "ran_on", "tasks", "started_at", "ended_at", "peak_memory_mb")
 
 # The kill plugin below is defined in this test module, which the workers cannot import:
 # send its class by value.

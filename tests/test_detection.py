@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlserver_model import pixelring2nmf as pipeline
 from mlserver_model.geometry import GROUP_ID_FLAT, group_index
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 from mlserver_model.preprocessor import insert_cross
@@ -23,6 +24,7 @@ from pixelring2nmf.model.train import train_model
 from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.evaluation import (
     BAR_OCCUPANCIES,
+    HOT_ROC_SCENARIOS,
     OCCUPANCIES,
     SCENARIOS_BY_NAME,
     Level,
@@ -199,6 +201,29 @@ def test_hot_rocs_neither_raise_a_flag_nor_hide_an_outage(model):
             expected[ls, rocs] = 0.0
     result = model.predict(insert_cross(sample(expected.reshape(-1, 136, 48), rng)))
     assert result.flag.tolist() == [False, False, True, True]
+
+
+@pytest.mark.parametrize("scenario", HOT_ROC_SCENARIOS)
+def test_one_hot_roc_at_10x_to_10000x_never_flags(model, scenario, monkeypatch):
+    """One ROC per LS far above its expectation, at every occupancy, own maps and the worst
+    mismatch: never a flag. Without the refit the same maps do flag from 1,000x on."""
+
+    def study() -> pd.DataFrame:
+        return detection_study(
+            [Rule("ours", flags_of(model))],
+            [Level(NONE.name, simulated_maker), Level(WORST.name, WORST.on(simulated_maker))],
+            sample,
+            ~model.unjudged_groups,
+            scenarios=[SCENARIOS_BY_NAME[scenario]],
+            occupancies=OCCUPANCIES,
+            size=StudySize(anomalous_ls_per_cell=100),
+            seed=9,
+        )
+
+    assert study().flagged.sum() == 0
+    if scenario == HOT_ROC_SCENARIOS[-1]:
+        monkeypatch.setattr(pipeline, "HOT_SHARE", np.inf)  # no LS is ever refitted
+        assert study().flagged.sum() > 0
 
 
 def test_metric_is_continuous_and_reaches_one_exactly_when_flagged(model):

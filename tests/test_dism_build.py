@@ -18,6 +18,7 @@ from dism_core.validation.isvc import InferenceServiceValidator
 from mlserver_model.pixelring2nmf import MODEL_NAME
 from pixelring2nmf.cli import main as cli_main
 from pixelring2nmf.serving import dism as dism_build
+from pixelring2nmf.serving import mlserver
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "PixelRing2NMF"
@@ -120,31 +121,26 @@ def test_metric_key_needs_an_output_of_that_name(in_repo: Path, tmp_path: Path) 
 
 
 def test_build_writes_the_dismcli_layout(in_repo: Path, capsys: pytest.CaptureFixture) -> None:
-    assert cli_main(["build", "--port", "18123", "--host", "0.0.0.0"]) == 0
+    (in_repo / "stale").mkdir(parents=True)  # dismcli replaces the whole build root
+    assert cli_main(["build"]) == 0
     folder = in_repo / KEY
     assert f"Built {KEY}" in capsys.readouterr().out
-    code_files = {
-        p.relative_to(REPO / "mlserver_model")
-        for p in (REPO / "mlserver_model").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts
-    }
+    code = REPO / "mlserver_model"
+    code_files = {p.relative_to(code) for p in code.rglob("*") if p.is_file()}
     built_files = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
-    extra = {Path("model-settings.json"), Path("settings.json")}
-    assert built_files == code_files | {Path("pixelring2nmf.joblib")} | extra
-    assert not list(folder.rglob("__pycache__"))
+    assert built_files == code_files | {Path("pixelring2nmf.joblib"), Path("model-settings.json")}
+    assert sorted(p.name for p in in_repo.iterdir()) == [KEY, "template.yaml"]
     assert json.loads((folder / "model-settings.json").read_text()) == {
         "name": MODEL_NAME,
         "implementation": "app.Handler",
         "parameters": {"uri": "pixelring2nmf.joblib", "version": "0.1.0"},
     }
-    settings = json.loads((folder / "settings.json").read_text())
-    assert settings["debug"] is False and settings["parallel_workers"] == 0
-    assert (settings["host"], settings["http_port"]) == ("0.0.0.0", 18123)
-    assert settings["grpc_port"] == 0 and settings["metrics_port"] == 0
     model = REPO / "mlserver_model" / "pixelring2nmf.joblib"
     assert (folder / "pixelring2nmf.joblib").read_bytes() == model.read_bytes()
-    # our local settings.json must never be packaged: no top-level template for dismcli
-    assert not (in_repo / "template.yaml").exists()
+    built_template = yaml.safe_load((in_repo / "template.yaml").read_text())
+    properties = built_template["Resources"][KEY]["Properties"]
+    assert (properties["CodeUri"], properties["ModelUri"]) == (KEY, "pixelring2nmf.joblib")
+    assert not list(in_repo.rglob("settings.json"))  # nothing local ever goes into a build
 
 
 @pytest.mark.parametrize(
@@ -183,29 +179,26 @@ def test_build_reports_missing_files(in_repo: Path, tmp_path: Path, capsys) -> N
     assert "absent.yaml not found" in capsys.readouterr().err
 
 
-def test_needs_build_follows_sources_and_settings(in_repo: Path) -> None:
+def test_needs_build_follows_sources(in_repo: Path) -> None:
     template_path = REPO / "template.yaml"
-    template = dism_build.load_template(template_path)
-    properties = template.Resources[KEY].Properties
-    settings = dism_build.server_settings("127.0.0.1", 18124)
+    properties = dism_build.load_template(template_path).Resources[KEY].Properties
     folder = in_repo / KEY
-    assert dism_build.needs_build(template_path, properties, folder, settings)
-    dism_build.build_resource(KEY, properties, in_repo, settings)
-    assert not dism_build.needs_build(template_path, properties, folder, settings)
-    other_port = dism_build.server_settings("127.0.0.1", 18125)
-    assert dism_build.needs_build(template_path, properties, folder, other_port)
+    assert dism_build.needs_build(template_path, properties, folder)
+    dism_build.build(template_path)
+    assert not dism_build.needs_build(template_path, properties, folder)
     # a source newer than the build (simulated by ageing the build's stamp)
     stamp = folder / dism_build.MODEL_SETTINGS_FILE
     old_ns = (REPO / "mlserver_model" / "app.py").stat().st_mtime_ns - 10**9
     os.utime(stamp, ns=(old_ns, old_ns))
-    assert dism_build.needs_build(template_path, properties, folder, settings)
+    assert dism_build.needs_build(template_path, properties, folder)
+    stamp.write_text(json.dumps({"name": "another-model"}))
+    assert dism_build.needs_build(template_path, properties, folder)
 
 
-def test_server_settings_refuse_a_bad_port() -> None:
-    with pytest.raises(ValueError, match=r"1\.\.65535"):
-        dism_build.server_settings("127.0.0.1", 70000)
-
-
-def test_mlserver_command_uses_this_interpreter(tmp_path: Path) -> None:
-    command = dism_build.mlserver_command(tmp_path, "/some/python")
-    assert command[0] == "/some/python" and command[-2:] == ["start", str(tmp_path)]
+def test_commands_use_the_given_interpreter(tmp_path: Path) -> None:
+    for command in (
+        mlserver.mlserver_start_command(tmp_path, "/some/python"),
+        mlserver.serve_command(tmp_path, "/some/python"),
+    ):
+        assert command[0] == "/some/python" and command[-2:] == ["start", str(tmp_path)]
+    assert str(mlserver.LAUNCHER) in mlserver.serve_command(tmp_path)

@@ -138,15 +138,25 @@ def test_per_roc_maps_on_request(model):
     assert model.predict(maps).roc_maps is None
 
 
+def _one_count(ls: int, row: int, column: int, value: float) -> np.ndarray:
+    maps = np.ones((ls + 1, 140, 56), dtype=np.float64 if isinstance(value, float) else np.int64)
+    maps[ls, row, column] = value
+    return maps
+
+
 @pytest.mark.parametrize(
     ("maps", "message"),
     [
         (np.zeros((2, 139, 56)), r"shape \(n, 140, 56\), got \(2, 139, 56\)"),
         (np.zeros((140, 56)), r"got \(140, 56\)"),
         (np.full((1, 140, 56), "x"), "numeric"),
-        (np.full((1, 140, 56), -3), "negative"),
-        (np.full((1, 140, 56), np.nan), "NaN"),
-        (np.full((1, 140, 56), np.inf), "infinite"),
+        (np.full((1, 140, 56), -3), r"in \[0, 4294967295\], found -3 at LS 0, row 0, column 0"),
+        (np.full((1, 140, 56), np.nan), "found NaN at LS 0"),
+        (np.full((1, 140, 56), np.inf), "found inf at LS 0"),
+        # counts float32 inference cannot hold: refused, not turned into a Metric of 0
+        (_one_count(20, 3, 7, 2**63 - 1), "found 9223372036854775807 at LS 20, row 3, column 7"),
+        (_one_count(20, 3, 7, 2**32), "found 4294967296 at LS 20, row 3, column 7"),
+        (_one_count(0, 1, 2, 3e38), r"found 3e\+38 at LS 0, row 1, column 2"),
     ],
 )
 def test_bad_maps_get_clear_errors(model, maps, message):

@@ -91,7 +91,6 @@ def test_a_copy_of_the_build_folder_serves_alone_without_offline_modules(
 ) -> None:
     folder = tmp_path / "pixel-ring2-nmf"  # renamed, as `dismcli start-api` mounts it
     shutil.copytree(build_folder, folder, ignore=shutil.ignore_patterns("__pycache__"))
-    (folder / "settings.json").unlink()  # the server's settings, not the model's
     maps = np.asarray(demo_data["Ring2"][:40])
     dcs = {flag: np.asarray(demo_data[flag][:40], dtype=bool) for flag in DCS_FLAGS}
     request_path = tmp_path / "request.json"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,19 +20,32 @@ import numpy as np
 import pytest
 import requests
 from conftest import (
+    BUILD_KEY,
     IMAGE_PYTHON,
     MODEL_NAME,
+    REPO,
     RunningServer,
     free_port,
+    mlserver_env,
     outputs_by_name,
     start_server,
     stop_server,
 )
 
 from mlserver_model.dftools import DCS_FLAGS
-from pixelring2nmf.serving.dism import mlserver_command
+from pixelring2nmf.serving.mlserver import serve_command
 
 N_SMALL = 6  # LS in a small request, around the demo's flagged LS
+NOT_A_COUNT = "is outside the range of occupancy counts [0, 4294967295]"
+# (case, id, how the 400 shows it): each gave a 500 or a dropped connection after inference
+BAD_IDS = [
+    ("Latin-1", "run-\u00e9", "got 'run-\\xe9'"),
+    ("beyond Latin-1", "run-\u20ac-\u65e5\u672c", "got 'run-\\u20ac-\\u65e5\\u672c'"),
+    ("CR LF", "a\r\nb", "got 'a\\r\\nb'"),
+    ("LF", "a\nb", "got 'a\\nb'"),
+    ("NUL", "a\x00b", "got 'a\\x00b'"),
+    ("of 10 kB", "x" * 10_000, f"got '{'x' * 64}'... (10000 characters)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -108,11 +122,12 @@ def image_server(build_folder: Path, tmp_path_factory: pytest.TempPathFactory) -
     folder = tmp / "mnt" / MODEL_NAME
     shutil.copytree(build_folder, folder, ignore=shutil.ignore_patterns("__pycache__"))
     port = free_port()
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(json.dumps({**settings, "http_port": port}))
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
     server = start_server(
-        mlserver_command(folder, IMAGE_PYTHON), port, tmp / "image.log", cwd=tmp / "mnt", env=env
+        serve_command(folder, IMAGE_PYTHON),
+        port,
+        tmp / "image.log",
+        cwd=tmp / "mnt",
+        env=mlserver_env(port),
     )
     yield server
     stop_server(server)
@@ -153,7 +168,7 @@ def _bad_cases(small: dict[str, Any]) -> list[tuple[str, dict[str, Any] | bytes,
         ("shape", ring2_only(shape=[N_SMALL, 56, 140]), 400, "[N, 140, 56]"),
         ("length", ring2_only(data=data[:-7]), 400, "product of the shape"),
         ("text in Ring2", ring2_only(data=at(3, "x")), 400, "'x' at flat position 3"),
-        ("negative", ring2_only(data=at(10, -1)), 400, "negative"),
+        ("negative", ring2_only(data=at(10, -1)), 400, f"-1 at flat position 10 {NOT_A_COUNT}"),
         ("null in FP32", ring2_only(datatype="FP32", data=at(10, None)), 400, "null at flat"),
         ("Ring2 data is 5", ring2_only(data=5), 400, "data must be a list of values, got int"),
         ("Ring2 data is true", ring2_only(data=True), 400, "data must be a list of values"),
@@ -164,6 +179,37 @@ def _bad_cases(small: dict[str, Any]) -> list[tuple[str, dict[str, Any] | bytes,
         ("INT8 1000", ring2_only(datatype="INT8", data=at(7, 1000)), 400, "outside the INT8"),
         ("FP16 70000", ring2_only(datatype="FP16", data=at(7, 70000.0)), 400, "outside the FP16"),
         ("2^64-1", ring2_only(data=at(7, 2**64 - 1)), 400, "18446744073709551615"),
+        # values the datatype allows but float32 inference cannot hold, booleans as counts
+        (
+            "UINT64 2^63",
+            ring2_only(datatype="UINT64", data=at(7, 2**63)),
+            400,
+            f"value 9223372036854775808 at flat position 7 {NOT_A_COUNT}",
+        ),
+        (
+            "INT64 2^63-1",
+            ring2_only(datatype="INT64", data=at(7, 2**63 - 1)),
+            400,
+            f"value 9223372036854775807 at flat position 7 {NOT_A_COUNT}",
+        ),
+        (
+            "INT64 2^32",
+            ring2_only(datatype="INT64", data=at(7, 2**32)),
+            400,
+            f"value 4294967296 at flat position 7 {NOT_A_COUNT}",
+        ),
+        (
+            "FP32 3e38",
+            ring2_only(datatype="FP32", data=at(7, 3e38)),
+            400,
+            f"value 3e+38 at flat position 7 {NOT_A_COUNT}",
+        ),
+        ("true as a count", ring2_only(data=at(3, True)), 400, "found True at flat position 3"),
+        # ids the Ce-Id response header cannot carry: refused before the model runs
+        *[
+            (f"id {label}", {**small, "id": request_id}, 400, shown)
+            for label, request_id, shown in BAD_IDS
+        ],
         (
             "text in a numeric OMS tensor",
             {
@@ -272,6 +318,59 @@ def test_unknown_inputs_are_ignored_and_logged(
     body = {"inputs": [*small_request["inputs"], junk]}
     assert_answer(served_model.infer(body), expected_small(demo_answer, small_rows))
     assert "Ignoring input(s) ['Ring1']" in served_model.log()
+    # 10,000 of them once wrote a 110 kB line per request: ten names, then how many more
+    many = [{**junk, "name": f"junk{i:05d}"} for i in range(10_000)]
+    body = {"inputs": [*small_request["inputs"], *many]}
+    assert_answer(served_model.infer(body), expected_small(demo_answer, small_rows))
+    (line,) = [x for x in served_model.log().splitlines() if "'junk00000'" in x]
+    assert "'junk00009'] and 9990 more" in line and len(line) < 500
+
+
+def test_each_answer_and_each_400_is_one_log_line(
+    served_model: RunningServer, small_request: dict[str, Any]
+) -> None:
+    assert served_model.infer({**small_request, "id": "ops-200"}).status_code == 200
+    bad = {**small_request, "id": "ops-400", "inputs": small_request["inputs"][1:]}
+    assert served_model.infer(bad).status_code == 400
+    log = served_model.log().splitlines()
+    (answered,) = [line for line in log if "id='ops-200'" in line]
+    assert re.fullmatch(
+        rf"\[INFO\]: Request id='ops-200': {N_SMALL} LS, flagged 1 before and 1 after the DCS "
+        r"filter; \d+ ms \(\d+ ms in the model\)",
+        answered,
+    ), answered
+    (refused,) = [line for line in log if "id='ops-400'" in line]
+    assert refused.startswith("[WARNING]: Refused request id='ops-400' (400): Missing input")
+
+
+def test_metadata_lists_the_tensors_of_the_template(served_model: RunningServer) -> None:
+    """What a client discovers at GET /v2/models/<name> (and tritonclient's
+    get_model_metadata) is what template.yaml declares to DIALS."""
+    import tritonclient.http as httpclient
+    import yaml
+
+    properties = yaml.safe_load((REPO / "template.yaml").read_text())["Resources"][BUILD_KEY][
+        "Properties"
+    ]
+    inputs = [(s["Name"], s["DataType"], s["Dims"]) for s in properties["InputSignature"]]
+    for metadata in properties["InputMetadata"]:
+        inputs += [
+            (f"{metadata['Name']}__{a['Name']}", a["DataType"], a["Dims"])
+            for a in metadata["Attributes"]
+        ]
+    outputs = [(s["Name"], s["DataType"], s["Dims"]) for s in properties["OutputSignature"]]
+
+    def listed(tensors: list[dict]) -> list[tuple]:
+        return [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in tensors]
+
+    answer = requests.get(f"{served_model.base_url}/v2/models/{MODEL_NAME}", timeout=10).json()
+    assert (listed(answer["inputs"]), listed(answer["outputs"])) == (inputs, outputs)
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{served_model.port}")
+    try:
+        metadata = client.get_model_metadata(MODEL_NAME)
+    finally:
+        client.close()
+    assert (listed(metadata["inputs"]), listed(metadata["outputs"])) == (inputs, outputs)
 
 
 def test_zero_lumisections_answer_200_with_empty_outputs(served_model: RunningServer) -> None:
@@ -408,12 +507,8 @@ def test_a_pipeline_fault_is_a_500_without_traceback_and_bad_input_still_400(
     model_settings["implementation"] = "faulty.FaultyHandler"
     (folder / "model-settings.json").write_text(json.dumps(model_settings))
     port = free_port()
-    settings = json.loads((folder / "settings.json").read_text())
-    (folder / "settings.json").write_text(
-        json.dumps({**settings, "http_port": port, "debug": True})
-    )
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", "PYTHONNOUSERSITE": "1"}
-    command = mlserver_command(folder, python) if python else mlserver_command(folder)
+    env = mlserver_env(port, MLSERVER_DEBUG="true")
+    command = serve_command(folder, python) if python else serve_command(folder)
     server = start_server(command, port, tmp_path / "faulty.log", cwd=tmp_path, env=env)
     try:
         fault = server.infer(small_request)

@@ -1,18 +1,19 @@
-"""`pixelring2nmf build` / `serve`: the offline part of `dismcli build`; `start-api` without Docker.
+"""`pixelring2nmf build`: `dismcli build` (cmsdism 0.6.1) without the checks against DIALS.
 
-`build` validates template.yaml with dism-core and writes `.dism-artifacts/build/<Key>/` the way
-`dismcli build` (cmsdism 0.6.1) does: every entry of CodeUri, the model file and a
+`build` validates template.yaml with dism-core and writes the tree `dismcli build` writes, file
+for file (a test builds both and compares them): `$BUILD_PATH` (dismcli's variable, default
+`.dism-artifacts/build`) replaced whole, holding for each MLServer resource `<Key>/` = every
+entry of CodeUri (`__pycache__` included, as dismcli copies it), the model file and
 `model-settings.json` {"name": Name, "implementation": Handler, "parameters": {"uri": <model file
-name>, "version": "0.1.0"}}. Unlike dismcli it neither logs in to CERN nor checks the ME and the
-datasets against DIALS, skips `__pycache__`, replaces only the <Key> folder, and adds a
-`settings.json` for a local MLServer (debug off, no worker processes, loopback only).
+name>, "version": "0.1.0"}}, and beside them a normalised `template.yaml` (CodeUri and ModelUri
+relative to the build). Unlike dismcli it neither logs in to CERN nor checks the ME and the
+datasets against DIALS. Paths in the template resolve against the current directory, as with
+dismcli.
 
-That settings.json is meant for local serving only: MLServer gives a settings.json in the model
-folder priority over the environment, so a packaged copy would pin the production server to
-loopback. This is why `build` does not write `.dism-artifacts/build/template.yaml`: without it
-`dismcli package` refuses our build and a real `dismcli build` (which wipes the folder) must run
-first. Paths in the template resolve against the current directory, as with dismcli; the build
-root is `$BUILD_PATH` (dismcli's variable) or `.dism-artifacts/build`.
+Nothing for local serving goes into the build: `dismcli package` zips the folder whole, and a
+settings.json there would ship (MLServer gives it priority over the environment, so a local
+one would pin the deployed server to loopback). `serve` passes its settings through MLServer's
+environment variables instead (serving/mlserver.py).
 """
 
 from __future__ import annotations
@@ -20,21 +21,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlserver_model.errors import checked_integer
-
-from ..errors import DataError, OptionError
+from ..errors import DataError
 
 BUILD_PATH_ENV = "BUILD_PATH"
 DEFAULT_BUILD_PATH = Path(".dism-artifacts/build")
 MODEL_SETTINGS_FILE = "model-settings.json"
-SERVER_SETTINGS_FILE = "settings.json"
+BUILD_TEMPLATE_FILE = "template.yaml"  # the normalised template, in the build root
 MODEL_VERSION = "0.1.0"  # dismcli writes this fixed version
-_SKIPPED = ("__pycache__",)
 
 
 # --------------------------------------------------------------------------- template
@@ -85,7 +82,7 @@ def mlserver_resources(template: Any) -> dict[str, Any]:
     return resources
 
 
-# --------------------------------------------------------------------------- settings
+# --------------------------------------------------------------------------- build
 
 
 def model_settings(properties: Any) -> dict[str, Any]:
@@ -97,77 +94,59 @@ def model_settings(properties: Any) -> dict[str, Any]:
     }
 
 
-def server_settings(host: str = "127.0.0.1", http_port: int = 8080) -> dict[str, Any]:
-    """MLServer settings.json for a local server.
-
-    debug off: with it on, a 500 sends the whole traceback to the client. parallel_workers 0:
-    a worker process would receive every ~30 MB request pickled (+0.5 s) and on 2 cores gave
-    less throughput. gRPC cannot be switched off in MLServer 1.5, so it and the metrics server
-    take a free port chosen by the OS (0): two local servers then never clash; nothing local
-    uses them, and gRPC would refuse a 750-LS request (> 4 MiB) anyway.
-    """
-    if checked_integer(http_port, "HTTP port", minimum=1) > 65535:
-        raise OptionError(f"HTTP port must be an integer in 1..65535, got {http_port!r}")
-    return {
-        "debug": False,
-        "parallel_workers": 0,
-        "host": host,
-        "http_port": http_port,
-        "grpc_port": 0,
-        "metrics_port": 0,
-    }
-
-
-# --------------------------------------------------------------------------- build
-
-
 def build_root() -> Path:
     return Path(os.environ.get(BUILD_PATH_ENV) or DEFAULT_BUILD_PATH)
 
 
-def build(
-    template_path: str | Path, *, host: str = "127.0.0.1", http_port: int = 8080
-) -> dict[str, Path]:
-    """Validate the template and write one build folder per MLServer resource; {key: folder}."""
+def build(template_path: str | Path) -> dict[str, Path]:
+    """Validate the template and write the build root as dismcli does; {key: folder}.
+
+    The tree is assembled beside the root and put in its place once complete, so a failed
+    build leaves the previous one whole.
+    """
     template = load_template(template_path)
-    settings = server_settings(host, http_port)
-    return {
-        key: build_resource(key, resource.Properties, build_root(), settings)
-        for key, resource in mlserver_resources(template).items()
-    }
-
-
-def build_resource(
-    key: str, properties: Any, root: Path, settings: dict[str, Any] | None = None
-) -> Path:
-    """Write `<root>/<key>/`, replacing the previous build only once the new one is complete."""
-    root.mkdir(parents=True, exist_ok=True)
-    staging = root / f".{key}.building"
+    resources = mlserver_resources(template)
+    root = build_root()
+    staging = root.with_name(f".{root.name}.building")
     if staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir()
+    staging.mkdir(parents=True)
+    folders = {}
+    for key, resource in resources.items():
+        build_resource(key, resource.Properties, staging)
+        # as dismcli, after copying: the built template points into the build
+        resource.Properties.CodeUri = Path(key)
+        resource.Properties.ModelUri = Path(Path(resource.Properties.ModelUri).name)
+        folders[key] = root / key
+    _write_template(template, staging / BUILD_TEMPLATE_FILE)
+    if root.exists():
+        shutil.rmtree(root)
+    staging.rename(root)
+    return folders
+
+
+def build_resource(key: str, properties: Any, root: Path) -> Path:
+    """Write `<root>/<key>/`: the model file, every entry of CodeUri, model-settings.json."""
+    folder = root / key
+    folder.mkdir(parents=True)
     model_path = Path(properties.ModelUri)
-    shutil.copy2(model_path, staging / model_path.name)
+    shutil.copy2(model_path, folder / model_path.name)
     for source in sorted(Path(properties.CodeUri).glob("*")):
-        if source.name in _SKIPPED:
-            continue
         if source.is_dir():
-            shutil.copytree(source, staging / source.name, ignore=shutil.ignore_patterns(*_SKIPPED))
+            shutil.copytree(source, folder / source.name)
         else:
-            shutil.copy2(source, staging / source.name)
-    _write_json(staging / MODEL_SETTINGS_FILE, model_settings(properties))
-    if settings is not None:
-        _write_json(staging / SERVER_SETTINGS_FILE, settings)
-    final = root / key
-    if final.exists():
-        shutil.rmtree(final)
-    staging.rename(final)
-    return final
+            shutil.copy2(source, folder / source.name)
+    with open(folder / MODEL_SETTINGS_FILE, "w", encoding="utf-8") as handle:
+        json.dump(model_settings(properties), handle)
+    return folder
 
 
-def _write_json(path: Path, content: dict[str, Any]) -> None:
+def _write_template(template: Any, path: Path) -> None:
+    """The template as dismcli writes it into the build: yaml.dump of its JSON model dump."""
+    import yaml
+
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(content, handle)
+        yaml.dump(template.model_dump(mode="json"), handle)
 
 
 def source_files(template_path: str | Path, properties: Any) -> Iterator[Path]:
@@ -175,21 +154,15 @@ def source_files(template_path: str | Path, properties: Any) -> Iterator[Path]:
     yield Path(template_path)
     yield Path(properties.ModelUri)
     for path in Path(properties.CodeUri).rglob("*"):
-        if path.is_file() and not any(part in _SKIPPED for part in path.parts):
+        if path.is_file() and "__pycache__" not in path.parts:
             yield path
 
 
-def needs_build(
-    template_path: str | Path, properties: Any, folder: Path, settings: dict[str, Any]
-) -> bool:
-    """True when the folder is missing, older than a source, or set up for another host/port."""
+def needs_build(template_path: str | Path, properties: Any, folder: Path) -> bool:
+    """True when the folder is missing, was built from other settings, or is older than a
+    source (byte-code caches aside: Python rewrites them, and they change nothing served)."""
     stamp = folder / MODEL_SETTINGS_FILE  # written after every copied file
-    if not stamp.is_file() or not (folder / SERVER_SETTINGS_FILE).is_file():
-        return True
     try:
-        with open(folder / SERVER_SETTINGS_FILE, encoding="utf-8") as handle:
-            if json.load(handle) != settings:
-                return True
         with open(stamp, encoding="utf-8") as handle:
             if json.load(handle) != model_settings(properties):
                 return True
@@ -200,39 +173,11 @@ def needs_build(
     return any(path.stat().st_mtime_ns > built_ns for path in sources)
 
 
-# --------------------------------------------------------------------------- CLI
-
-
-def mlserver_command(folder: Path, python: str | Path = sys.executable) -> list[str]:
-    """`mlserver start <folder>` run by the given Python environment's MLServer.
-
-    `python -m mlserver` does not exist (no __main__) and `-m mlserver.cli.main` warns about
-    a double import; calling the console script's function works in MLServer 1.5 and 1.7 and
-    never picks up another environment's `mlserver` from PATH.
-    """
-    launcher = "import sys; from mlserver.cli.main import main; sys.argv[0] = 'mlserver'; main()"
-    return [str(python), "-c", launcher, "start", str(folder)]
-
-
-def check_port_free(host: str, port: int) -> None:
-    """Fail now, in one line, rather than after "Loaded model" with uvicorn's tracebacks."""
-    import socket
-
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            raise OptionError(
-                f"cannot listen on {host}:{port} ({error.strerror}): another server is using "
-                "it? Choose another with --port"
-            ) from None
-
-
-def prepare_serving(template_path: str | Path, host: str, port: int) -> tuple[Any, Path, bool]:
-    """The one inference service of the template, its build folder, and whether it was rebuilt.
+def prepare_serving(template_path: str | Path) -> tuple[Path, bool]:
+    """The build folder of the template's one inference service, and whether it was rebuilt.
 
     `serve` runs one MLServer for one model: a template with several services is refused.
-    The folder is rebuilt only when a source or the server settings changed.
+    The build is redone only when a source changed.
     """
     template = load_template(template_path)
     resources = mlserver_resources(template)
@@ -242,12 +187,7 @@ def prepare_serving(template_path: str | Path, host: str, port: int) -> tuple[An
             f"{sorted(resources)}"
         )
     ((key, resource),) = resources.items()
-    settings = server_settings(host, port)
     folder = build_root() / key
-    if not needs_build(template_path, resource.Properties, folder, settings):
-        return resource.Properties, folder, False
-    return (
-        resource.Properties,
-        build_resource(key, resource.Properties, build_root(), settings),
-        True,
-    )
+    if not needs_build(template_path, resource.Properties, folder):
+        return folder, False
+    return build(template_path)[key], True

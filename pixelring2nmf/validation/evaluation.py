@@ -12,7 +12,8 @@ Scenarios and what a rule must do with them:
 - must flag: a ROG fully dead on 2 disks and on 3 disks (>= 99 %), 60 % of a ROG dead on 2
   disks (>= 95 %), a dead quarter (>= 99 %), at every occupancy from 50 clusters per ROC;
 - must stay quiet, at every occupancy: clean LS, a Single-Disk outage (one group), a dead
-  module (16 ROCs of one disk, as when a module dies mid-run and stays dead), hot ROCs;
+  module (16 ROCs of one disk, as when a module dies mid-run and stays dead), hot ROCs (1-5
+  at x5-x20, and one ROC at 10x, 100x, 1,000x or 10,000x its expectation);
 - reported only: 50 %, 40 % and 30 % of a ROG dead on 2 disks, around the 40 % group threshold
   (a group exactly at the threshold is flagged about half the time, by construction).
 """
@@ -46,6 +47,7 @@ from .mismatch import MapMaker, scaled_maker
 from .truthcheck import truth_event_ids
 
 OCCUPANCIES = (20, 30, 50, 100, 200, 400, 1000, 2000)  # clusters per live ROC per LS
+HOT_ROC_FACTORS = (10, 100, 1_000, 10_000)  # one ROC this many times its expectation
 BAR_OCCUPANCIES = (50, 100, 200, 400, 1000, 2000)  # where the detection bars apply
 Sampler = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # expected -> counts
 Injector = Callable[[np.ndarray, np.ndarray, np.random.Generator], None]
@@ -165,6 +167,16 @@ def inject_hot_rocs(expected: np.ndarray, eligible: np.ndarray, rng: np.random.G
     expected[rows, rocs] *= np.maximum(factors, 1.0)
 
 
+def inject_one_hot_roc(
+    expected: np.ndarray, eligible: np.ndarray, rng: np.random.Generator, *, factor: float
+) -> None:
+    """One ROC per LS counting `factor` times its expectation (a noisy readout): at 1,000x
+    and more it once dragged the fit so far up that healthy LS read as dead quarters."""
+    candidates = np.flatnonzero(eligible[GROUP_ID_FLAT] & (expected.min(axis=0) > 0))
+    rocs = rng.choice(candidates, size=len(expected))
+    expected[np.arange(len(expected)), rocs] *= factor
+
+
 def _nothing(expected: np.ndarray, eligible: np.ndarray, rng: np.random.Generator) -> None:
     """Clean LS: nothing injected (the permanently dead group is in every map regardless)."""
 
@@ -185,7 +197,13 @@ SCENARIOS = (
     Scenario("Single-Disk", inject_single_disk, must_stay_quiet=True),
     Scenario("dead module (one disk)", inject_dead_module, must_stay_quiet=True),
     Scenario("hot ROCs", inject_hot_rocs, must_stay_quiet=True),
+    # last, so that the cells above keep their seeds (detection_study)
+    *(
+        Scenario(f"one ROC hot x{factor:,}", partial(inject_one_hot_roc, factor=factor), None, True)
+        for factor in HOT_ROC_FACTORS
+    ),
 )
+HOT_ROC_SCENARIOS = tuple(f"one ROC hot x{factor:,}" for factor in HOT_ROC_FACTORS)
 SCENARIOS_BY_NAME = {s.name: s for s in SCENARIOS}
 
 

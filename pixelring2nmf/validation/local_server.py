@@ -108,6 +108,25 @@ def memory_mb(pid: int) -> dict[str, float]:
     return values
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all its descendants (MLServer's worker processes), from /proc (Linux)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                pids += process_tree(int(child))
+    return pids
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants, in MB: what a pod's limit counts."""
+    total = 0.0
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError):
+            total += memory_mb(member).get("VmRSS", 0.0)
+    return total
+
+
 def post_infer(server: LocalServer, model: str, body: bytes, timeout_s: float):
     """POST a V2 inference request already encoded as JSON; return (seconds, response).
 
