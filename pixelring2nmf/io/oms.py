@@ -321,9 +321,12 @@ class OmsLookup:
             raise DataError(f"OMS file(s) {source}: {error}") from None
         self.warnings = check_oms_frame(frame, f"OMS file(s) {source}")
         self.has_dcs_flags = any(flag in frame.columns for flag in DCS_FLAGS)
-        self._empty = frame.iloc[:0]
+        self._frame = frame
+        # each run's row numbers, not a copy of its rows: the table is held once
         run_keys = self._index.get_level_values(OMS_KEY_COLUMNS[0]).to_numpy()
-        self._by_run = {int(run): part for run, part in frame.groupby(run_keys, sort=False)}
+        order = np.argsort(run_keys, kind="stable")
+        runs, starts = np.unique(run_keys[order], return_index=True)
+        self._by_run = dict(zip(runs.tolist(), np.split(order, starts[1:]), strict=True))
 
     @classmethod
     def read(cls, paths: Sequence[str | Path]) -> OmsLookup:
@@ -332,20 +335,24 @@ class OmsLookup:
     def runs_between(self, first: int, last: int) -> OmsLookup:
         """Only the rows of runs `first` to `last`: what a task of those runs needs, so a
         cluster receives the era's table once in total rather than once per worker."""
+        rows = [r for run, r in self._by_run.items() if first <= run <= last]
+        taken = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
         part = object.__new__(OmsLookup)
         part.__dict__.update(self.__dict__)
         part._index = None  # coverage is the client's business, not a task's
-        part._by_run = {run: rows for run, rows in self._by_run.items() if first <= run <= last}
+        part._frame = self._frame.iloc[taken].reset_index(drop=True)
+        positions = np.cumsum([0, *(len(r) for r in rows)])
+        part._by_run = {
+            run: np.arange(positions[i], positions[i + 1])
+            for i, run in enumerate(run for run in self._by_run if first <= run <= last)
+        }
         return part
 
     def columns_for(self, run: np.ndarray, ls: np.ndarray) -> dict[str, np.ndarray]:
         """OMS columns aligned to (run, ls); an LS absent from OMS gets nulls (DCS-bad)."""
-        parts = [self._by_run[r] for r in np.unique(run).tolist() if r in self._by_run]
-        if not parts:
-            sub = self._empty
-        else:
-            sub = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-        return align_oms(sub, run, ls)
+        rows = [self._by_run[r] for r in np.unique(run).tolist() if r in self._by_run]
+        taken = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        return align_oms(self._frame.iloc[taken], run, ls)
 
     def coverage(self, run: np.ndarray, ls: np.ndarray) -> OmsCoverage:
         return oms_coverage(self._index, run, ls)
