@@ -91,7 +91,7 @@ def _flag_is_true(values: Any, flag: str, n_ls: int) -> np.ndarray:
     elif array.dtype.kind == "O":
         numbers = _object_flag_numbers(array.tolist(), flag)
         if numbers is None:  # the usual case: only booleans and nulls, no 0/1 to check
-            return np.fromiter((bool(v) for v in array.tolist()), bool, count=n_ls)
+            return np.fromiter(map(bool, array.tolist()), bool, count=n_ls)
     else:
         raise InputError(
             f"DCS flag {flag!r} must hold bool/0/1/null values, got dtype {array.dtype} "
@@ -121,7 +121,7 @@ def _object_flag_numbers(items: list, flag: str) -> np.ndarray | None:
     """The values of an object column as float64 (NaN for null), each checked to be a boolean
     or a number (never text: "1" is not 1); None when they are only booleans and None, which
     need no check (a null is never true)."""
-    kinds = {type(value) for value in items}
+    kinds = set(map(type, items))  # one pass in C
     if kinds <= _BOOLEAN_KINDS:
         return None
     numbers = np.empty(len(items), dtype=np.float64)
