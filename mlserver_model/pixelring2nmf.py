@@ -142,17 +142,19 @@ def check_maps(maps_nyx: Any) -> np.ndarray:
     return maps
 
 
-def check_counts(maps: np.ndarray, *, first_ls: int = 0) -> None:
+def check_counts(maps: np.ndarray, *, first_ls: int = 0, row_max: np.ndarray | None = None) -> None:
     """Refuse counts that are negative, NaN, infinite or above MAX_COUNT (two reductions).
 
     The message names the first offending value and its place (LS, then the map's row and
     column when the maps are (N, 140, 56) or (N, 7840)); `first_ls` is the LS number of
-    maps[0] when the maps are a chunk of a larger batch.
+    maps[0] when the maps are a chunk of a larger batch. `row_max`, each LS's largest count
+    when the caller has it already (the hot-ROC test), saves one of the two passes.
     """
     if not len(maps):
         return
     limit = _count_limit(maps.dtype)
-    lowest, highest = maps.min(), maps.max()
+    lowest = maps.min()
+    highest = maps.max() if row_max is None else row_max.max()
     if lowest >= 0 and highest <= limit:  # False for NaN
         return
     bad = ~((maps >= 0) & (maps <= limit))  # error path only: a full pass is fine
@@ -346,21 +348,23 @@ class PixelRing2NMF:
             rows = slice(start, min(start + _CHUNK_LS, len(maps)))
             if in_place:
                 x = flat[rows]
-                check_counts(x, first_ls=start)
             else:
                 # on the cached copy: one read of the input, not two (an integer beyond
                 # float32's range casts to a finite float, caught by the bound all the same)
                 x = buffer[: rows.stop - rows.start]
                 np.copyto(x, flat[rows], casting="unsafe")
-                try:
-                    check_counts(x, first_ls=start)
-                except InputError:
-                    # the counts as sent decide, and are named: the cast may have rounded a
-                    # valid count at the limit up, or a huge integer to a float
-                    check_counts(flat[rows], first_ls=start)
+            row_max = x.max(axis=1)  # the bound check and the hot-ROC test share this pass
+            try:
+                check_counts(x, first_ls=start, row_max=row_max)
+            except InputError:
+                if in_place:
+                    raise
+                # the counts as sent decide, and are named: the cast may have rounded a
+                # valid count at the limit up, or a huge integer to a float
+                check_counts(flat[rows], first_ls=start)
             products = x @ self._projection
             rhs, total = products[:, :k], products[:, k]
-            suspects = np.flatnonzero(x.max(axis=1) > HOT_SHARE * total)
+            suspects = np.flatnonzero(row_max > HOT_SHARE * total)
             if suspects.size:
                 x = x.copy() if in_place else x
                 x[suspects], rhs[suspects] = self._refit_without_hot_rocs(
