@@ -217,24 +217,35 @@ def search_significance(
     n_live: np.ndarray,
     thresholds: Thresholds,
     unjudged_groups: np.ndarray | None = None,
+    tested: np.ndarray | None = None,
 ):
     """Group search with the occupancy-independent rule, from (N, 48) bad and live counts.
 
     `unjudged_groups` (48,) marks groups the model expects to be (nearly) empty: they can never
     be anomalous, and do not prevent the rest of their quarter from counting as a whole.
+    `tested` (N, 48) marks the groups whose ROCs were counted (None: all of them); a tested
+    group with fewer than `min_live_rocs` live ROCs cannot be judged in that LS, which makes a
+    lone anomalous partner disk `Same-Disk` (geometry.anomaly_type_codes). An untested group
+    passed the screen, i.e. kept ~all its expected clusters: it was judged, and is healthy.
     """
     fraction = np.divide(n_bad, n_live, out=np.zeros(n_bad.shape, np.float64), where=n_live > 0)
-    fraction[n_live < thresholds.min_live_rocs] = 0.0  # too few live ROCs to judge the group
-    return group_search(fraction, thresholds.group_fraction, unjudged_groups)
+    blind = n_live < thresholds.min_live_rocs  # too few live ROCs to judge the group
+    fraction[blind] = 0.0
+    if tested is not None:
+        blind &= tested
+    return group_search(fraction, thresholds.group_fraction, unjudged_groups, blind)
 
 
-def group_search(fraction: np.ndarray, group_threshold, unjudged_groups=None) -> GroupSearch:
+def group_search(
+    fraction: np.ndarray, group_threshold, unjudged_groups=None, blind_groups=None
+) -> GroupSearch:
     """Anomalous groups, type and Metric from (N, 48) fractions of bad ROCs and the group
-    threshold (one number, or one per group)."""
+    threshold (one number, or one per group); `blind_groups` (N, 48): groups that could not be
+    judged in each LS (geometry.anomaly_type_codes)."""
     anomalous = fraction >= group_threshold
     return GroupSearch(
         anomalous_groups=anomalous,
-        type_code=anomaly_type_codes(anomalous, unjudged_groups),
+        type_code=anomaly_type_codes(anomalous, unjudged_groups, blind_groups),
         metric=multidisk_metric(fraction, group_threshold),
     )
 

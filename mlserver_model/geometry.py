@@ -168,24 +168,37 @@ def roc_name(row: int, column: int) -> str:
     return f"FPix_{shell}_D{abs(disk)}_BLD{abs(blade)}_PNL{panel}_RNG2_ROC{roc}"
 
 
-# Anomaly types of one LS, ordered by severity; the LS takes the most severe that applies.
+# Anomaly types of one LS, ordered by severity; the LS takes the most severe that applies. The
+# codes of `anomaly_type_codes` are indices into ANOMALY_TYPES, so this order is also the codes'.
 ANOMALY_NONE = "none"
 ANOMALY_SINGLE_DISK = "Single-Disk"
+ANOMALY_SAME_DISK = "Same-Disk"
 ANOMALY_MULTI_DISK = "Multi-Disk"
 ANOMALY_QUARTER = "Quarter"
-ANOMALY_TYPES = (ANOMALY_NONE, ANOMALY_SINGLE_DISK, ANOMALY_MULTI_DISK, ANOMALY_QUARTER)
+ANOMALY_TYPES = (
+    ANOMALY_NONE,
+    ANOMALY_SINGLE_DISK,
+    ANOMALY_SAME_DISK,
+    ANOMALY_MULTI_DISK,
+    ANOMALY_QUARTER,
+)
 
 
 def anomaly_type_codes(
-    anomalous_groups: np.ndarray, unjudged_groups: np.ndarray | None = None
+    anomalous_groups: np.ndarray,
+    unjudged_groups: np.ndarray | None = None,
+    blind_groups: np.ndarray | None = None,
 ) -> np.ndarray:
     """Anomaly type code (index into ANOMALY_TYPES) per LS from an (N, 48) boolean array.
 
     A whole quarter counts when all 12 groups of one shell are anomalous, not counting groups
     that cannot be judged (`unjudged_groups`, (48,) bool: e.g. a permanently dead group, which
     would otherwise make its quarter's dropout look like a mere Multi-Disk); Multi-Disk when
-    the same (z side, blade side, ROG) is anomalous on two or more disks; Single-Disk otherwise
-    when any group is anomalous.
+    the same (z side, blade side, ROG) is anomalous on two or more disks; Same-Disk when it is
+    anomalous on exactly one disk and a partner disk of that candidate cannot be judged in that
+    LS (dead in the model, `unjudged_groups`, or too few live ROCs in that LS, `blind_groups`
+    (N, 48)): a Multi-Disk outage may be hiding behind the blind disk, so the LS must not look
+    like a plain Single-Disk one; Single-Disk otherwise when any group is anomalous.
     """
     anomalous = np.asarray(anomalous_groups, dtype=bool)
     if anomalous.ndim != 2 or anomalous.shape[1] != N_GROUPS:
@@ -193,17 +206,30 @@ def anomaly_type_codes(
     unjudged = np.zeros(N_GROUPS, bool) if unjudged_groups is None else unjudged_groups
     whole_shell = (anomalous | unjudged)[:, QUARTER_GROUPS].all(axis=2)
     quarter = (whole_shell & anomalous[:, QUARTER_GROUPS].any(axis=2)).any(axis=1)
-    multi_disk = (anomalous[:, MULTIDISK_CANDIDATES].sum(axis=2) >= 2).any(axis=1)
+    per_candidate = anomalous[:, MULTIDISK_CANDIDATES]  # (N, 16, 3)
+    n_disks = per_candidate.sum(axis=2)
+    multi_disk = (n_disks >= 2).any(axis=1)
+    blind = np.broadcast_to(unjudged, anomalous.shape)
+    if blind_groups is not None:
+        blind = blind | np.asarray(blind_groups, dtype=bool)
+    blind_partner = (blind[:, MULTIDISK_CANDIDATES] & ~per_candidate).any(axis=2)
+    same_disk = ((n_disks == 1) & blind_partner).any(axis=1)
     single = anomalous.any(axis=1)
     codes = np.zeros(len(anomalous), dtype=np.int8)
-    codes[single] = 1
-    codes[multi_disk] = 2
-    codes[quarter] = 3
+    codes[single] = ANOMALY_TYPES.index(ANOMALY_SINGLE_DISK)
+    codes[same_disk] = ANOMALY_TYPES.index(ANOMALY_SAME_DISK)
+    codes[multi_disk] = ANOMALY_TYPES.index(ANOMALY_MULTI_DISK)
+    codes[quarter] = ANOMALY_TYPES.index(ANOMALY_QUARTER)
     return codes
 
 
-def anomaly_type(group_names: list[str] | tuple[str, ...]) -> str:
-    """Anomaly type of one LS given the names of its anomalous power groups."""
+def anomaly_type(
+    group_names: list[str] | tuple[str, ...], unjudged_names: list[str] | tuple[str, ...] = ()
+) -> str:
+    """Anomaly type of one LS given the names of its anomalous power groups (and of the
+    groups that cannot be judged, e.g. a permanently dead one)."""
     flags = np.zeros((1, N_GROUPS), dtype=bool)
     flags[0, [group_index(n) for n in group_names]] = True
-    return ANOMALY_TYPES[anomaly_type_codes(flags)[0]]
+    unjudged = np.zeros(N_GROUPS, dtype=bool)
+    unjudged[[group_index(n) for n in unjudged_names]] = True
+    return ANOMALY_TYPES[anomaly_type_codes(flags, unjudged)[0]]

@@ -318,8 +318,10 @@ class PixelRing2NMF:
         maps = check_maps(maps_nyx)
         n_ls = len(maps)
         dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
-        n_bad, n_live = self._screened_counts(maps)
-        search = search_significance(n_bad, n_live, self.thresholds, self.unjudged_groups)
+        n_bad, n_live, screened = self._screened_counts(maps)
+        search = search_significance(
+            n_bad, n_live, self.thresholds, self.unjudged_groups, tested=screened
+        )
         flag_before = search.metric >= self.thresholds.metric_threshold
         return PredictionResult(
             flag=flag_before & dcs.good,
@@ -392,8 +394,9 @@ class PixelRing2NMF:
                 break
         return fitted, rhs
 
-    def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 48) bad and live ROC counts, non-zero only for groups that pass the screen."""
+    def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 48) bad and live ROC counts, non-zero only for the groups the screen picked,
+        and (N, 48) which groups it picked (counted ROC by ROC)."""
         n_ls, k, t = len(maps), len(self.components), self.thresholds
         rhs = np.empty((n_ls, k), dtype=np.float32)
         observed_totals = np.empty((n_ls, N_GROUPS), dtype=np.float32)
@@ -412,7 +415,7 @@ class PixelRing2NMF:
             n_live[ls, group], n_bad[ls, group] = self._judge_group(
                 maps, ls, weights[ls], self._groups[group]
             )
-        return n_bad, n_live
+        return n_bad, n_live, screened
 
     def _judge_group(
         self, maps: np.ndarray, ls: np.ndarray, weights: np.ndarray, group: _GroupTables

@@ -203,14 +203,24 @@ def _how(stop: BaseException) -> str:
 
 
 def _record_oms_warnings(status, oms) -> None:
-    """Say now, and record, what the OMS data lack: no file at all, no DCS flag, bad values."""
+    """Say now, and record, what the OMS data lack: no file at all, no DCS flag, bad values,
+    and so how far golden.json and the luminosity columns can be trusted."""
+    from ..era.certification import certification_warnings
+
     if oms is None:
         status.oms = {"dcs_filter": "not applied: no --oms given"}
         warnings = [NO_OMS_WARNING]
     else:
         applied = "applied" if oms.has_dcs_flags else "not applied: no DCS flag column"
         status.oms = {"files": oms.sources, "dcs_filter": applied}
-        warnings = oms.warnings
+        warnings = list(oms.warnings)
+    entries, certification = certification_warnings(
+        oms is not None,
+        oms is not None and oms.has_dcs_flags,
+        oms is not None and oms.has_recorded_lumi,
+    )
+    status.oms.update(entries)
+    warnings += certification
     for warning in warnings:
         logger.warning(warning)
     status.warnings += warnings

@@ -21,9 +21,9 @@ from mlserver_model.errors import InputError
 from mlserver_model.pixelring2nmf import PixelRing2NMF, PredictionResult
 
 from ..errors import DataError
-from ..io.oms import OmsLookup, pileup_values
+from ..io.oms import OmsLookup, pileup_values, recorded_lumi_values
 from ..io.parquet import iter_row_group, open_dials_parquet
-from ..io.results import PILEUP_COLUMN, empty_results, results_table
+from ..io.results import PILEUP_COLUMN, RECORDED_LUMI_COLUMN, empty_results, results_table
 from .plan import RowGroupTask, problem
 
 CHUNK_LS = 1000  # LS judged at once: ~31 MB of int32 maps, the simulator's row-group size
@@ -56,11 +56,13 @@ def judge_lumisections(
     *,
     roc_maps: bool = False,
 ) -> tuple[pd.DataFrame, PredictionResult]:
-    """The model's results for these LS: the era's columns (with pileup) and the full result."""
+    """The model's results for these LS: the era's columns (with pileup and recorded
+    luminosity) and the full result."""
     columns = oms.columns_for(run, ls) if oms is not None else None
     result = model.predict(maps, columns, roc_maps=roc_maps)
     table = results_table(run, ls, result)
     table[PILEUP_COLUMN] = pileup_values(columns, len(table))
+    table[RECORDED_LUMI_COLUMN] = recorded_lumi_values(columns, len(table))
     return table, result
 
 

@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..errors import OutputError
 from ..io.atomic import TEMPORARY_SUFFIX, write_atomically, write_text
+from .certification import CERTIFICATION_NAMES, certification_files, oms_run_link
 from .judge import peak_memory_mb
 from .merge import EraRun
 from .tables import EraTables
@@ -59,6 +60,7 @@ def output_names() -> list[str]:
     """Every file an era run writes, status last."""
     names = [f"{RESULTS_STEM}.parquet", f"{RESULTS_STEM}.csv"]
     names += [table_csv(Path(), name).name for name in XLSX_SHEETS]
+    names += list(CERTIFICATION_NAMES)  # golden.json, flagged.json
     return [*names, XLSX_NAME, SUMMARY_NAME]
 
 
@@ -74,6 +76,7 @@ class EraStatus:
     warnings: list[str] = field(default_factory=list)
     oms: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)  # counts, where it ran, seconds
+    outputs: list[str] = field(default_factory=list)  # the files written so far, by name
     started_at: str = field(default_factory=lambda: _now())
 
     def as_dict(self) -> dict:
@@ -86,6 +89,7 @@ class EraStatus:
             "files": self.files,
             "model": self.model,
             "oms": self.oms,
+            "outputs": self.outputs,
             **self.details,
             "started_at": self.started_at,
             **({} if self.state == RUNNING else {"ended_at": _now()}),
@@ -138,11 +142,14 @@ class EraFolder:
         self._write(f"{RESULTS_STEM}.csv", lambda p: results.to_csv(p, index=False))
         for name, table in tables.sheets().items():
             self._write(table_csv(Path(), name).name, _csv_writer(table))
+        for name, text in certification_files(results).items():
+            self._write(name, lambda p, text=text: p.write_text(text, encoding="utf-8"))
         if xlsx:
             self._write(XLSX_NAME, lambda p: write_xlsx(p, tables))
 
     def _write(self, name: str, write: Callable[[Path], object]) -> None:
         self.written.append(write_atomically(self.out_dir / name, write))
+        self.status.outputs.append(name)
 
 
 def _temporary_pattern(name: str) -> str:
@@ -175,7 +182,22 @@ def write_xlsx(path: Path, tables: EraTables) -> Path:
                 longest = max([len(str(column)), *table[column].astype(str).str.len().head(2000)])
                 letter = worksheet.cell(row=1, column=i + 1).column_letter
                 worksheet.column_dimensions[letter].width = min(longest + 2, 80)
+            _link_runs(worksheet, table)
     return path
+
+
+RUN_COLUMNS = ("Run", "Run_Number")  # the cells that open the run's OMS report
+
+
+def _link_runs(worksheet, table: pd.DataFrame) -> None:
+    """Each run number links to its OMS run report (DOMAIN.md section 13), as experts click."""
+    for i, column in enumerate(table.columns):
+        if column not in RUN_COLUMNS:
+            continue
+        for row, run in enumerate(table[column].tolist(), start=2):
+            cell = worksheet.cell(row=row, column=i + 1)
+            cell.hyperlink = oms_run_link(run)
+            cell.style = "Hyperlink"
 
 
 def era_details(era: EraRun, tables: EraTables) -> dict:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlserver_model.geometry import GROUP_DISK, GROUP_NAMES
+from mlserver_model.geometry import ANOMALY_SAME_DISK, GROUP_DISK, GROUP_NAMES
 
-from ..io.results import RESULT_COLUMNS
+from ..io.results import RECORDED_LUMI_COLUMN, RESULT_COLUMNS
 
 # the result columns the tables read (io/results.py names them; why DCS failed is not used)
 NEEDED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name != "dcs_failed")
@@ -40,6 +40,7 @@ CONDENSED_COLUMNS = (
     "Layer/Disk",
     "Row/Quarter",
     "Type",
+    "Recorded Lumi (pb^-1)",  # not in the original: the OMS recorded luminosity of the range
 )
 POWERGROUP_COLUMNS = (
     "Run_Number",
@@ -50,6 +51,7 @@ POWERGROUP_COLUMNS = (
     "Disk",
     "Ring_Num",
     "Anomaly_Type",
+    "Recorded_Lumi_pb",  # not in the original: the OMS recorded luminosity of the range
 )
 PER_LS_COLUMNS = ("Run_Number", "Lumisection", "Powergroup", "Disk", "Ring_Num", "Anomaly_Type")
 PERSISTENT_COLUMNS = (
@@ -64,6 +66,7 @@ PERSISTENT_COLUMNS = (
     "Note",
 )
 RING = 2
+LUMI_DECIMALS = 6  # pb^-1: an LS holds ~0.5, so a micro-pb is far below anything read
 PERSISTENT_NOTE = "dead group the model does not know, or a stale model: retrain or exclude"
 
 _DISK_OF = dict(zip(GROUP_NAMES, GROUP_DISK.tolist(), strict=True))
@@ -184,8 +187,11 @@ def anomaly_ranges(anomalous: pd.DataFrame) -> pd.DataFrame:
     healthy) or any change of the set starts a new range, as in the original's tables.
     """
     columns = ["run", "first_ls", "last_ls", "n_ls", "groups", "type", "flagged_ls", "metric"]
+    columns.append("recorded_lumi")
     if anomalous.empty:
         return pd.DataFrame(columns=columns)
+    if RECORDED_LUMI_COLUMN not in anomalous.columns:  # results of `predict`, not of an era
+        anomalous = anomalous.assign(**{RECORDED_LUMI_COLUMN: np.nan})
     run = anomalous.run.to_numpy()
     ls = anomalous.ls.to_numpy()
     groups = anomalous.groups.to_numpy()
@@ -205,6 +211,9 @@ def anomaly_ranges(anomalous: pd.DataFrame) -> pd.DataFrame:
     )
     if (ranges.n_types > 1).any():  # the type is a function of the group set
         raise RuntimeError("one set of anomalous groups received two anomaly types")
+    # the luminosity the range costs; NaN (not 0) when OMS gave none for any of its LS
+    lumi = anomalous[RECORDED_LUMI_COLUMN].groupby(range_id).sum(min_count=1)
+    ranges["recorded_lumi"] = lumi.round(LUMI_DECIMALS)
     return ranges[columns].reset_index(drop=True)
 
 
@@ -220,6 +229,7 @@ def condensed_table(ranges: pd.DataFrame) -> pd.DataFrame:
             "Layer/Disk": ["Disk " + disks_of(g) for g in ranges.groups],
             "Row/Quarter": f"Ring {RING}",
             "Type": ranges.type,
+            "Recorded Lumi (pb^-1)": ranges.recorded_lumi.astype(np.float64),
         },
         columns=list(CONDENSED_COLUMNS),
     )
@@ -237,6 +247,7 @@ def powergroup_table(ranges: pd.DataFrame) -> pd.DataFrame:
             "Disk": [disks_of(g) for g in ranges.groups],
             "Ring_Num": RING,
             "Anomaly_Type": ranges.type,
+            "Recorded_Lumi_pb": ranges.recorded_lumi.astype(np.float64),
         },
         columns=list(POWERGROUP_COLUMNS),
     )
@@ -284,4 +295,23 @@ def run_summary(
     counts = [c for c in summary.columns if c.endswith("_LS") or c == "Rows"]
     summary[counts] = summary[counts].fillna(0).astype(np.int64)
     summary["Persistent_Groups"] = summary["Persistent_Groups"].fillna("")
+    _append_same_disk_and_lumi(summary, results)
     return summary.rename_axis("Run_Number").reset_index()
+
+
+def _append_same_disk_and_lumi(summary: pd.DataFrame, results: pd.DataFrame) -> None:
+    """Columns after the original ones: Same-Disk LS, the run's DCS-good recorded luminosity
+    and the part of it in flagged LS (pb^-1; NaN when OMS gave no luminosity for the run)."""
+    good = results[results.dcs_good]
+    same_disk = good[good.type == ANOMALY_SAME_DISK].groupby("run").size()
+    summary[f"{ANOMALY_SAME_DISK}_LS"] = same_disk.reindex(summary.index).fillna(0).astype(np.int64)
+    if RECORDED_LUMI_COLUMN not in results.columns:
+        results = results.assign(**{RECORDED_LUMI_COLUMN: np.nan})
+    lumi = results[RECORDED_LUMI_COLUMN]
+    known = lumi.notna().groupby(results.run).any()  # a run OMS gave any luminosity for
+    for name, selected in (
+        ("DCS_Good_Lumi_pb", results.dcs_good),
+        ("Flagged_Lumi_pb", results.flag),
+    ):
+        total = lumi.where(selected.astype(bool), 0.0).fillna(0.0).groupby(results.run).sum()
+        summary[name] = total.where(known).reindex(summary.index).round(LUMI_DECIMALS)

@@ -28,6 +28,7 @@ from .keys import examples, repeated_mask
 # The OMS column names the toolkit relies on (the runtime's OMS_COLUMNS lists them all).
 OMS_KEY_COLUMNS = ("run_number", "lumisection_number")
 PILEUP = "pileup"
+RECORDED_LUMI = "recorded_lumi_per_lumisection"  # /pb, what certification counts as lost
 LOGGER = logging.getLogger(__name__)
 
 
@@ -206,12 +207,15 @@ def check_oms_frame(oms: pd.DataFrame, source: str) -> list[str]:
             f"{source} has none of the {len(DCS_FLAGS)} DCS flag columns: the DCS filter is "
             "not applied, every LS may be flagged"
         )
-    if PILEUP in oms.columns:
-        values = oms[PILEUP]
+    for name in (PILEUP, RECORDED_LUMI):
+        if name not in oms.columns:
+            continue
+        values = oms[name]
         unreadable = pd.to_numeric(values, errors="coerce").isna() & values.notna()
         if unreadable.any():
+            what = "pileup" if name == PILEUP else name
             warnings.append(
-                f"{source}: {int(unreadable.sum())} pileup value(s) are not numbers, e.g. "
+                f"{source}: {int(unreadable.sum())} {what} value(s) are not numbers, e.g. "
                 f"{values[unreadable].iloc[0]!r}; read as missing"
             )
     return warnings
@@ -219,9 +223,20 @@ def check_oms_frame(oms: pd.DataFrame, source: str) -> list[str]:
 
 def pileup_values(columns: Mapping[str, Any] | None, n_ls: int) -> np.ndarray:
     """(n_ls,) float64 pileup of aligned OMS columns; NaN where missing or unreadable."""
-    if columns is None or PILEUP not in columns:
+    return numeric_values(columns, PILEUP, n_ls)
+
+
+def recorded_lumi_values(columns: Mapping[str, Any] | None, n_ls: int) -> np.ndarray:
+    """(n_ls,) float64 recorded luminosity (/pb) of aligned OMS columns; NaN where missing."""
+    return numeric_values(columns, RECORDED_LUMI, n_ls)
+
+
+def numeric_values(columns: Mapping[str, Any] | None, name: str, n_ls: int) -> np.ndarray:
+    """(n_ls,) float64 OMS column `name`; NaN where missing or unreadable (never 0: an unknown
+    luminosity summed as zero would look like a measured one)."""
+    if columns is None or name not in columns:
         return np.full(n_ls, np.nan)
-    return pd.to_numeric(pd.Series(columns[PILEUP]), errors="coerce").to_numpy(np.float64)
+    return pd.to_numeric(pd.Series(columns[name]), errors="coerce").to_numpy(np.float64)
 
 
 @dataclass(frozen=True)
@@ -322,6 +337,7 @@ class OmsLookup:
             raise DataError(f"OMS file(s) {source}: {error}") from None
         self.warnings = check_oms_frame(frame, f"OMS file(s) {source}")
         self.has_dcs_flags = any(flag in frame.columns for flag in DCS_FLAGS)
+        self.has_recorded_lumi = RECORDED_LUMI in frame.columns
         self._frame = frame
         # each run's row numbers, not a copy of its rows: the table is held once
         run_keys = self._index.get_level_values(OMS_KEY_COLUMNS[0]).to_numpy()

@@ -1,6 +1,7 @@
 """Per-LS results: the one definition of their columns, and the table every command writes.
 
-`predict` writes these columns as its CSV, `era` as `lumisections.*` (plus the OMS pileup), and
+`predict` writes these columns as its CSV, `era` as `lumisections.*` (plus the OMS pileup and
+recorded luminosity), and
 every table of an era, `plot --era` and `dials-flags` read them back, so they are declared once
 here: names, order and dtypes, also for an empty result (a run where nothing could be judged
 still writes every table with its header).
@@ -26,7 +27,13 @@ RESULT_COLUMNS: dict[str, str] = {
     "dcs_failed": "object",
 }
 PILEUP_COLUMN = "pileup"  # era results add the OMS pileup of each LS (NaN without OMS)
-ERA_RESULT_COLUMNS: dict[str, str] = {**RESULT_COLUMNS, PILEUP_COLUMN: "float64"}
+# ... and the OMS recorded luminosity of each LS, /pb (NaN without OMS: never a silent zero)
+RECORDED_LUMI_COLUMN = "recorded_lumi"
+ERA_RESULT_COLUMNS: dict[str, str] = {
+    **RESULT_COLUMNS,
+    PILEUP_COLUMN: "float64",
+    RECORDED_LUMI_COLUMN: "float64",
+}
 _DCS_FLAG_NAMES = np.asarray(DCS_FLAGS)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from mlserver_model.geometry import (
     ANOMALY_MULTI_DISK,
     ANOMALY_QUARTER,
+    ANOMALY_SAME_DISK,
     ANOMALY_SINGLE_DISK,
     BLADE_SIDES,
     GROUP_DISK,
@@ -42,6 +43,7 @@ TYPE_COLOURS = {
     ANOMALY_MULTI_DISK: "#d62728",
     ANOMALY_QUARTER: "#9467bd",
     ANOMALY_SINGLE_DISK: "#ff7f0e",
+    ANOMALY_SAME_DISK: "#8c564b",
 }
 ANOMALY_EDGE = "#e8000b"
 

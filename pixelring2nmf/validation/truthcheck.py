@@ -4,9 +4,10 @@ Shared by the tests, `bench/era.py` and `evaluation.score_era`, which must judge
 and count the same events. The truth (`truth.csv`, one row per anomalous LS) is turned into
 ranges; every injected Multi-Disk, Quarter and Single-Disk range must appear as one row with
 exactly its first and last LS, its type and its groups (less the groups the model cannot judge,
-e.g. a permanently dead one: it cannot die again); every table row must lie inside some
-injected range of any kind (partial dropouts may legitimately produce rows), otherwise it is a
-false row.
+e.g. a permanently dead one: it cannot die again; the type is the one those groups imply, so
+a Single-Disk injection beside a dead partner disk must be `Same-Disk`); every table row must
+lie inside some injected range of any kind (partial dropouts may legitimately produce rows),
+otherwise it is a false row.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from mlserver_model.geometry import GROUP_NAMES
+from mlserver_model.geometry import GROUP_NAMES, anomaly_type
 
 MUST_FIND = ("Multi-Disk", "Quarter", "Single-Disk")
 
@@ -86,15 +87,14 @@ def compare_with_truth(
         for r in powergroup.itertuples()
     }
     must = injected[injected.kind.isin(MUST_FIND)]
+    judged = [
+        [g for g in r.groups.split(";") if g and g not in unjudged] for r in must.itertuples()
+    ]
+    # the type the model must give: a Single-Disk injection beside a group it cannot judge
+    # (the partner disk of its Multi-Disk candidate) is `Same-Disk`
     expected_keys = [
-        (
-            r.run,
-            r.first_ls,
-            r.last_ls,
-            ":".join(g for g in r.groups.split(";") if g and g not in unjudged),
-            r.kind,
-        )
-        for r in must.itertuples()
+        (r.run, r.first_ls, r.last_ls, ":".join(groups), anomaly_type(groups, sorted(unjudged)))
+        for r, groups in zip(must.itertuples(), judged, strict=True)
     ]
     hit = np.array([key in rows for key in expected_keys], dtype=bool)
     inside_some = [
