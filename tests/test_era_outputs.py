@@ -28,6 +28,7 @@ from conftest import REPO, cli_command
 from mlserver_model.dftools import DCS_FLAGS
 from pixelring2nmf.cli import main as cli_main
 from pixelring2nmf.era.output import output_names
+from pixelring2nmf.io.results import ERA_RESULT_COLUMNS
 from pixelring2nmf.sim import simulate as simulator
 
 TABLES = ("condensed", "powergroup", "per_ls", "run_summary", "persistent")
@@ -62,7 +63,7 @@ def assert_tables_have_headers(out: Path) -> None:
     for name in TABLES:
         table = pd.read_csv(out / f"{name}.csv")
         assert len(table.columns) >= 5, name  # the header row is there
-    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == 9
+    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == len(ERA_RESULT_COLUMNS)
 
 
 def wait_for(condition, timeout_s: float = 120.0) -> None:
