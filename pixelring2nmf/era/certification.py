@@ -40,7 +40,7 @@ NO_DCS_GOLDEN_WARNING = (
     "so it is not certification-grade"
 )
 NO_LUMI_WARNING = (
-    "no recorded_lumi_per_lumisection in the OMS data: the recorded luminosity columns "
+    "no recorded luminosity (OMS recorded_lumi_per_lumisection): the luminosity columns "
     "(lumisections.recorded_lumi, the tables' luminosity columns) are empty, not zero"
 )
 
