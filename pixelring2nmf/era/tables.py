@@ -26,7 +26,7 @@ import pandas as pd
 
 from mlserver_model.geometry import GROUP_DISK, GROUP_NAMES
 
-from ..io.results import RESULT_COLUMNS
+from ..io.results import MODEL_COLUMN, RESULT_COLUMNS
 
 # the result columns the tables read (io/results.py names them; why DCS failed is not used)
 NEEDED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name != "dcs_failed")
@@ -281,6 +281,8 @@ def run_summary(
     summary["Max_Metric"] = by_run.metric.max().round(4)
     if "pileup" in results.columns:
         summary["Mean_Pileup"] = by_run.pileup.mean().round(2)
+    if MODEL_COLUMN in results.columns:  # the model file that judged the run (model/periods.py)
+        summary["Model"] = by_run[MODEL_COLUMN].first()
     counts = [c for c in summary.columns if c.endswith("_LS") or c == "Rows"]
     summary[counts] = summary[counts].fillna(0).astype(np.int64)
     summary["Persistent_Groups"] = summary["Persistent_Groups"].fillna("")

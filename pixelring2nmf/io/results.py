@@ -27,6 +27,7 @@ RESULT_COLUMNS: dict[str, str] = {
 }
 PILEUP_COLUMN = "pileup"  # era results add the OMS pileup of each LS (NaN without OMS)
 ERA_RESULT_COLUMNS: dict[str, str] = {**RESULT_COLUMNS, PILEUP_COLUMN: "float64"}
+MODEL_COLUMN = "model"  # era results end with the model file that judged the LS's run
 _DCS_FLAG_NAMES = np.asarray(DCS_FLAGS)
 
 
