@@ -62,7 +62,7 @@ def assert_tables_have_headers(out: Path) -> None:
     for name in TABLES:
         table = pd.read_csv(out / f"{name}.csv")
         assert len(table.columns) >= 5, name  # the header row is there
-    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == 9
+    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == 10  # ..., pileup, model
 
 
 def wait_for(condition, timeout_s: float = 120.0) -> None:
