@@ -23,8 +23,8 @@ from conftest import BUILD_KEY, REPO
 from mlserver_model.artifact import ArtifactError, load_artifact
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.model.periods import ModelSet, RunRange, parse_run_range, run_ranges_text
 from pixelring2nmf.errors import OptionError
+from pixelring2nmf.model.periods import ModelSet, RunRange, parse_run_range, run_ranges_text
 from pixelring2nmf.serving.dism import load_template
 from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.truthcheck import compare_with_truth
@@ -340,9 +340,12 @@ def test_build_writes_and_checks_the_run_conditions(
     )
     conditions = _built_conditions(build)
     assert conditions["MinRunNumber"] == 3 and conditions["MaxRunNumber"] is None
-    assert "MinRunNumber" not in yaml.safe_load(template.read_text())["Resources"][BUILD_KEY][
-        "Properties"
-    ]["InferenceOnConditions"]  # the template given is never rewritten
+    assert (
+        "MinRunNumber"
+        not in yaml.safe_load(template.read_text())["Resources"][BUILD_KEY]["Properties"][
+            "InferenceOnConditions"
+        ]
+    )  # the template given is never rewritten
     # checked, and said, when the template states them
     template = _template(tmp_path, model_x, MinRunNumber=1, MaxRunNumber=2)
     assert _main("build", "-f", template) == 0

@@ -251,7 +251,7 @@ class ModelSet:
                 "valid_runs": m.valid.as_json(),
                 "validity": m.valid.describe(),
                 "sha256": m.sha256,
-                "runs": sorted({int(r) for r in np.asarray(judged_runs)[index == i]}),
+                "runs": np.unique(np.asarray(judged_runs)[index == i]).tolist(),
             }
             for i, m in enumerate(self.models)
         ]
