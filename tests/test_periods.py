@@ -369,3 +369,37 @@ def test_build_writes_and_checks_the_run_conditions(
     assert "states no period (valid for every run)" in capsys.readouterr().out
     conditions = _built_conditions(build)
     assert (conditions["MinRunNumber"], conditions["MaxRunNumber"]) == (382800, 999999)
+
+
+def test_a_row_group_of_both_periods_is_split_by_model_here_and_on_dask(
+    two_periods, tmp_path: Path
+) -> None:
+    """One row group holding the runs of both periods: its footer cannot say which runs it
+    holds (its run column is read before any judging), every chunk holds LS of both models
+    and is split by model; in this process and on a Dask cluster's workers (the models in the
+    plugin) the results are those of the two files judged apart."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    mixed = tmp_path / "mixed" / "both.parquet"
+    mixed.parent.mkdir()
+    tables = [pq.read_table(_parquet(two_periods[k])) for k in ("x", "y")]
+    pq.write_table(pa.concat_tables(tables), mixed, row_group_size=1_000_000)
+    assert pq.ParquetFile(mixed).metadata.num_row_groups == 1
+    oms = [_oms(two_periods["x"]), _oms(two_periods["y"])]
+    models = [two_periods["model_x"], two_periods["model_y"]]
+    assert _era(two_periods, tmp_path / "apart") == 0
+    reference = pd.read_parquet(tmp_path / "apart" / "lumisections.parquet")
+    for where in (("--workers", "1"), ("--dask", "local:1")):
+        out = tmp_path / where[1].replace(":", "")
+        code = _main("era", "--parquet", mixed, "--oms", *oms, "--model", *models, "--out", out,
+                     "--no-progress", *where)  # fmt: skip
+        assert code == 0, where
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "lumisections.parquet"), reference)
+        status = _era_json(out)
+        assert [m["runs"] for m in status["models"]] == [
+            m["runs"] for m in _era_json(tmp_path / "apart")["models"]
+        ]
+    # the one row group holds an uncovered run too: refused before judging, also here
+    assert _main("era", "--parquet", mixed, "--model", models[0], "--out", tmp_path / "no",
+                 "--no-progress", "--workers", "1") == 2  # fmt: skip
