@@ -252,9 +252,10 @@ def _write_empty(folder, xlsx: bool) -> None:
 
     from ..era.merge import EraRun
     from ..era.tables import era_tables
-    from ..io.results import empty_results
+    from ..io.results import MODEL_COLUMN, empty_results
 
-    empty = EraRun(results=empty_results().assign(model=pd.Series(dtype=object)), files=[])
+    results = empty_results().assign(**{MODEL_COLUMN: pd.Series(dtype=object)})
+    empty = EraRun(results=results, files=[])
     with contextlib.suppress(Exception):  # the reason matters more than the empty tables
         folder.write_results(empty, era_tables(empty.results), xlsx=xlsx)
     folder.write_status()
