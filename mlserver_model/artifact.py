@@ -19,6 +19,7 @@ The schema (format 2):
 | model_error | array (136, 48), finite, >= 0 |
 | thresholds | {name: number}, checked against `bad_ROC.Thresholds` by the pipeline |
 | training | provenance: nested dicts/lists of text, numbers, booleans, null |
+| valid_runs | optional: {"first": run, "last": run or null (open)}; absent: every run |
 
 Anything else, a value of another type, or nesting deeper than MAX_DEPTH is refused with an
 `ArtifactError` naming the key; the walk over values visits each object once, so shared
@@ -49,6 +50,8 @@ _ARRAY_KEYS = ("dtype", "shape", "data")
 _PLAIN_NUMBER_KINDS = "biuf"  # bool, signed, unsigned, float: nothing with fields or objects
 _TEXT_KEYS = ("name", "version", "geometry_version")
 _KNOWN_KEYS = ("format_version", *_TEXT_KEYS, "components", "model_error", "thresholds", "training")
+VALID_RUNS_KEY = "valid_runs"  # optional: older files lack it, and are valid for every run
+_OPTIONAL_KEYS = (VALID_RUNS_KEY,)
 _LEAF_TYPES = (str, int, float, bool, type(None), bytes)
 
 
@@ -166,7 +169,7 @@ def _check_schema(payload: Any) -> dict[str, Any]:
             f"model format version {version!r} is not supported (expected {FORMAT_VERSION}); "
             "retrain the model with this version's `pixelring2nmf train`"
         )
-    unknown = sorted(set(payload) - set(_KNOWN_KEYS))
+    unknown = sorted(set(payload) - set(_KNOWN_KEYS) - set(_OPTIONAL_KEYS))
     missing = sorted(set(_KNOWN_KEYS) - set(payload))
     if unknown or missing:
         raise ArtifactError(f"unknown key(s) {unknown} / missing key(s) {missing}")
@@ -182,12 +185,33 @@ def _check_schema(payload: Any) -> dict[str, Any]:
     for key in ("thresholds", "training"):
         if not isinstance(payload[key], dict):
             raise ArtifactError(f"{key!r} must be a dict, got {type(payload[key]).__name__}")
+    if VALID_RUNS_KEY in payload:
+        check_valid_runs(payload[VALID_RUNS_KEY])
     components = decode_array(payload["components"], "components", (None, *MODEL_SHAPE))
     model_error = decode_array(payload["model_error"], "model_error", MODEL_SHAPE)
     _check_components(components)
     if not np.all(np.isfinite(model_error)) or model_error.min() < 0:
         raise ArtifactError("'model_error' must be finite and >= 0")
     return {**payload, "components": components, "model_error": model_error}
+
+
+def check_valid_runs(value: Any) -> tuple[int, int | None]:
+    """The period a model is valid for, `{"first": run, "last": run or None}`, as (first, last).
+
+    Only the toolkit acts on it (it chooses a model per run); the served model refuses nothing
+    by it, since DIALS already sends only the runs the template's conditions select.
+    """
+    if not isinstance(value, dict) or sorted(value) != ["first", "last"]:
+        raise ArtifactError(f"{VALID_RUNS_KEY!r} must be {{first, last}}, got {value!r}")
+    first, last = value["first"], value["last"]
+    if type(first) is not int or first < 1:
+        raise ArtifactError(f"{VALID_RUNS_KEY!r}: first must be a run number >= 1, got {first!r}")
+    if last is not None and (type(last) is not int or last < first):
+        raise ArtifactError(
+            f"{VALID_RUNS_KEY!r}: last must be null (an open period) or a run >= {first}, "
+            f"got {last!r}"
+        )
+    return first, last
 
 
 def _check_components(components: np.ndarray) -> None:

@@ -46,7 +46,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .artifact import GEOMETRY_VERSION, ArtifactError, load_artifact, save_artifact
+from .artifact import (
+    GEOMETRY_VERSION,
+    VALID_RUNS_KEY,
+    ArtifactError,
+    check_valid_runs,
+    load_artifact,
+    save_artifact,
+)
 from .bad_ROC import (
     Thresholds,
     bad_count_limit,
@@ -276,6 +283,14 @@ class PixelRing2NMF:
             )
             for rows, columns in _GROUP_BLOCKS
         )
+
+    @property
+    def valid_runs(self) -> tuple[int, int | None] | None:
+        """(first, last) run of the period this model is valid for, last None when open; None
+        for a file that states no period (written before periods existed): every run. The
+        toolkit chooses a model per run by it; inference never looks at it."""
+        value = self.metadata.get(VALID_RUNS_KEY)
+        return None if value is None else check_valid_runs(value)
 
     # ---- persistence -------------------------------------------------------------------------
     @classmethod

@@ -63,7 +63,8 @@ def assert_tables_have_headers(out: Path) -> None:
     for name in TABLES:
         table = pd.read_csv(out / f"{name}.csv")
         assert len(table.columns) >= 5, name  # the header row is there
-    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == len(ERA_RESULT_COLUMNS)
+    # ..., pileup, recorded_lumi, then the model column the engine appends
+    assert len(pd.read_parquet(out / "lumisections.parquet").columns) == len(ERA_RESULT_COLUMNS) + 1
 
 
 def wait_for(condition, timeout_s: float = 120.0) -> None:

@@ -127,7 +127,9 @@ def test_the_cycle_check_finds_a_planted_cycle() -> None:
     modules = {m for m in graph.modules if m.startswith("pixelring2nmf.")}
     assert any("pixelring2nmf.io.keys" in group for group in cycles(graph, modules))
     squashed, subpackages = subpackage_graph(graph)
-    assert ["pixelring2nmf.era", "pixelring2nmf.io"] in cycles(squashed, subpackages)
+    # era -> model -> io is allowed, so the planted io -> era may close a cycle through model
+    planted = {"pixelring2nmf.era", "pixelring2nmf.io"}
+    assert any(planted <= set(group) for group in cycles(squashed, subpackages))
 
 
 @pytest.mark.parametrize(

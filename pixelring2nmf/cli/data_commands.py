@@ -38,6 +38,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="seed of the simulated detector (dead ROCs, gains); keep the default so that "
         "every simulation shares the detector of the shipped model (default 2024)",
     )
+    p.add_argument(
+        "--dead-groups",
+        nargs="+",
+        default=(),
+        metavar="GROUP",
+        help="power groups dead in these runs on top of the detector's own (e.g. "
+        "FPix_BpI_D3_ROG1): a later period of the same detector, for `train --valid-runs`",
+    )
     p.add_argument("--era", default="Run2025Z", help="era used in the file name (default Run2025Z)")
     p.add_argument(
         "--scenario",
@@ -83,6 +91,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         era=args.era,
         scenario=args.scenario,
         detector_seed=args.detector_seed,
+        dead_groups=args.dead_groups,
         value_type="int32" if args.int_lists else DEFAULT_VALUE_TYPE,
     )
     for key, path in paths.items():

@@ -17,11 +17,11 @@ from pathlib import Path
 
 from .options import (
     add_force,
-    add_model,
+    add_models,
     add_no_progress,
     add_oms,
     fraction,
-    load_model,
+    load_models,
     non_negative_int,
     positive_int,
 )
@@ -44,7 +44,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(e.g. root://eosuser.cern.ch//eos/...; kept as given, opened where the work runs)",
     )
     add_oms(p)
-    add_model(p)
+    add_models(p)
+    p.add_argument(
+        "--exclude-runs",
+        nargs="+",
+        default=None,
+        metavar="FIRST:LAST",
+        help="run ranges to leave out (HV bias scans, machine development): FIRST:LAST, RUN or "
+        "FIRST: (listed in era.json)",
+    )
+    p.add_argument(
+        "--skip-uncovered",
+        action="store_true",
+        help="judge the runs a --model covers and list the others in era.json, instead of "
+        "refusing the era",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     p.add_argument("--xlsx", action="store_true", help="also write era.xlsx, a sheet per table")
     where = p.add_mutually_exclusive_group()
@@ -96,7 +110,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--run", type=positive_int, default=None, help="run of the LS to plot")
     p.add_argument("--ls", type=positive_int, default=None, help="lumisection to plot")
     add_oms(p)
-    add_model(p)
+    add_models(p)
     p.add_argument("--era", type=Path, default=None, help="an `era` output directory")
     p.add_argument("--runs", type=positive_int, nargs="+", default=None, help="with --era: runs")
     p.add_argument(
@@ -150,7 +164,7 @@ def run_era(args: argparse.Namespace) -> int:
     from ..io.paths import output_folder
 
     out_dir = output_folder(args.out, force=args.force, what="--out folder")  # before the work
-    status = EraStatus(model=str(args.model or DEFAULT_MODEL_PATH))
+    status = EraStatus(model=", ".join(str(m) for m in args.model or [DEFAULT_MODEL_PATH]))
     folder = EraFolder(out_dir, status)
     folder.begin()
     try:
@@ -165,6 +179,7 @@ def run_era(args: argparse.Namespace) -> int:
 def _judge(args: argparse.Namespace, status):
     """Inputs, OMS data and model, then the engine on the chosen executor: the EraRun."""
     from ..era.engine import analyse_era
+    from ..era.periods import record_models
     from ..era.plan import parquet_inputs
     from ..io.oms import OmsLookup
 
@@ -172,15 +187,18 @@ def _judge(args: argparse.Namespace, status):
     status.files = [str(source) for source in sources]
     oms = OmsLookup.read(args.oms) if args.oms else None
     _record_oms_warnings(status, oms)
-    model = load_model(args.model)
-    with _executor(args, model, oms) as executor:
+    models = load_models(args.model, args.exclude_runs, args.skip_uncovered)
+    record_models(status, models, logger)
+    with _executor(args, models.model_for_executor, oms) as executor:
         era = analyse_era(
             sources,
             executor,
             progress=not args.no_progress,
             task_ls=args.task_ls,
             report=lambda message: logger.error("era: skipped %s", message),
+            periods=models,
         )
+    record_models(status, models, logger, era)
     if oms is not None:
         _record_coverage(status, oms, era)
     return era
@@ -240,11 +258,14 @@ def _record_coverage(status, oms, era) -> None:
 
 def _write_empty(folder, xlsx: bool) -> None:
     """Every table with its header, and era.json saying why nothing was judged."""
+    import pandas as pd
+
     from ..era.merge import EraRun
     from ..era.tables import era_tables
-    from ..io.results import empty_results
+    from ..io.results import MODEL_COLUMN, empty_results
 
-    empty = EraRun(results=empty_results(), files=[])
+    results = empty_results().assign(**{MODEL_COLUMN: pd.Series(dtype=object)})
+    empty = EraRun(results=results, files=[])
     with contextlib.suppress(Exception):  # the reason matters more than the empty tables
         folder.write_results(empty, era_tables(empty.results), xlsx=xlsx)
     folder.write_status()
@@ -328,6 +349,17 @@ def run_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_of_run(args: argparse.Namespace):
+    """The one model (of --model FILE...) whose period covers --run; refused otherwise."""
+    models = load_models(args.model)
+    if models.single is not None:
+        return models.single
+    models.check([args.run], era_options=False)  # covered by none or two: an OptionError
+    chosen = models.models[int(models.index_of([args.run])[0])]
+    logger.info("plot: run %d judged by %s", args.run, chosen.describe())
+    return chosen.model
+
+
 def _plot_lumisection(args: argparse.Namespace, out: Path) -> list[Path]:
     from ..era.plan import parquet_inputs
     from ..io.oms import OmsLookup
@@ -338,7 +370,7 @@ def _plot_lumisection(args: argparse.Namespace, out: Path) -> list[Path]:
     oms = OmsLookup.read(args.oms) if args.oms else None
     for warning in oms.warnings if oms is not None else ():
         logger.warning(warning)
-    figure, note = lumisection_plot(sources, args.run, args.ls, load_model(args.model), oms)
+    figure, note = lumisection_plot(sources, args.run, args.ls, _model_of_run(args), oms)
     if oms is not None and not note.known:
         logger.warning(
             "no OMS data for run %d, LS %d in %s: its DCS state is unknown (the LS could not "

@@ -63,6 +63,21 @@ def add_model(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_models(parser: argparse.ArgumentParser) -> None:
+    """`--model FILE...`: one flag, several files, each run judged by the one whose period
+    (`train --valid-runs`) covers it."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="FILE",
+        help="model file(s) (default: the shipped model); with several, each run is judged by "
+        "the one whose period (train --valid-runs) covers it, and a run covered by none or by "
+        "two is refused before any work",
+    )
+
+
 def add_oms(parser: argparse.ArgumentParser, *, several: bool = True) -> None:
     parser.add_argument(
         "--oms",
@@ -88,6 +103,17 @@ def add_dials_connection(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="DIALS URL (default: $DIALS_BASE_URL, else the production DIALS)",
     )
+
+
+def load_models(paths: list[Path] | None, exclude: list[str] | None = None, skip: bool = False):
+    """The model files given (or the shipped one) as a ModelSet; a bad file is an
+    ArtifactError, a bad --exclude-runs range an OptionError (one line each)."""
+    from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH
+
+    from ..model.periods import ModelSet, parse_run_range
+
+    ranges = [parse_run_range(text, "--exclude-runs") for text in exclude or ()]
+    return ModelSet.load(paths or [DEFAULT_MODEL_PATH], ranges, skip)
 
 
 def load_model(path: Path | None):

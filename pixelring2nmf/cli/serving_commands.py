@@ -13,6 +13,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "build", help="validate template.yaml and write the DISM build folder as dismcli does"
     )
     _add_template_option(p)
+    p.add_argument(
+        "--runs-from-model",
+        action="store_true",
+        help="when the template's MinRunNumber/MaxRunNumber disagree with the model's period "
+        "(train --valid-runs), write the model's into the built template instead of refusing",
+    )
     p.set_defaults(handler=run_build)
     p = commands.add_parser("serve", help="build when needed and serve with MLServer (no Docker)")
     _add_template_option(p)
@@ -34,7 +40,9 @@ def _add_template_option(p: argparse.ArgumentParser) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from ..serving.dism import build
 
-    for key, folder in build(args.template).items():
+    for key, folder in build(
+        args.template, runs_from_model=args.runs_from_model, report=print
+    ).items():
         print(f"Built {key} in {folder}")
     return 0
 

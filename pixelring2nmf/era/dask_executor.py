@@ -41,9 +41,10 @@ from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..errors import OptionError, RemoteError
 from ..io.oms import OmsLookup
+from ..model.periods import ModelSet
 from .executors import Executor
 from .judge import TaskResult, judge_row_groups
-from .plan import FilePlan, RowGroupTask, Source, plan_file
+from .plan import FilePlan, RowGroupTask, Source, plan_file, plan_runs
 
 LOCAL_PREFIX = "local:"
 # LS per task on a cluster, unless --task-ls says otherwise: about TASKS_PER_WORKER tasks per
@@ -160,7 +161,7 @@ class ModelOnWorkers(WorkerPlugin):
     gives the worker process one BLAS thread, as every process that runs the model has.
     """
 
-    def __init__(self, model: PixelRing2NMF) -> None:
+    def __init__(self, model: PixelRing2NMF | ModelSet) -> None:
         self.model = model
 
     def setup(self, worker: Worker) -> None:
@@ -223,7 +224,9 @@ def _failed_task(task: RowGroupTask, error: BaseException) -> TaskResult:
 class DaskExecutor(Executor):
     """The tasks on a Dask cluster's workers; the model sent once per worker (a plugin)."""
 
-    def __init__(self, client: Client, model: PixelRing2NMF, oms: OmsLookup | None) -> None:
+    def __init__(
+        self, client: Client, model: PixelRing2NMF | ModelSet, oms: OmsLookup | None
+    ) -> None:
         self.client, self.oms = client, oms
         check_workers(client)
         run_id = uuid.uuid4().hex[:12]
@@ -248,6 +251,10 @@ class DaskExecutor(Executor):
 
     def default_task_ls(self, total_ls: int) -> int:
         return auto_task_ls(total_ls, len(self.client.nthreads()))
+
+    def runs(self, plans: Sequence[FilePlan]) -> list[list[int]]:
+        """The files' runs, read by the workers (they see the storage; the client may not)."""
+        return self.client.gather(self.client.map(plan_runs, plans, pure=False))
 
     def _oms_of(self, task: RowGroupTask) -> OmsLookup | None:
         """The OMS rows a task needs travel with it: ~80 bytes per LS, once in total, where the

@@ -21,10 +21,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Sequence
 
+from ..errors import UserError
+from ..io.results import MODEL_COLUMN
+from ..model.periods import Coverage, ModelSet
 from .executors import Executor
 from .judge import TaskResult
 from .merge import EraRun, merge_results
-from .plan import Source, plan_tasks
+from .plan import FilePlan, Source, plan_tasks
 
 INTERRUPTED_BY_USER = "Ctrl-C"
 
@@ -50,23 +53,31 @@ def analyse_era(
     runs: Collection[int] | None = None,
     report: Callable[[str], object] | None = None,
     on_task: Callable[[TaskResult], object] | None = None,
+    periods: ModelSet | None = None,
 ) -> EraRun:
     """Judge every LS of `sources` (only the row groups that may hold `runs`, if given).
 
     `report(message)` is told at once of each file or row group that cannot be used (the
     summary repeats them at the end); `on_task(result)` sees every task as it arrives
     (bench/era_scale.py times them). `task_ls` None lets the executor size the tasks.
+    `periods`: the model files, when the executor judges with several or leaves runs out:
+    every run of the files is then checked against them before any LS is judged (a run
+    covered by no model or by two raises their OptionError), and the results get the column
+    `model` (the file that judged each LS; with one model too).
     """
     start = time.perf_counter()
     parts: list[TaskResult] = []
     interrupted = ""
     error: BaseException | None = None
     plans = []
+    coverage: Coverage | None = None
     bar = None
     try:
         plans = executor.plan(sources)
         if runs is not None:
             plans = [plan.with_runs(runs) for plan in plans]
+        if periods is not None and periods.single is None:
+            plans, coverage = _choose_models(plans, executor, periods)
         for message in (plan.failure for plan in plans if plan.failure):
             if report is not None:
                 report(message)
@@ -87,6 +98,11 @@ def analyse_era(
             parts += executor.stop()
         except KeyboardInterrupt:  # asked twice: stop now, with what is already here
             getattr(executor, "kill", lambda: None)()
+    except UserError as refused:
+        if not parts:  # e.g. runs no model covers: refused before any LS was judged
+            raise
+        error = refused  # met while judging: kept with what was judged, as below
+        executor.stop()
     except Exception as bug:  # not about the data: keep what was judged, then show it
         error = bug
         executor.stop()
@@ -101,4 +117,19 @@ def analyse_era(
         ran_on=executor.describe(),
     )
     era.error = error
+    if periods is not None:
+        era.results[MODEL_COLUMN] = periods.paths_of(era.results.run.to_numpy())
+        era.coverage = coverage
     return era
+
+
+def _choose_models(
+    plans: list[FilePlan], executor: Executor, periods: ModelSet
+) -> tuple[list[FilePlan], Coverage]:
+    """Check every run of the files against the models (before any LS is judged), then keep
+    only the row groups that may hold a run to judge."""
+    runs_per_file = executor.runs([plan for plan in plans if not plan.failure])
+    every_run = sorted({run for runs in runs_per_file for run in runs})
+    coverage = periods.check(every_run)
+    judged = [run for run, i in zip(every_run, periods.index_of(every_run), strict=True) if i >= 0]
+    return [plan.with_runs(judged) for plan in plans], coverage

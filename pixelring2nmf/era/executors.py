@@ -27,8 +27,9 @@ from mlserver_model.nmf2d import single_blas_thread
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..io.oms import OmsLookup
+from ..model.periods import ModelSet
 from .judge import TaskResult, judge_row_groups
-from .plan import FilePlan, RowGroupTask, Source, plan_file
+from .plan import FilePlan, RowGroupTask, Source, plan_file, plan_runs
 
 # A local task: one row group of the simulator's files, so an interrupt loses at most that.
 TASK_LS = 1000
@@ -62,6 +63,11 @@ class Executor(ABC):
     def default_task_ls(self, total_ls: int) -> int:
         return TASK_LS
 
+    def runs(self, plans: Sequence[FilePlan]) -> list[list[int]]:
+        """Every file's runs (plan.plan_runs), where the footers were read: which models an era
+        with several needs, checked before any LS is judged."""
+        return [plan_runs(plan) for plan in plans]
+
     @abstractmethod
     def judge(self, tasks: Sequence[RowGroupTask]) -> Iterator[TaskResult]:
         """The tasks' results as they finish. An exception of a task that is not about its
@@ -78,7 +84,7 @@ class Executor(ABC):
 class InProcessExecutor(Executor):
     """Every task in this process, in order: `--workers 1`, and the reference for the others."""
 
-    def __init__(self, model: PixelRing2NMF, oms: OmsLookup | None) -> None:
+    def __init__(self, model: PixelRing2NMF | ModelSet, oms: OmsLookup | None) -> None:
         self.model, self.oms = model, oms
 
     def describe(self) -> str:
@@ -96,7 +102,7 @@ class InProcessExecutor(Executor):
 _WORKER: dict[str, object] = {}
 
 
-def _start_worker(model: PixelRing2NMF, oms: OmsLookup | None, parent: int) -> None:
+def _start_worker(model: PixelRing2NMF | ModelSet, oms: OmsLookup | None, parent: int) -> None:
     """What a worker process needs, once: the main process decides when to stop (no
     KeyboardInterrupt tracebacks from every worker on Ctrl-C), the worker dies with it, one
     BLAS thread (the model's products are small: more threads only spin)."""
@@ -126,7 +132,9 @@ def _judge_in_worker(task: RowGroupTask) -> TaskResult:
 class ProcessExecutor(Executor):
     """`workers` processes of this machine, forked once with the model and the OMS table."""
 
-    def __init__(self, model: PixelRing2NMF, oms: OmsLookup | None, workers: int) -> None:
+    def __init__(
+        self, model: PixelRing2NMF | ModelSet, oms: OmsLookup | None, workers: int
+    ) -> None:
         methods = multiprocessing.get_all_start_methods()
         # fork: the workers start in milliseconds and share the model's pages with this
         # process; elsewhere (macOS, Windows) spawn pickles the model once per worker
@@ -147,6 +155,9 @@ class ProcessExecutor(Executor):
         # the footers are read by the workers: this process then never touches pyarrow before
         # they are forked (pyarrow's thread pools and fork do not mix)
         return list(self._pool.map(plan_file, range(len(sources)), sources))
+
+    def runs(self, plans: Sequence[FilePlan]) -> list[list[int]]:
+        return list(self._pool.map(plan_runs, plans))
 
     def judge(self, tasks: Sequence[RowGroupTask]) -> Iterator[TaskResult]:
         self._pending = {self._pool.submit(_judge_in_worker, task): task for task in tasks}

@@ -24,6 +24,7 @@ from ..errors import DataError
 from ..io.oms import OmsLookup, pileup_values, recorded_lumi_values
 from ..io.parquet import iter_row_group, open_dials_parquet
 from ..io.results import PILEUP_COLUMN, RECORDED_LUMI_COLUMN, empty_results, results_table
+from ..model.periods import NOT_JUDGED, ModelSet
 from .plan import RowGroupTask, problem
 
 CHUNK_LS = 1000  # LS judged at once: ~31 MB of int32 maps, the simulator's row-group size
@@ -66,9 +67,28 @@ def judge_lumisections(
     return table, result
 
 
+def judge_by_period(
+    maps: np.ndarray, run: np.ndarray, ls: np.ndarray, models: ModelSet, oms: OmsLookup | None
+) -> pd.DataFrame:
+    """The LS of each model's runs judged by that model alone (a chunk never mixes models in
+    one `predict`), LS of runs no model judges (left out, or skipped) dropped; in the input
+    order, the rows of one model together (the merge sorts by run and LS)."""
+    index = models.index_of(run)
+    kept = np.unique(index[index != NOT_JUDGED])
+    if len(kept) == 1 and (index == kept[0]).all():  # the usual chunk: one model, no copy
+        table, _ = judge_lumisections(maps, run, ls, models.models[kept[0]].model, oms)
+        return table
+    tables = []
+    for i in kept:
+        rows = np.flatnonzero(index == i)
+        table, _ = judge_lumisections(maps[rows], run[rows], ls[rows], models.models[i].model, oms)
+        tables.append(table)
+    return pd.concat(tables, ignore_index=True) if tables else empty_results()
+
+
 def judge_row_groups(
     task: RowGroupTask,
-    model: PixelRing2NMF,
+    model: PixelRing2NMF | ModelSet,
     oms: OmsLookup | None,
     on_chunk: Callable[[int], object] | None = None,
 ) -> TaskResult:
@@ -87,7 +107,12 @@ def judge_row_groups(
                 try:
                     chunks = iter_row_group(parquet_file, row_group, task.source, max_ls=CHUNK_LS)
                     for chunk in chunks:
-                        table, _ = judge_lumisections(chunk.maps, chunk.run, chunk.ls, model, oms)
+                        if isinstance(model, ModelSet):  # several models: split by period
+                            table = judge_by_period(chunk.maps, chunk.run, chunk.ls, model, oms)
+                        else:
+                            table, _ = judge_lumisections(
+                                chunk.maps, chunk.run, chunk.ls, model, oms
+                            )
                         tables.append(table)
                         if on_chunk is not None:
                             on_chunk(len(table))

@@ -14,6 +14,7 @@ import pandas as pd
 
 from ..io.keys import examples, repeated_mask
 from ..io.results import empty_results
+from ..model.periods import Coverage
 from .judge import FILE_COLUMN, TaskResult
 from .plan import FilePlan, Source
 
@@ -31,6 +32,7 @@ class EraRun:
     n_tasks: int = 0
     error: BaseException | None = None  # a bug met while judging (the results are still kept)
     worker_peak_memory_mb: float = 0.0  # the largest peak RSS of the processes that judged
+    coverage: Coverage | None = None  # with several models: runs left out, or skipped
 
     @property
     def complete(self) -> bool:

@@ -70,6 +70,7 @@ class EraStatus:
 
     files: list[str] = field(default_factory=list)
     model: str = ""
+    models: dict = field(default_factory=dict)  # era/periods.py: files, periods, runs judged
     state: str = RUNNING
     reason: str = ""
     problems: list[str] = field(default_factory=list)
@@ -88,6 +89,7 @@ class EraStatus:
             "warnings": self.warnings,
             "files": self.files,
             "model": self.model,
+            **self.models,
             "oms": self.oms,
             "outputs": self.outputs,
             **self.details,

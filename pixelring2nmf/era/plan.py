@@ -15,7 +15,13 @@ from pathlib import Path
 from mlserver_model.errors import InputError
 
 from ..errors import DataError
-from ..io.parquet import RowGroupInfo, is_url, row_group_infos, split_row_groups
+from ..io.parquet import (
+    RowGroupInfo,
+    is_url,
+    row_group_infos,
+    row_group_runs,
+    split_row_groups,
+)
 
 Source = str | Path  # a local path, or a URL that the workers open through fsspec
 
@@ -109,6 +115,25 @@ def plan_file(file_index: int, source: Source) -> FilePlan:
         return FilePlan(file_index, source, tuple(row_group_infos(source)))
     except (DataError, InputError) as error:
         return FilePlan(file_index, source, failure=problem(source, str(source), error))
+
+
+def plan_runs(plan: FilePlan) -> list[int]:
+    """Every run in a file: from the footer where a row group holds one run, else from the run
+    column of the others (never a map). A file whose run column cannot be read gives the runs
+    its footer names; its row groups then fail, named, when judged."""
+    runs: set[int] = set()
+    unsure: list[int] = []
+    for index, info in enumerate(plan.row_groups):
+        if info.runs is not None and info.runs[0] == info.runs[1]:
+            runs.add(int(info.runs[0]))
+        elif info.n_ls:
+            unsure.append(index)
+    try:
+        runs.update(int(run) for run in row_group_runs(plan.source, unsure))
+    except (DataError, InputError):
+        named = (plan.row_groups[i].runs for i in unsure)
+        runs.update(int(run) for pair in named if pair is not None for run in pair)
+    return sorted(runs)
 
 
 def plan_tasks(plans: Iterable[FilePlan], task_ls: int) -> list[RowGroupTask]:

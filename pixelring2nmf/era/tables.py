@@ -26,7 +26,7 @@ import pandas as pd
 
 from mlserver_model.geometry import ANOMALY_SAME_DISK, GROUP_DISK, GROUP_NAMES
 
-from ..io.results import RECORDED_LUMI_COLUMN, RESULT_COLUMNS
+from ..io.results import MODEL_COLUMN, RECORDED_LUMI_COLUMN, RESULT_COLUMNS
 
 # the result columns the tables read (io/results.py names them; why DCS failed is not used)
 NEEDED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name != "dcs_failed")
@@ -296,6 +296,8 @@ def run_summary(
     summary[counts] = summary[counts].fillna(0).astype(np.int64)
     summary["Persistent_Groups"] = summary["Persistent_Groups"].fillna("")
     _append_same_disk_and_lumi(summary, results)
+    if MODEL_COLUMN in results.columns:  # the model file that judged the run (model/periods.py)
+        summary["Model"] = by_run[MODEL_COLUMN].first()
     return summary.rename_axis("Run_Number").reset_index()
 
 

@@ -251,6 +251,19 @@ def row_group_infos(source: str | Path) -> list[RowGroupInfo]:
         ]
 
 
+def row_group_runs(source: str | Path, row_groups: Sequence[int]) -> np.ndarray:
+    """The distinct run numbers of these row groups, from their run column alone (8 bytes per
+    LS, no map decoded): which models an era needs, known before any LS is judged."""
+    if not row_groups:
+        return np.zeros(0, dtype=np.int64)
+    with open_dials_parquet(source) as parquet_file:
+        try:
+            table = parquet_file.read_row_groups(list(row_groups), columns=["run_number"])
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataError(f"{source}: cannot read its run numbers: {error}") from None
+        return np.unique(_integer_column(table, "run_number", source))
+
+
 def _run_ranges(parquet_file: pq.ParquetFile) -> list[tuple[int, int] | None]:
     """(min, max) run_number of each row group from its statistics; None where not written.
 

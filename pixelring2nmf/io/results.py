@@ -34,6 +34,7 @@ ERA_RESULT_COLUMNS: dict[str, str] = {
     PILEUP_COLUMN: "float64",
     RECORDED_LUMI_COLUMN: "float64",
 }
+MODEL_COLUMN = "model"  # era results end with the model file that judged the LS's run
 _DCS_FLAG_NAMES = np.asarray(DCS_FLAGS)
 
 

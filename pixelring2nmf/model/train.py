@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mlserver_model.artifact import VALID_RUNS_KEY
 from mlserver_model.bad_ROC import Thresholds
 from mlserver_model.geometry import MAP_SHAPE
 from mlserver_model.nmf2d import MAX_EXACT_COMPONENTS
@@ -173,8 +174,10 @@ def train_model(
     thresholds: Thresholds | None = None,
     provenance: dict | None = None,
     on_pass: Callable[[int], None] | None = None,
+    valid_runs: tuple[int, int | None] | None = None,
 ) -> PixelRing2NMF:
-    """Fit a model on good (N, 140, 56) maps (already filtered)."""
+    """Fit a model on good (N, 140, 56) maps (already filtered); `valid_runs` (first, last or
+    None) is the period it is for (model/periods.py), stored in the file; None: every run."""
     thresholds = thresholds or Thresholds()
     x = to_model_space(maps_nyx)
     components = fit_components(x, n_components, alpha_H, passes, seed, on_pass)
@@ -196,6 +199,11 @@ def train_model(
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "libraries": _library_versions(),
             },
+            **(
+                {}
+                if valid_runs is None
+                else {VALID_RUNS_KEY: {"first": valid_runs[0], "last": valid_runs[1]}}
+            ),
         },
     )
 

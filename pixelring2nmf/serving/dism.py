@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,14 +98,28 @@ def build_root() -> Path:
     return Path(os.environ.get(BUILD_PATH_ENV) or DEFAULT_BUILD_PATH)
 
 
-def build(template_path: str | Path) -> dict[str, Path]:
+def build(
+    template_path: str | Path,
+    *,
+    runs_from_model: bool = False,
+    report: Callable[[str], object] | None = None,
+) -> dict[str, Path]:
     """Validate the template and write the build root as dismcli does; {key: folder}.
 
     The tree is assembled beside the root and put in its place once complete, so a failed
-    build leaves the previous one whole.
+    build leaves the previous one whole. The built template's MinRunNumber/MaxRunNumber are
+    the model's period (serving/validity.py; `report` gets the line that says so).
     """
+    from .validity import apply_model_period
+
     template = load_template(template_path)
     resources = mlserver_resources(template)
+    for key, resource in resources.items():  # before anything is written: it may refuse
+        line = apply_model_period(
+            key, resource.Properties, template_path, runs_from_model=runs_from_model
+        )
+        if report is not None:
+            report(line)
     root = build_root()
     staging = root.with_name(f".{root.name}.building")
     if staging.exists():

@@ -282,6 +282,31 @@ def make_detector(seed: int | np.random.Generator) -> Detector:
     return Detector(gain_model=gain, dead_rocs=dead, patterns=shapes, dead_group_ids=dead_groups)
 
 
+def with_dead_groups(detector: Detector, names: Iterable[str]) -> Detector:
+    """The same detector after power groups died: a new period (docs/domain.md, "Periods"),
+    whose runs a model of the earlier period judges wrongly (the group is dead in every LS)."""
+    unknown = sorted(set(names) - set(GROUP_NAMES))
+    if unknown:
+        raise OptionError(f"unknown power group(s) {unknown}; e.g. {GROUP_NAMES[0]}")
+    dead = detector.dead_rocs.copy()
+    for name in names:
+        dead.ravel()[GROUP_ROCS_MODEL[GROUP_NAMES.index(name)]] = True
+    live = ~dead
+    gain = np.where(live, detector.gain_model, 0.0)
+    shapes = np.where(live[None], detector.patterns, 0.0)
+    shapes /= shapes[:, live].mean(axis=1)[:, None, None]
+    dead_groups = tuple(g for g in range(N_GROUPS) if dead.ravel()[GROUP_ROCS_MODEL[g]].all())
+    for array in (gain, dead, shapes):
+        array.setflags(write=False)
+    return Detector(
+        gain_model=gain,
+        dead_rocs=dead,
+        patterns=shapes,
+        clusters_per_pileup=detector.clusters_per_pileup,
+        dead_group_ids=dead_groups,
+    )
+
+
 # ================================================================================================
 # Expected maps and sampling
 # ================================================================================================
@@ -1055,6 +1080,7 @@ def simulate(
     scenario: str = "era",
     detector_seed: int = DETECTOR_SEED,
     value_type: str = DEFAULT_VALUE_TYPE,
+    dead_groups: Iterable[str] = (),
 ) -> dict[str, Path]:
     """Write the DIALS parquet, OMS JSON and truth.csv of simulated runs into `out_dir`.
 
@@ -1064,7 +1090,9 @@ def simulate(
 
     Returns their paths under the keys "parquet", "oms" and "truth". Runs are generated and
     written one at a time, in row groups of ROW_GROUP_LS LS, so memory is bounded by the
-    longest run. The parquet uses zstd level 1: compression dominates the writing time and
+    longest run. `dead_groups`: power groups dead in these runs on top of the detector's own
+    (a later period of the same detector, `with_dead_groups`). The parquet uses zstd level 1:
+    compression dominates the writing time and
     level 1 keeps 100k LS within a minute while shrinking the file ~3x. `data` holds
     list<list<double>> as files saved from cmsdials do (`value_type="int32"`: integer lists).
     """
@@ -1099,7 +1127,9 @@ def simulate(
             anomaly_rate=anomaly_rate,
             clean=clean,
             scenario=scenario,
-            detector=make_detector(detector_seed),
+            detector=with_dead_groups(make_detector(detector_seed), dead_groups)
+            if dead_groups
+            else make_detector(detector_seed),
         ):
             for start in range(0, sim.ls.size, ROW_GROUP_LS):
                 rows = slice(start, start + ROW_GROUP_LS)
