@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from .options import add_force
@@ -97,3 +98,85 @@ def _era_models(eras) -> list[str]:
     for era in eras:
         models += [m for m in era.models if m not in models]
     return models
+
+
+# ---- plot --era DIR --each-ls --------------------------------------------------------------------
+
+
+def add_each_ls(p: argparse.ArgumentParser) -> None:
+    """`plot`'s options for one PNG per anomalous LS (the rest of `plot` is era_commands')."""
+    from .options import positive_int
+
+    p.add_argument(
+        "--each-ls",
+        action="store_true",
+        help="with --era: one PNG per anomalous LS of the era's per-LS table into the folder "
+        "--out (run<RUN>_ls<LS>.png), and index.csv; inputs, OMS and model as era.json lists "
+        "them unless --parquet, --oms or --model are given",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="with --each-ls: worker processes (default: every core the process may use)",
+    )
+
+
+def run_each_ls(args: argparse.Namespace) -> int:
+    """Check everything (era, inputs, --out) before drawing; draw; write the index; say it."""
+    from ..era.executors import available_cores
+    from ..errors import DataError, OptionError
+    from ..io.oms import OmsLookup
+    from ..io.paths import output_folder
+    from ..plots import each_ls
+    from .options import load_model
+
+    if args.era is None:
+        raise OptionError("--each-ls needs --era DIR (an output folder of `era`)")
+    if args.run is not None or args.ls is not None or args.runs:
+        raise OptionError("--each-ls draws every anomalous LS: give no --run, --ls or --runs")
+    status = each_ls.check_era(args.era)
+    sources, oms_files, models = each_ls.era_inputs(args.era, status)
+    if args.parquet:
+        from ..era.plan import parquet_inputs
+
+        sources = [str(s) for s in parquet_inputs(args.parquet)]
+    missing = [s for s in sources if "://" not in s and not Path(s).exists()]
+    if not sources or missing:
+        raise DataError(
+            f"the parquet input(s) of era {args.era} "
+            + (f"are gone ({', '.join(missing)})" if missing else "are not listed in era.json")
+            + ": give them with --parquet"
+        )
+    model_arg = args.model  # one Path today; a list should --model take several files
+    if isinstance(model_arg, list) and len(model_arg) == 1:
+        model_arg = model_arg[0]
+    if model_arg is None:
+        if len(models) > 1:
+            raise OptionError(
+                f"era {args.era} was judged by {len(models)} models: give the one to draw "
+                "with --model"
+            )
+        model_arg = Path(models[0]) if models else None
+    if isinstance(model_arg, list):
+        raise OptionError("--each-ls draws with one model: give one --model FILE")
+    oms_paths = args.oms or [Path(o) for o in oms_files]
+    index = each_ls.anomalous_lumisections(args.era)
+    out_dir = output_folder(args.out, force=args.force, what="--out folder")
+    model = load_model(model_arg)
+    oms = OmsLookup.read(oms_paths) if oms_paths else None
+    tasks = each_ls.plan_tasks(index, out_dir)
+    workers = args.workers or available_cores()
+    outcome = each_ls.draw_each_ls(tasks, model, oms, sources, workers)
+    rows = each_ls.write_index(out_dir / each_ls.INDEX_NAME, index, outcome.drawn)
+    print(
+        f"plot: {len(rows):,} of {len(index):,} anomalous LS drawn into {out_dir} "
+        f"(index: {each_ls.INDEX_NAME}) on {min(workers, max(len(tasks), 1))} process(es)"
+        + (f"; INTERRUPTED by {outcome.interrupted}" if outcome.interrupted else "")
+    )
+    for problem in outcome.problems:
+        print(f"pixelring2nmf plot: error: {problem}", file=sys.stderr)
+    if outcome.interrupted:
+        return 130
+    return 2 if outcome.problems else 0

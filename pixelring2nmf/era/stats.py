@@ -59,6 +59,8 @@ DEAD_COLUMNS = ("Powergroup", "Disk", "Kind", "Reason", "Eras", "Runs")
 DEAD_MODEL = "model"  # the model cannot judge the group
 DEAD_PERSISTENT = "persistent"  # anomalous in most DCS-good LS of a run
 ERA_COLUMN = "Era"
+# the tables stats reads; any further table of an era folder goes into the merged workbook
+REQUIRED_TABLES = ("condensed", "powergroup", "per_ls", "run_summary", "persistent")
 # the type column of each table, for the workbook's highlighted rows
 TYPE_COLUMNS = ("Type", "Anomaly_Type")
 
@@ -93,8 +95,9 @@ def era_models(status: dict) -> list[str]:
     return found
 
 
-def read_era_folder(path: str | Path, label: str | None = None) -> EraFolderData:
-    """An `era` output folder, checked: missing, not an era folder, or not finished is refused.
+def era_status(path: str | Path) -> dict:
+    """era.json of an `era` output folder, checked: a missing folder, one without era.json or
+    one whose era did not end is refused (DataError, one line).
 
     `incomplete` (some input could not be judged, but what was judged is whole) is read with a
     warning; `running`, `interrupted` and `failed` are refused: their tables may lack runs.
@@ -109,22 +112,38 @@ def read_era_folder(path: str | Path, label: str | None = None) -> EraFolderData
         status = json.loads(summary.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise DataError(f"{summary} cannot be read: {error}") from None
+    if not isinstance(status, dict):
+        raise DataError(f"{summary} is not an era status (a JSON object)")
     state = status.get("state", "")
     if state == INCOMPLETE:
         logger.warning(
-            "stats: era %s is incomplete (%s): its judged LS are counted",
+            "era %s is incomplete (%s): its judged LS are used",
             path,
             status.get("reason", "no reason given"),
         )
     elif not (status.get("complete") is True and state == FINISHED):
         reason = f": {status['reason']}" if status.get("reason") else ""
         raise DataError(f"era {path} is not complete (state {state or 'unknown'}{reason})")
-    tables = {}
-    for name in XLSX_SHEETS:
-        csv = table_csv(path, name)
-        if not csv.is_file():
-            raise DataError(f"{csv} not found: the era folder {path} is not whole")
-        tables[name] = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+    return status
+
+
+def read_table(path: Path, name: str) -> pd.DataFrame:
+    """Table `name` (an `EraTables.sheets()` key) of an era folder, from its CSV."""
+    csv = table_csv(path, name)
+    if not csv.is_file():
+        raise DataError(f"{csv} not found: the era folder {path} is not whole")
+    return pd.read_csv(csv, keep_default_na=False, na_values=[""])
+
+
+def read_era_folder(path: str | Path, label: str | None = None) -> EraFolderData:
+    """An `era` output folder (`era_status` checks it), its tables and per-LS results."""
+    path = Path(path)
+    status = era_status(path)
+    tables = {
+        name: read_table(path, name)
+        for name in XLSX_SHEETS
+        if name in REQUIRED_TABLES or table_csv(path, name).is_file()
+    }
     return EraFolderData(
         path=path,
         label=label or path.name,
@@ -374,8 +393,10 @@ def merged_tables(eras: Sequence[EraFolderData]) -> dict[str, pd.DataFrame]:
     """Sheet name -> the table of every era, one under the other, with an `Era` column first."""
     merged = {}
     for name, sheet in XLSX_SHEETS.items():
-        frames = [e.tables[name].assign(**{ERA_COLUMN: e.label}) for e in eras]
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        frames = [e.tables[name].assign(**{ERA_COLUMN: e.label}) for e in eras if name in e.tables]
+        if not frames:
+            continue
+        table = pd.concat(frames, ignore_index=True)
         merged[sheet] = table[[ERA_COLUMN, *[c for c in table.columns if c != ERA_COLUMN]]]
     return merged
 
