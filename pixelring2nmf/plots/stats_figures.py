@@ -77,6 +77,8 @@ def _dead_note(table: pd.DataFrame, dead: pd.DataFrame) -> str:
 def heatmap_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figure:
     """The groups in the detector layout, anomalous LS per group: all types, then each type."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     types = [k for k in _types(table) if table[f"{k}_LS"].fillna(0).sum() > 0]
     panels = [("all types", "Anomalous_LS"), *[(k, f"{k}_LS") for k in types]]
     fig, axes = plt.subplots(
@@ -92,7 +94,11 @@ def heatmap_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figur
         ax.set_title(f"{label}: {int(table[column].fillna(0).sum()):,} (LS x group)", fontsize=10)
         ring2_axes(ax, blade_labels=False)
         _rog_ticks(ax, i == 0)
-        fig.colorbar(image, ax=ax, location="bottom", shrink=0.85, pad=0.01, label="anomalous LS")
+        bar = fig.colorbar(
+            image, ax=ax, location="bottom", shrink=0.85, pad=0.01, label="anomalous LS"
+        )
+        bar.locator = MaxNLocator(nbins=5, integer=True)
+        bar.update_ticks()
     fig.suptitle(f"{title}\n{_dead_note(table, dead)}", fontsize=10)
     return fig
 
@@ -123,8 +129,10 @@ def _heat_panel(ax: Axes, table: pd.DataFrame, column: str, colour: str | None):
             continue
         face = cmap(norm(value)) if value > 0 else "white"
         ax.add_patch(Rectangle((x0, y0), width, height, fc=face, ec="0.35", lw=0.5))
-        dark = value > 0 and norm(value) > (0.55 if colour is None else 0.7)
-        text_colour = "white" if dark and colour is None else "black"
+        # viridis is dark at the low end, the one-colour maps at the high end
+        level = float(norm(value))
+        dark = level < 0.6 if colour is None else level > 0.75
+        text_colour = "white" if value > 0 and dark else "black"
         ax.text(
             x0 + 0.5,
             y0 + height / 2,
@@ -188,6 +196,7 @@ def histogram_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Fig
         if block % 12:
             ax.axvline(block - 0.5, color="0.85", lw=0.5)
     ax.set_xlim(-0.6, len(x) - 0.4)
+    ax.set_ylim(0, max(float(bottom.max()), 1.0) * 1.08)  # the highest bar below the frame
     ax.set_ylabel("anomalous LS")
     ax.set_xlabel("power group (quarter, disk, ROG)")
     ax.legend(title="type", fontsize=8)
