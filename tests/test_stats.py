@@ -300,3 +300,48 @@ def test_each_ls_needs_an_era_and_its_inputs(small_era, tmp_path, capsys) -> Non
     assert cli_main(["plot", "--era", str(moved), "--each-ls", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--parquet" in err and "gone.parquet" in err
+
+
+def test_an_incomplete_era_is_read_with_a_warning(eras, tmp_path, capsys) -> None:
+    copy = tmp_path / "eraA"
+    copy.mkdir()
+    for path in eras[0].iterdir():
+        (copy / path.name).write_bytes(path.read_bytes())
+    status = json.loads((copy / "era.json").read_text())
+    status.update(complete=False, state="incomplete", reason="broken.parquet: unreadable")
+    (copy / "era.json").write_text(json.dumps(status))
+    capsys.readouterr()
+    assert cli_main(["stats", "--era", str(copy), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "incomplete" in out and "broken.parquet" in out
+    table = pd.read_csv(tmp_path / "out" / "powergroups.csv")
+    assert (
+        table.Anomalous_LS.sum()
+        == pd.read_csv(copy / "per_ls.csv").Powergroup.str.split(":").str.len().sum()
+    )
+
+
+def test_each_ls_stopped_keeps_whole_pngs_and_an_index_of_them(
+    small_era, model_path, tmp_path
+) -> None:
+    from mlserver_model.pixelring2nmf import PixelRing2NMF
+    from pixelring2nmf.plots import each_ls
+
+    out = tmp_path / "each"
+    out.mkdir()
+    index = each_ls.anomalous_lumisections(small_era)
+    tasks = each_ls.plan_tasks(index, out, task_ls=1)
+    assert len(tasks) == 3
+    sources = each_ls.era_inputs(small_era, each_ls.check_era(small_era))[0]
+
+    def stop(task) -> None:
+        raise KeyboardInterrupt("Ctrl-C")
+
+    model = PixelRing2NMF.load(model_path)
+    outcome = each_ls.draw_each_ls(tasks, model, None, sources, workers=2, on_done=stop)
+    assert outcome.interrupted == "Ctrl-C"
+    assert 1 <= len(outcome.drawn) <= 3
+    rows = each_ls.write_index(out / "index.csv", index, outcome.drawn)
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted([*rows.file, "index.csv"])  # no temporary file left
+    assert set(zip(rows.run, rows.ls, strict=True)) == outcome.drawn

@@ -200,11 +200,11 @@ def draw_each_ls(
     """Every task, on `workers` processes (1: here). Ctrl-C/SIGTERM: finished ones are kept."""
     outcome = EachLsRun(drawn=set(), problems=[])
 
-    def finished(task: EachLsTask, problems: list[tuple[int, str]]) -> None:
+    def finished(task: EachLsTask, problems: list[tuple[int, str]], report: bool = True) -> None:
         bad = {ls for ls, _ in problems}
         outcome.drawn |= {(task.run, ls) for ls in task.ls if ls not in bad}
         outcome.problems += [f"run {task.run}, LS {ls}: {why}" for ls, why in problems]
-        if on_done is not None:
+        if on_done is not None and report:
             on_done(task)
 
     if workers == 1 or len(tasks) <= 1:
@@ -235,8 +235,8 @@ def draw_each_ls(
         running = [f for f in pending if not f.cancelled()]
         wait(running)  # a task takes a few seconds; its PNGs are whole or absent
         for future in running:
-            if future.exception() is None:
-                finished(pending[future], future.result())
+            if future.exception() is None:  # stopping: no progress report any more
+                finished(pending[future], future.result(), report=False)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return outcome

@@ -199,7 +199,10 @@ def histogram_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Fig
     ax.set_ylim(0, max(float(bottom.max()), 1.0) * 1.08)  # the highest bar below the frame
     ax.set_ylabel("anomalous LS")
     ax.set_xlabel("power group (quarter, disk, ROG)")
-    ax.legend(title="type", fontsize=8)
+    if bottom.any():
+        ax.legend(title="type", fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no anomalous LS", ha="center", va="center", transform=ax.transAxes)
     ax.grid(axis="y", color="0.92")
     ax.set_axisbelow(True)
     ax.set_title(f"{title}\n{_dead_note(table, dead)}", fontsize=10)
