@@ -345,3 +345,21 @@ def test_each_ls_stopped_keeps_whole_pngs_and_an_index_of_them(
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted([*rows.file, "index.csv"])  # no temporary file left
     assert set(zip(rows.run, rows.ls, strict=True)) == outcome.drawn
+
+
+def test_each_ls_finds_the_model_of_each_run_when_the_era_had_several(small_era, tmp_path) -> None:
+    from pixelring2nmf.plots import each_ls
+
+    era = tmp_path / "era"
+    era.mkdir()
+    for path in small_era.iterdir():
+        (era / path.name).write_bytes(path.read_bytes())
+    models = ["/models/2025_early.joblib", "/models/2025_late.joblib"]
+    with pytest.raises(Exception, match="--model"):  # which model judged a run is not said
+        each_ls.model_of_each_run(era, models)
+    results = pd.read_csv(era / "lumisections.csv").assign(model="2025_late.joblib")
+    results.to_csv(era / "lumisections.csv", index=False)
+    assert each_ls.model_of_each_run(era, models) == {392000: models[1]}
+    index = each_ls.anomalous_lumisections(era)
+    tasks = each_ls.plan_tasks(index, tmp_path, model_of_run={392000: models[1]})
+    assert {task.model for task in tasks} == {models[1]}

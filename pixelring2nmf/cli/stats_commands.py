@@ -152,21 +152,22 @@ def run_each_ls(args: argparse.Namespace) -> int:
     model_arg = args.model  # one Path today; a list should --model take several files
     if isinstance(model_arg, list) and len(model_arg) == 1:
         model_arg = model_arg[0]
-    if model_arg is None:
-        if len(models) > 1:
-            raise OptionError(
-                f"era {args.era} was judged by {len(models)} models: give the one to draw "
-                "with --model"
-            )
-        model_arg = Path(models[0]) if models else None
     if isinstance(model_arg, list):
-        raise OptionError("--each-ls draws with one model: give one --model FILE")
+        raise OptionError("--each-ls draws with one model, or with those era.json names")
+    model_of_run = None
+    if model_arg is None and len(models) > 1:  # each run with the model that judged it
+        model_of_run = each_ls.model_of_each_run(args.era, models)
+    elif model_arg is None:
+        model_arg = Path(models[0]) if models else None
     oms_paths = args.oms or [Path(o) for o in oms_files]
     index = each_ls.anomalous_lumisections(args.era)
     out_dir = output_folder(args.out, force=args.force, what="--out folder")
-    model = load_model(model_arg)
+    if model_of_run is not None:
+        model = {m: load_model(Path(m)) for m in sorted(set(model_of_run.values()))}
+    else:
+        model = load_model(model_arg)
     oms = OmsLookup.read(oms_paths) if oms_paths else None
-    tasks = each_ls.plan_tasks(index, out_dir)
+    tasks = each_ls.plan_tasks(index, out_dir, model_of_run=model_of_run)
     workers = args.workers or available_cores()
     outcome = each_ls.draw_each_ls(tasks, model, oms, sources, workers)
     rows = each_ls.write_index(out_dir / each_ls.INDEX_NAME, index, outcome.drawn)

@@ -62,6 +62,7 @@ class EachLsTask:
     run: int
     ls: tuple[int, ...]
     targets: tuple[str, ...]
+    model: str = ""  # which model judges the run, when the era had several (a key of `models`)
 
 
 def anomalous_lumisections(era_dir: Path) -> pd.DataFrame:
@@ -84,6 +85,27 @@ def anomalous_lumisections(era_dir: Path) -> pd.DataFrame:
     return index[list(INDEX_COLUMNS)]
 
 
+def model_of_each_run(era_dir: Path, models: Sequence[str]) -> dict[int, str]:
+    """Run -> the model file (one of `models`, as era.json names them) that judged it, from the
+    `model` column of lumisections.csv, for an era judged by several models."""
+    csv = era_dir / f"{RESULTS_STEM}.csv"
+    header = pd.read_csv(csv, nrows=0).columns
+    column = next((c for c in header if c.lower() == "model"), None)
+    if column is None:
+        raise DataError(
+            f"era {era_dir} names {len(models)} models but {csv.name} does not say which judged "
+            "each run: give the one to draw with --model"
+        )
+    by_name = {**{Path(m).name: m for m in models}, **{m: m for m in models}}
+    runs = pd.read_csv(csv, usecols=["run", column]).drop_duplicates("run")
+    chosen = {}
+    for run, name in zip(runs.run, runs[column].astype(str), strict=True):
+        if name not in by_name and Path(name).name not in by_name:
+            raise DataError(f"run {run} of era {era_dir} was judged by {name}, not in era.json")
+        chosen[int(run)] = by_name.get(name, by_name.get(Path(name).name, ""))
+    return chosen
+
+
 def era_inputs(era_dir: Path, status: dict) -> tuple[list[str], list[str], list[str]]:
     """The parquet sources, OMS files and model file(s) era.json lists."""
     sources = [str(s) for s in status.get("files", [])]
@@ -91,7 +113,13 @@ def era_inputs(era_dir: Path, status: dict) -> tuple[list[str], list[str], list[
     return sources, [str(o) for o in oms], era_models(status)
 
 
-def plan_tasks(index: pd.DataFrame, out_dir: Path, task_ls: int = TASK_LS) -> list[EachLsTask]:
+def plan_tasks(
+    index: pd.DataFrame,
+    out_dir: Path,
+    task_ls: int = TASK_LS,
+    model_of_run: dict[int, str] | None = None,
+) -> list[EachLsTask]:
+    """Tasks of up to `task_ls` LS of one run, run by run (with the run's model key)."""
     tasks = []
     for run, part in index.groupby("run", sort=True):
         ls = part.ls.tolist()
@@ -102,6 +130,7 @@ def plan_tasks(index: pd.DataFrame, out_dir: Path, task_ls: int = TASK_LS) -> li
                     int(run),
                     tuple(int(x) for x in ls[start : start + task_ls]),
                     tuple(files[start : start + task_ls]),
+                    (model_of_run or {}).get(int(run), ""),
                 )
             )
     return tasks
@@ -142,6 +171,8 @@ def _maps_of(sources: Sequence[str], run: int, wanted: Sequence[int]) -> dict[in
 def draw_task(task: EachLsTask, model=None, oms=None, sources=None) -> list[tuple[int, str]]:
     """Draw and write the task's figures; (LS, problem) for each LS that could not be drawn."""
     model = model if model is not None else _WORKER["model"]
+    if isinstance(model, dict):  # several models: the one that judged the run
+        model = model[task.model]
     oms = oms if oms is not None else _WORKER.get("oms")
     sources = sources if sources is not None else _WORKER["sources"]
     plt = _pyplot()

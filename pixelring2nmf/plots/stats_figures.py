@@ -222,8 +222,8 @@ def pileup_figure(good: pd.DataFrame, anomalous: pd.DataFrame, title: str) -> Fi
             0.5,
             0.5,
             f"no pileup known for any of the {len(good):,} DCS-good LS:\n"
-            "the era(s) were judged without OMS data (era --oms),\n"
-            "so lumisections.* hold NaN pileup and nothing can be drawn",
+            "the era(s) were judged without OMS data (era --oms) or with OMS\n"
+            "data without pileup: lumisections.* hold NaN, nothing to draw",
             ha="center",
             va="center",
             transform=ax.transAxes,
