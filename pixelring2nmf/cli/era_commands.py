@@ -25,6 +25,7 @@ from .options import (
     non_negative_int,
     positive_int,
 )
+from .stats_commands import add_each_ls, run_each_ls
 
 logger = logging.getLogger("pixelring2nmf.cli")
 NO_OMS_WARNING = "No OMS data given (--oms): the DCS filter was not applied, every LS may flag"
@@ -121,6 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(one page per run)",
     )
     add_force(p, "existing figure files")
+    add_each_ls(p)
     p.set_defaults(handler=run_plot)
 
 
@@ -331,6 +333,8 @@ def run_plot(args: argparse.Namespace) -> int:
     from ..io.paths import output_file
     from ..plots.draw import figure_paths, save_figures
 
+    if args.each_ls:
+        return run_each_ls(args)
     if args.era is not None:
         if args.run is not None or args.ls is not None:
             raise OptionError("give either --era DIR or --run R --ls L, not both")
