@@ -30,9 +30,23 @@ from collections.abc import Iterator
 
 from .. import __version__
 from ..errors import user_error_types
-from . import data_commands, era_commands, model_commands, remote_commands, serving_commands
+from . import (
+    compare_commands,
+    data_commands,
+    era_commands,
+    model_commands,
+    remote_commands,
+    serving_commands,
+)
 
-COMMAND_GROUPS = (data_commands, model_commands, serving_commands, remote_commands, era_commands)
+COMMAND_GROUPS = (
+    data_commands,
+    model_commands,
+    serving_commands,
+    remote_commands,
+    era_commands,
+    compare_commands,
+)
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a filter killed by a closed pipe returns
