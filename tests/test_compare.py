@@ -10,14 +10,18 @@ of a row (its disks, its LS), a dropped row and an added one must show as the ma
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, cli_command
 
 from pixelring2nmf.cli import main as cli_main
-from pixelring2nmf.io.original_sheets import LAYOUTS
+from pixelring2nmf.io.original_sheets import LAYOUTS, read_original
 from pixelring2nmf.sim import simulate as simulator
 from pixelring2nmf.validation.compare import STATUSES
 
@@ -163,3 +167,233 @@ def test_changed_dropped_and_added_rows_show_on_their_side(small_era, tmp_path) 
     assert row.note.startswith("original at these LS: Single-Disk")
     assert only_ours[only_ours.ours_groups != group].note.eq("").all()
     assert set(table.status) <= set(STATUSES)
+
+
+def test_ranges_split_differently_agree_at_ls_level(small_era, tmp_path) -> None:
+    """The original's range in two rows against our one: one anomaly, both rows named."""
+    original = _as_original(small_era)["powergroup"].reset_index(drop=True)
+    i = original.index[original.Num_LS >= 4][0]
+    first, last = original.at[i, "Start_LS"], original.at[i, "End_LS"]
+    second = original.loc[[i]].assign(Start_LS=first + 2, Num_LS=last - first - 1)
+    original.loc[i, ["End_LS", "Num_LS"]] = [first + 1, 2]
+    original = pd.concat([original, second], ignore_index=True)
+    path = _write_xlsx(tmp_path / "split.xlsx", {"Power groups": original})
+    table = _compare(small_era, [path], tmp_path / "out")
+    assert (table.status == "agree").all() and len(table) == len(original) - 1
+    row = table[table.original_ls.str.contains(";")].iloc[0]
+    assert row.original_ls == f"{first}-{first + 1}; {first + 2}-{last}"
+    assert row.ours_ls == f"{first}-{last}"
+    assert row.matched_ls == row.compared_ls == last - first + 1
+    assert not row.exact and table.exact.sum() == len(table) - 1
+
+
+def test_quarter_and_same_disk_agree_with_the_original_typing(small_era, tmp_path) -> None:
+    """Ours Quarter vs their Multi-Disk, ours Same-Disk vs their Single-Disk: agreement; our
+    Single-Disk vs their Multi-Disk at the same LS and disks is not."""
+    era = tmp_path / "era"
+    shutil.copytree(small_era, era)
+    ours = pd.read_csv(era / "powergroup.csv", keep_default_na=False, dtype={"Disk": str})
+    single = ours.index[ours.Anomaly_Type == "Single-Disk"]
+    ours.loc[single[0], "Anomaly_Type"] = "Same-Disk"  # what helper D's era writes
+    ours.to_csv(era / "powergroup.csv", index=False)
+    original = _as_original(small_era)["powergroup"]
+    original.loc[single[1], "Anomaly_Type"] = "Multi-Disk"
+    path = _write_xlsx(tmp_path / "o.xlsx", {"x": original})
+    table = _compare(era, [path], tmp_path / "out")
+    assert (table.status == "agree").sum() == len(ours) - 1
+    same = table[table.ours_type == "Same-Disk"]
+    assert same.status.tolist() == ["agree"] and same.original_type.tolist() == ["Single-Disk"]
+    assert (table[table.ours_type == "Quarter"].original_type == "Multi-Disk").all()
+    assert (table[table.ours_type == "Quarter"].status == "agree").all()
+    changed = table[table.status != "agree"]
+    assert sorted(changed.status) == ["only original", "only ours"]
+    assert changed.note.str.contains("at these LS: (?:Single|Multi)-Disk").all()
+
+
+def test_values_as_excel_and_csv_give_them(small_era, tmp_path) -> None:
+    """Ints as floats or strings, 'Disk -2:-3' or '-2:-3', spaces, a title row, CSV files."""
+    original = _as_original(small_era)
+    condensed = original["condensed"].astype(str)
+    condensed["Run"] = condensed["Run"] + ".0 "
+    condensed["Layer/Disk"] = "  " + condensed["Layer/Disk"].str.replace("Disk ", "")
+    title = pd.DataFrame([["The original's Run2025Z, condensed"] + [""] * 7])
+    csv = tmp_path / "condensed.csv"
+    with csv.open("w") as stream:
+        title.to_csv(stream, index=False, header=False)
+        condensed.to_csv(stream, index=False)
+    per_ls = original["per_ls"].astype({"Run_Number": float, "Lumisection": float})
+    per_ls["Anomaly_Type"] = per_ls["Anomaly_Type"].str.lower()
+    xlsx = _write_xlsx(tmp_path / "per_ls.xlsx", {"Run2025Z": per_ls, "empty": pd.DataFrame()})
+    sheets = read_original([csv])
+    ours = pd.read_csv(small_era / "powergroup.csv")
+    assert sheets.ranges[["run", "first_ls", "last_ls"]].values.tolist() == (
+        ours[["Run_Number", "Start_LS", "End_LS"]].values.tolist()
+    )
+    assert sheets.ranges.source.iat[0] == "condensed.csv:row 3"  # title row 1, header row 2
+    sheets = read_original([xlsx])
+    assert sheets.empty_sheets == ["per_ls.xlsx:empty"]
+    assert sheets.ranges.groups.tolist() == ours.Powergroup.tolist()  # per-LS rows joined
+    assert set(sheets.ranges.type) == {"Single-Disk", "Multi-Disk"}
+    table = _compare(small_era, [csv, xlsx], tmp_path / "out")
+    assert (table.status == "agree").all() and len(table) == len(ours)
+
+
+def test_excel_clock_times_and_disk_spellings() -> None:
+    """Excel turns a typed '1:2' into 01:02:00; every spelling gives the original's disks."""
+    from pixelring2nmf.io.original_sheets import _disks
+
+    assert _disks(dt.time(1, 2)) == "1:2" and _disks(dt.time(1, 2, 3)) == "1:2:3"
+    assert _disks("Disk -3:-2") == "-2:-3" == _disks(" -2:-3 ")
+    assert _disks(3) == "3" == _disks(3.0) == _disks("Disk 3")
+    for bad in ("Disk 4", "0", "a:b", 2.5):
+        with pytest.raises(ValueError):
+            _disks(bad)
+
+
+def test_what_is_not_compared_is_counted_with_its_reason(small_era, tmp_path, capsys) -> None:
+    original = _as_original(small_era)["powergroup"]
+    runs = sorted(original.Run_Number.unique())
+    lumisections = pd.read_parquet(small_era / "lumisections.parquet")
+    bad = lumisections[~lumisections.dcs_good].iloc[0]
+    extra = [
+        [999999, 10, 12, 3, "FPix_BpO_D3_ROG1", "3", 2, "Single-Disk"],  # a run we did not judge
+        [int(bad.run), int(bad.ls), int(bad.ls), 1, "FPix_BpO_D3_ROG1", "3", 2, "Single-Disk"],
+    ]
+    assert int(bad.run) != runs[2]
+    without_last = original[original.Run_Number != runs[2]]
+    given = pd.concat([without_last, pd.DataFrame(extra, columns=original.columns)])
+    path = _write_xlsx(tmp_path / "o.xlsx", {"pg": given})
+    table = _compare(small_era, [path], tmp_path / "out")
+    n_last = int((original.Run_Number == runs[2]).sum())
+    assert (table.status == "agree").all() and len(table) == len(without_last)
+    skipped = pd.read_csv(tmp_path / "out" / "not_compared.csv")
+    assert sorted(skipped.reason.unique()) == sorted(
+        ["run not in the era", "LS DCS-bad in the era", "run not in the original's files"]
+    )
+    assert (skipped[skipped.side == "ours"].run == runs[2]).sum() == n_last
+    line = capsys.readouterr().out
+    assert "2 original range(s) not compared" in line
+    assert f"{n_last} of ours not compared (run not in the original's files: {n_last})" in line
+    # --runs says the original judged the last run too: our ranges there are ours alone
+    table = _compare(
+        small_era, [path], tmp_path / "out", "--force", "--runs", f"{runs[0]}:{runs[2]}"
+    )
+    assert (table.status == "only ours").sum() == n_last
+    assert (table[table.status == "only ours"].run == runs[2]).all()
+    summary = pd.read_csv(tmp_path / "out" / "compare_runs.csv").set_index("Run")
+    assert summary.loc[runs[2], "Only_Ours"] == n_last and not summary.loc[999999, "Compared"]
+
+
+def test_persistent_groups_of_the_era_are_not_compared(small_era, tmp_path) -> None:
+    """An original row in a group our era reports as persistent (and so leaves out of its
+    ranges) is counted apart, not `only original`."""
+    era = tmp_path / "era"
+    shutil.copytree(small_era, era)
+    ours = pd.read_csv(era / "powergroup.csv", keep_default_na=False, dtype={"Disk": str})
+    single = ours[ours.Anomaly_Type == "Single-Disk"].iloc[0]
+    persistent = pd.read_csv(era / "persistent.csv")
+    row = dict.fromkeys(persistent.columns, 0)
+    row.update(Run_Number=single.Run_Number, Powergroup=single.Powergroup, Disk=single.Disk)
+    pd.DataFrame([row]).to_csv(era / "persistent.csv", index=False)
+    left = ours[~((ours.Run_Number == single.Run_Number) & (ours.Powergroup == single.Powergroup))]
+    left.to_csv(era / "powergroup.csv", index=False)
+    path = _write_xlsx(tmp_path / "o.xlsx", {"pg": _as_original(small_era)["powergroup"]})
+    table = _compare(era, [path], tmp_path / "out")
+    assert (table.status == "agree").all() and len(table) == len(left)
+    skipped = pd.read_csv(tmp_path / "out" / "not_compared.csv")
+    assert set(skipped.reason) == {"persistent group in the era (persistent.csv)"}
+    assert len(skipped) == len(ours) - len(left)
+
+
+@pytest.mark.parametrize(
+    ("state", "complete", "ok"),
+    [("finished", True, True), ("incomplete", False, True), ("interrupted", False, False)],
+)
+def test_an_era_that_is_not_complete_is_refused(small_era, tmp_path, capsys, state, complete, ok):
+    era = tmp_path / "era"
+    shutil.copytree(small_era, era)
+    status = json.loads((era / "era.json").read_text())
+    (era / "era.json").write_text(json.dumps({**status, "state": state, "complete": complete}))
+    path = _write_xlsx(tmp_path / "o.xlsx", {"pg": _as_original(small_era)["powergroup"]})
+    args = ["compare", "--era", str(era), "--original", str(path), "--out", str(tmp_path / "o")]
+    assert cli_main(args) == (0 if ok else 2)
+    captured = capsys.readouterr()
+    if state == "incomplete":
+        assert "[WARNING]: era" in captured.out and "is incomplete" in captured.out
+    if not ok:
+        assert captured.err.strip().splitlines() == [
+            f"pixelring2nmf compare: error: {era}: the era is not complete (era.json says state "
+            f"'{state}'); rerun `era` before comparing"
+        ]
+        assert not (tmp_path / "o" / "compare.csv").exists()
+
+
+def _bad_condensed(tmp_path: Path, column: str, value: object) -> Path:
+    table = pd.DataFrame(
+        [[390000, 14, 20, 7, "Forward", "Disk -2", "Ring 2", "Single-Disk"]] * 2,
+        columns=list(LAYOUTS["condensed"]),
+    ).astype(object)
+    table.at[1, column] = value
+    return _write_xlsx(tmp_path / "bad.xlsx", {"Cond": table})
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("Layer/Disk", "Disk 4", "sheet 'Cond', row 3, column 'Layer/Disk': expected disks in"),
+        ("Total LS", 8, "row 3, column 'Total LS': 8 LS, but the range 14-20 holds 7"),
+        ("Type", "Double-Disk", "row 3, column 'Type': expected an anomaly type"),
+        ("Run", "3904x", "row 3, column 'Run': expected an integer, got '3904x'"),
+        ("First LS", None, "row 3, column 'First LS': empty"),
+    ],
+)
+def test_a_bad_value_is_one_line_naming_file_sheet_row_column(
+    small_era, tmp_path, capsys, column, value, message
+) -> None:
+    path = _bad_condensed(tmp_path, column, value)
+    args = ["compare", "--era", str(small_era), "--original", str(path)]
+    assert cli_main([*args, "--out", str(tmp_path / "out")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"pixelring2nmf compare: error: {path}, ") and message in line
+
+
+def test_a_file_in_no_layout_is_refused_by_the_command(small_era, tmp_path) -> None:
+    """The console script, as users run it: one line naming the file and sheet, exit 2."""
+    path = _write_xlsx(
+        tmp_path / "notes.xlsx",
+        {"ok": _as_original(small_era)["per_ls"], "Notes": pd.DataFrame({"Run": [1], "Why": [2]})},
+    )
+    command = cli_command("compare", "--era", str(small_era), "--original", str(path))
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"pixelring2nmf compare: error: {path}, sheet 'Notes': not one of")
+    assert "['Run', 'Why']" in line
+    # and an existing --out is kept without --force
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "compare.csv").write_text("mine\n")
+    args = ["compare", "--era", str(small_era), "--original", str(path), "--out"]
+    assert cli_main([*args, str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept" / "compare.csv").read_text() == "mine\n"
+
+
+def test_condensed_rows_match_by_disks(small_era, tmp_path) -> None:
+    """Without groups (the condensed layout), the disks decide: another disk is another
+    anomaly, a disk shared is the same one."""
+    condensed = _as_original(small_era)["condensed"].reset_index(drop=True)
+    single = condensed.index[condensed.Type == "Single-Disk"]
+    disk = condensed.at[single[0], "Layer/Disk"]
+    other = "Disk 3" if disk != "Disk 3" else "Disk -3"
+    condensed.at[single[0], "Layer/Disk"] = other
+    multi = condensed.index[condensed["Layer/Disk"].str.count(":") == 1][0]
+    first = condensed.at[multi, "Layer/Disk"].split(":")[0]
+    condensed.at[multi, "Layer/Disk"] = first  # one disk of two: still the same anomaly
+    path = _write_xlsx(tmp_path / "c.xlsx", {"Condensed": condensed})
+    table = _compare(small_era, [path], tmp_path / "out")
+    assert sorted(table.status[table.status != "agree"]) == ["only original", "only ours"]
+    assert table[table.status == "only original"].original_disks.tolist() == [other[5:]]
+    assert table[table.status == "only ours"].ours_disks.tolist() == [disk[5:]]
+    assert (table.status == "agree").sum() == len(condensed) - 1
+    assert not table[table.original_disks == first[5:]].exact.iat[0]
