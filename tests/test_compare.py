@@ -185,6 +185,24 @@ def test_ranges_split_differently_agree_at_ls_level(small_era, tmp_path) -> None
     assert row.ours_ls == f"{first}-{last}"
     assert row.matched_ls == row.compared_ls == last - first + 1
     assert not row.exact and table.exact.sum() == len(table) - 1
+    assert row.note == ""
+    # one LS more on the original's side, where we saw nothing: still the same anomaly
+    good = pd.read_parquet(small_era / "lumisections.parquet").set_index(["run", "ls"]).dcs_good
+    taken = set(zip(original.Run_Number, original.Start_LS, strict=True))
+    j = next(
+        k
+        for k in original.index[: len(original) - 1]
+        if k != i
+        and (original.at[k, "Run_Number"], original.at[k, "End_LS"] + 1) not in taken
+        and good.get((original.at[k, "Run_Number"], original.at[k, "End_LS"] + 1), False)
+    )
+    after = (original.at[j, "Run_Number"], original.at[j, "End_LS"] + 1)
+    original.loc[j, ["End_LS", "Num_LS"]] += 1
+    path = _write_xlsx(tmp_path / "longer.xlsx", {"Power groups": original})
+    table = _compare(small_era, [path], tmp_path / "out", "--force")
+    assert (table.status == "agree").all()
+    longer = table[table.original_ls == f"{original.at[j, 'Start_LS']}-{after[1]}"]
+    assert longer.note.tolist() == ["1 LS unmatched"] and not longer.exact.iat[0]
 
 
 def test_quarter_and_same_disk_agree_with_the_original_typing(small_era, tmp_path) -> None:

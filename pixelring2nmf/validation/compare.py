@@ -361,7 +361,10 @@ def _anomalies(
         rows.append(
             _row(AGREE, theirs.loc[o_ids], ours.loc[u_ids], compared_o, compared_u, matched_ls)
         )
-        rows[-1]["note"] = _partial_note(o_ids, compared_o, all_o)
+        row = rows[-1]
+        one_side = row["compared_ls"] - row["matched_ls"]
+        notes = [f"{one_side} LS unmatched" if one_side else ""]
+        row["note"] = "; ".join(n for n in [*notes, _partial_note(o_ids, compared_o, all_o)] if n)
         status.update({node: AGREE for node in nodes})
     other = pairs.groupby("range_id_o").first()
     for i in compared_o.index:
