@@ -243,7 +243,9 @@ def compare(
     }
     return Comparison(
         table=table,
-        runs=_run_summary(theirs, ours, side_status, their_ls, our_ls, pairs, covered, era),
+        runs=_run_summary(
+            theirs, ours, side_status, their_ls, our_ls, pairs, covered, era, original.runs
+        ),
         types=_type_summary(theirs, ours, side_status, their_ls, our_ls, pairs),
         not_compared=not_compared,
         counts=counts,
@@ -483,7 +485,9 @@ def _reasons(table: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in table.reason.value_counts().items()}
 
 
-def _run_summary(theirs, ours, status, their_ls, our_ls, pairs, covered, era) -> pd.DataFrame:
+def _run_summary(
+    theirs, ours, status, their_ls, our_ls, pairs, covered, era, original_runs
+) -> pd.DataFrame:
     """Per run: ranges on each side with their status, LS compared and matched."""
     era_runs = set(era.lumisections.run.tolist())
     runs = sorted(set(theirs.run) | set(ours.run) | set(covered))
@@ -501,6 +505,7 @@ def _run_summary(theirs, ours, status, their_ls, our_ls, pairs, covered, era) ->
                 "Run": run,
                 "Compared": run in covered,
                 "In_Era": run in era_runs,
+                "In_Original": run in original_runs,
                 "Original_Ranges": len(o),
                 "Original_Agree": int((o.status == AGREE).sum()),
                 "Only_Original": int((o.status == ONLY_ORIGINAL).sum()),
@@ -525,6 +530,7 @@ _RUN_COLUMNS = (
     "Run",
     "Compared",
     "In_Era",
+    "In_Original",
     "Original_Ranges",
     "Original_Agree",
     "Only_Original",
