@@ -351,43 +351,45 @@ def _anomalies(
     for node in list(parent):
         components.setdefault(find(node), []).append(node)
 
-    compared_o = their_ls[their_ls.reason == ""].groupby("range_id").ls.agg(set)
-    all_o = their_ls.groupby("range_id").ls.agg(set)
-    compared_u = our_ls.groupby("range_id").ls.agg(set)
+    # plain records from here: a year's thousands of ranges, one anomaly at a time
+    o_rec: dict[int, dict] = theirs.to_dict("index")
+    u_rec: dict[int, dict] = ours.to_dict("index")
+    compared_o = their_ls[their_ls.reason == ""].groupby("range_id").ls.agg(set).to_dict()
+    all_o = their_ls.groupby("range_id").ls.agg(set).to_dict()
+    compared_u = our_ls.groupby("range_id").ls.agg(set).to_dict()
     matched_ls = set(zip(matched.run, matched.ls, strict=True))
     rows: list[dict] = []
     status: dict[tuple[str, int], str] = {}
     for nodes in components.values():
         o_ids = sorted(i for s, i in nodes if s == "o")
         u_ids = sorted(i for s, i in nodes if s == "u")
-        rows.append(
-            _row(AGREE, theirs.loc[o_ids], ours.loc[u_ids], compared_o, compared_u, matched_ls)
-        )
-        row = rows[-1]
+        ls = set().union(*(compared_o[i] for i in o_ids), *(compared_u[i] for i in u_ids))
+        row = _row(AGREE, [o_rec[i] for i in o_ids], [u_rec[i] for i in u_ids], ls, matched_ls)
         one_side = row["compared_ls"] - row["matched_ls"]
         notes = [f"{one_side} LS unmatched" if one_side else ""]
         row["note"] = "; ".join(n for n in [*notes, _partial_note(o_ids, compared_o, all_o)] if n)
+        rows.append(row)
         status.update({node: AGREE for node in nodes})
-    other = pairs.groupby("range_id_o").first()
-    for i in compared_o.index:
+    other = dict(zip(pairs.range_id_o, pairs.range_id_u, strict=True))
+    for i in sorted(compared_o):
         if ("o", i) in status:
             continue
-        row = _row(ONLY_ORIGINAL, theirs.loc[[i]], ours.iloc[:0], compared_o, compared_u, set())
+        row = _row(ONLY_ORIGINAL, [o_rec[i]], [], compared_o[i], set())
         notes = [_partial_note([i], compared_o, all_o)]
-        if i in other.index:
-            u = ours.loc[other.range_id_u[i]]
-            notes.append(f"ours at these LS: {u.type} on disks {u.disks}")
+        if i in other:
+            u = u_rec[other[i]]
+            notes.append(f"ours at these LS: {u['type']} on disks {u['disks']}")
         row["note"] = "; ".join(n for n in notes if n)
         rows.append(row)
         status[("o", i)] = ONLY_ORIGINAL
-    other = pairs.groupby("range_id_u").first()
-    for i in compared_u.index:
+    other = dict(zip(pairs.range_id_u, pairs.range_id_o, strict=True))
+    for i in sorted(compared_u):
         if ("u", i) in status:
             continue
-        row = _row(ONLY_OURS, theirs.iloc[:0], ours.loc[[i]], compared_o, compared_u, set())
-        if i in other.index:
-            o = theirs.loc[other.range_id_o[i]]
-            row["note"] = f"original at these LS: {o.type} on disks {o.disks}"
+        row = _row(ONLY_OURS, [], [u_rec[i]], compared_u[i], set())
+        if i in other:
+            o = o_rec[other[i]]
+            row["note"] = f"original at these LS: {o['type']} on disks {o['disks']}"
         rows.append(row)
         status[("u", i)] = ONLY_OURS
     table = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
@@ -396,38 +398,29 @@ def _anomalies(
     return table.reset_index(drop=True), status
 
 
-def _row(
-    status: str,
-    theirs: pd.DataFrame,
-    ours: pd.DataFrame,
-    compared_o: pd.Series,
-    compared_u: pd.Series,
-    matched_ls: set,
-) -> dict:
+def _row(status: str, theirs: list[dict], ours: list[dict], ls: set, matched_ls: set) -> dict:
     """One anomaly: both sides' ranges (';' between ranges), the LS compared and matched."""
-    both = pd.concat([theirs[["run", "first_ls", "last_ls"]], ours[["run", "first_ls", "last_ls"]]])
-    run = int(both.run.iat[0])
-    ls = set().union(*(compared_o[i] for i in theirs.index), *(compared_u[i] for i in ours.index))
-    exact = (
-        status == AGREE
-        and len(theirs) == 1
-        and len(ours) == 1
-        and _same_row(theirs.iloc[0], ours.iloc[0])
-    )
+    both = theirs + ours
+    run = int(both[0]["run"])
+    exact = status == AGREE and len(theirs) == len(ours) == 1 and _same_row(theirs[0], ours[0])
+
+    def joined(side: list[dict], key: str) -> str:
+        return "; ".join(str(r[key]) for r in side)
+
     return {
         "status": status,
         "run": run,
-        "first_ls": int(both.first_ls.min()),
-        "last_ls": int(both.last_ls.max()),
+        "first_ls": int(min(r["first_ls"] for r in both)),
+        "last_ls": int(max(r["last_ls"] for r in both)),
         "original_ls": _ranges_text(theirs),
-        "original_type": "; ".join(theirs.type),
-        "original_disks": "; ".join(theirs.disks),
-        "original_groups": "; ".join(theirs.groups),
-        "original_source": "; ".join(theirs.source),
+        "original_type": joined(theirs, "type"),
+        "original_disks": joined(theirs, "disks"),
+        "original_groups": joined(theirs, "groups"),
+        "original_source": joined(theirs, "source"),
         "ours_ls": _ranges_text(ours),
-        "ours_type": "; ".join(ours.type),
-        "ours_disks": "; ".join(ours.disks),
-        "ours_groups": "; ".join(ours.groups),
+        "ours_type": joined(ours, "type"),
+        "ours_disks": joined(ours, "disks"),
+        "ours_groups": joined(ours, "groups"),
         "compared_ls": len(ls),
         "matched_ls": sum((run, x) in matched_ls for x in ls),
         "exact": exact,
@@ -435,22 +428,22 @@ def _row(
     }
 
 
-def _same_row(o: pd.Series, u: pd.Series) -> bool:
+def _same_row(o: dict, u: dict) -> bool:
     return (
-        (o.first_ls, o.last_ls, o.disks) == (u.first_ls, u.last_ls, u.disks)
-        and TYPE_CLASS[o.type] == TYPE_CLASS[u.type]
-        and (not o.groups or o.groups == u.groups)
+        (o["first_ls"], o["last_ls"], o["disks"]) == (u["first_ls"], u["last_ls"], u["disks"])
+        and TYPE_CLASS[o["type"]] == TYPE_CLASS[u["type"]]
+        and (not o["groups"] or o["groups"] == u["groups"])
     )
 
 
-def _ranges_text(ranges: pd.DataFrame) -> str:
+def _ranges_text(ranges: list[dict]) -> str:
     return "; ".join(
-        f"{a}-{b}" if a != b else f"{a}"
-        for a, b in zip(ranges.first_ls, ranges.last_ls, strict=True)
+        f"{r['first_ls']}-{r['last_ls']}" if r["first_ls"] != r["last_ls"] else f"{r['first_ls']}"
+        for r in ranges
     )
 
 
-def _partial_note(o_ids: list[int], compared_o: pd.Series, all_o: pd.Series) -> str:
+def _partial_note(o_ids: list[int], compared_o: dict, all_o: dict) -> str:
     missing = sum(len(all_o[i]) - len(compared_o[i]) for i in o_ids)
     total = sum(len(all_o[i]) for i in o_ids)
     return f"{missing} of the original's {total} LS not compared" if missing else ""
@@ -495,35 +488,31 @@ def _run_summary(
     u_status = pd.Series({i: s for (side, i), s in status.items() if side == "u"}, dtype=object)
     theirs = theirs.assign(status=o_status.reindex(theirs.index).fillna("not compared"))
     ours = ours.assign(status=u_status.reindex(ours.index).fillna("not compared"))
+    summary = pd.DataFrame(index=pd.Index(runs, name="Run", dtype=np.int64))
+    summary["Compared"] = summary.index.isin(list(covered))
+    summary["In_Era"] = summary.index.isin(list(era_runs))
+    summary["In_Original"] = summary.index.isin(list(original_runs))
+    for name, side, kinds in (
+        ("Original", theirs, {AGREE: "Original_Agree", ONLY_ORIGINAL: "Only_Original"}),
+        ("Our", ours, {AGREE: "Our_Agree", ONLY_OURS: "Only_Ours"}),
+    ):
+        summary[f"{name}_Ranges"] = side.groupby("run").size()
+        for kind, column in {**kinds, "not compared": f"{name}_Not_Compared"}.items():
+            summary[column] = side[side.status == kind].groupby("run").size()
     compared = their_ls[their_ls.reason == ""]
-    matched = pairs[pairs.match].drop_duplicates(["run", "ls"])
-    rows = []
-    for run in runs:
-        o, u = theirs[theirs.run == run], ours[ours.run == run]
-        rows.append(
-            {
-                "Run": run,
-                "Compared": run in covered,
-                "In_Era": run in era_runs,
-                "In_Original": run in original_runs,
-                "Original_Ranges": len(o),
-                "Original_Agree": int((o.status == AGREE).sum()),
-                "Only_Original": int((o.status == ONLY_ORIGINAL).sum()),
-                "Original_Not_Compared": int((o.status == "not compared").sum()),
-                "Our_Ranges": len(u),
-                "Our_Agree": int((u.status == AGREE).sum()),
-                "Only_Ours": int((u.status == ONLY_OURS).sum()),
-                "Our_Not_Compared": int((u.status == "not compared").sum()),
-                "Original_LS": int(compared[compared.run == run].ls.nunique()),
-                "Our_LS": int(our_ls[our_ls.run == run].ls.nunique()),
-                "Matched_LS": int((matched.run == run).sum()),
-                "Original_LS_Not_Compared": int(
-                    their_ls[(their_ls.run == run) & (their_ls.reason != "")].ls.nunique()
-                ),
-                "Persistent_Groups": ":".join(sorted(era.persistent.get(run, ()))),
-            }
-        )
-    return pd.DataFrame(rows, columns=list(_RUN_COLUMNS))
+    skipped = their_ls[their_ls.reason != ""]
+    summary["Original_LS"] = compared.drop_duplicates(["run", "ls"]).groupby("run").size()
+    summary["Our_LS"] = our_ls.drop_duplicates(["run", "ls"]).groupby("run").size()
+    summary["Matched_LS"] = pairs[pairs.match].drop_duplicates(["run", "ls"]).groupby("run").size()
+    summary["Original_LS_Not_Compared"] = (
+        skipped.drop_duplicates(["run", "ls"]).groupby("run").size()
+    )
+    counts = [c for c in _RUN_COLUMNS[4:] if c != "Persistent_Groups"]
+    summary[counts] = summary[counts].fillna(0).astype(np.int64)
+    summary["Persistent_Groups"] = [
+        ":".join(sorted(era.persistent.get(run, ()))) for run in summary.index
+    ]
+    return summary.reset_index()[list(_RUN_COLUMNS)]
 
 
 _RUN_COLUMNS = (
