@@ -254,6 +254,12 @@ def test_values_as_excel_and_csv_give_them(small_era, tmp_path) -> None:
     assert set(sheets.ranges.type) == {"Single-Disk", "Multi-Disk"}
     table = _compare(small_era, [csv, xlsx], tmp_path / "out")
     assert (table.status == "agree").all() and len(table) == len(ours)
+    # a CSV saved by Excel in a semicolon locale, with its byte-order mark
+    semicolon = tmp_path / "powergroup.csv"
+    original["powergroup"].to_csv(semicolon, sep=";", index=False, encoding="utf-8-sig")
+    assert semicolon.read_bytes().startswith(b"\xef\xbb\xbfRun_Number;Start_LS")
+    sheets = read_original([semicolon])
+    assert sheets.ranges.groups.tolist() == ours.Powergroup.tolist()
 
 
 def test_excel_clock_times_and_disk_spellings() -> None:
@@ -363,6 +369,8 @@ def _bad_condensed(tmp_path: Path, column: str, value: object) -> Path:
         ("Type", "Double-Disk", "row 3, column 'Type': expected an anomaly type"),
         ("Run", "3904x", "row 3, column 'Run': expected an integer, got '3904x'"),
         ("First LS", None, "row 3, column 'First LS': empty"),
+        ("Barrel/Forward", "Barrel", "row 3, column 'Barrel/Forward': expected 'Forward'"),
+        ("Row/Quarter", "Ring 3", "row 3, column 'Row/Quarter': expected 'Ring 2' or 'Ring 1'"),
     ],
 )
 def test_a_bad_value_is_one_line_naming_file_sheet_row_column(

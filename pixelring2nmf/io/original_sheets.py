@@ -12,7 +12,7 @@ them back (a run as 379470, 379470.0 or "379470"; disks as "Disk -2:-3", "-2:-3"
 
 Every row becomes one range of the original: per-LS rows are joined into ranges the way the
 original built its tables (consecutive LS of a run with the same groups and type). A row of
-Ring 1 (or of the barrel) is counted and left out: this model is Ring 2's. A sheet in none of
+Ring 1 is counted and left out: this model is Ring 2's. A sheet in none of
 the layouts, or a value that cannot be read, is a DataError naming the file, sheet, row and
 column, so one bad cell in a year of files is found at once.
 """
@@ -79,7 +79,7 @@ class OriginalSheets:
     ranges: pd.DataFrame
     runs: frozenset[int]
     sheets: list[dict] = field(default_factory=list)
-    other_ring_rows: int = 0  # Ring 1 (or barrel) rows, counted and left out
+    other_ring_rows: int = 0  # Ring 1 rows, counted and left out
     empty_sheets: list[str] = field(default_factory=list)
 
 
@@ -149,15 +149,32 @@ def _read_file(path: Path) -> dict[str, pd.DataFrame]:
         raise DataError(f"{path}: no such file")
     try:
         if path.suffix.lower() == ".csv":
-            table = pd.read_csv(
-                path, header=None, dtype=str, keep_default_na=False, skip_blank_lines=False
-            )
-            return {"": table.replace("", np.nan)}
+            return {"": _read_csv(path)}
         return pd.read_excel(path, sheet_name=None, header=None, dtype=object, engine="openpyxl")
     except pd.errors.EmptyDataError:
         return {"": pd.DataFrame()}
     except Exception as error:  # openpyxl and the CSV parser raise many kinds on bad files
         raise DataError(f"{path}: cannot read it as a spreadsheet: {error}") from None
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV as Excel or pandas saved it: comma, or the semicolon or tab of other locales
+    (the one that shows a layout's header wins); a byte-order mark ignored."""
+    tables = []
+    for separator in (",", ";", "\t"):
+        table = pd.read_csv(
+            path,
+            header=None,
+            sep=separator,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            encoding="utf-8-sig",
+        ).replace("", np.nan)
+        if _header(table) is not None:
+            return table
+        tables.append(table)
+    return tables[0]
 
 
 def _blank(value: object) -> bool:
@@ -217,7 +234,8 @@ def _read_row(values: dict[str, object], layout: str, row: int, where: _Where) -
     if layout == "condensed":
         run = get("Run", _positive_int)
         ring = get("Row/Quarter", _ring_name)
-        if get("Barrel/Forward", _detector_part) != "Forward" or ring != 2:
+        get("Barrel/Forward", _forward)
+        if ring != 2:
             return {"run": run, "ring": 1}
         first, last = get("First LS", _positive_int), get("Last LS", _positive_int)
         _check_range(first, last, get("Total LS", _positive_int), row, where, "Total LS")
@@ -225,7 +243,7 @@ def _read_row(values: dict[str, object], layout: str, row: int, where: _Where) -
         kind = get("Type", _type)
     else:
         run = get("Run_Number", _positive_int)
-        if get("Ring_Num", _positive_int) != 2:
+        if get("Ring_Num", _ring_number) != 2:
             return {"run": run, "ring": 1}
         if layout == "powergroup":
             first, last = get("Start_LS", _positive_int), get("End_LS", _positive_int)
@@ -364,8 +382,15 @@ def _ring_name(value: object) -> int:
     return int(match.group(1))
 
 
-def _detector_part(value: object) -> str:
-    text = str(value).strip().capitalize()
-    if text not in ("Forward", "Barrel"):
-        raise ValueError(f"expected 'Forward' (or 'Barrel'), got {value!r}")
-    return text
+def _ring_number(value: object) -> int:
+    ring = _integer(value)
+    if ring not in (1, 2):
+        raise ValueError(f"expected ring 2 (or 1), got {value!r}")
+    return ring
+
+
+def _forward(value: object) -> str:
+    """The forward pixel detector is the one this model and the original's tables cover."""
+    if str(value).strip().lower() != "forward":
+        raise ValueError(f"expected 'Forward', got {value!r}")
+    return "Forward"
