@@ -212,7 +212,7 @@ def test_quarter_and_same_disk_agree_with_the_original_typing(small_era, tmp_pat
     shutil.copytree(small_era, era)
     ours = pd.read_csv(era / "powergroup.csv", keep_default_na=False, dtype={"Disk": str})
     single = ours.index[ours.Anomaly_Type == "Single-Disk"]
-    ours.loc[single[0], "Anomaly_Type"] = "Same-Disk"  # what helper D's era writes
+    ours.loc[single[0], "Anomaly_Type"] = "Same-Disk"  # an era that types Same-Disk
     ours.to_csv(era / "powergroup.csv", index=False)
     original = _as_original(small_era)["powergroup"]
     original.loc[single[1], "Anomaly_Type"] = "Multi-Disk"
