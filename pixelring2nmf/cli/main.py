@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from .. import __version__
 from ..errors import user_error_types
 from . import (
+    compare_commands,
     data_commands,
     era_commands,
     model_commands,
@@ -46,6 +47,7 @@ COMMAND_GROUPS = (
     remote_commands,
     era_commands,
     stats_commands,
+    compare_commands,
 )
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
