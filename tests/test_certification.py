@@ -127,7 +127,7 @@ def test_files_are_listed_and_era_json_comes_last(with_oms) -> None:
 def test_recorded_lumi_per_ls_range_and_run_is_the_oms_sum(with_oms, small_era) -> None:
     oms = _oms_table(small_era["oms"]).set_index(["run", "ls"])
     lumis = pd.read_parquet(with_oms / "lumisections.parquet")
-    assert list(lumis.columns)[-1] == "recorded_lumi"
+    assert list(lumis.columns)[-2:] == ["recorded_lumi", "model"]  # the engine appends model
     expected = oms[LUMI].reindex(pd.MultiIndex.from_frame(lumis[["run", "ls"]])).to_numpy()
     np.testing.assert_allclose(lumis.recorded_lumi.to_numpy(), expected)
 
@@ -148,7 +148,12 @@ def test_recorded_lumi_per_ls_range_and_run_is_the_oms_sum(with_oms, small_era) 
     np.testing.assert_allclose(condensed["Recorded Lumi (pb^-1)"], powergroup.Recorded_Lumi_pb)
 
     summary = pd.read_csv(with_oms / "run_summary.csv")
-    assert list(summary.columns)[-3:] == ["Same-Disk_LS", "DCS_Good_Lumi_pb", "Flagged_Lumi_pb"]
+    assert list(summary.columns)[-4:] == [
+        "Same-Disk_LS",
+        "DCS_Good_Lumi_pb",
+        "Flagged_Lumi_pb",
+        "Model",  # the model that judged the run, last (models by period)
+    ]
     good = set(map(tuple, lumis.loc[lumis.dcs_good, ["run", "ls"]].to_numpy().tolist()))
     flagged = set(map(tuple, lumis.loc[lumis.flag, ["run", "ls"]].to_numpy().tolist()))
     for row in summary.itertuples():

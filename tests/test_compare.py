@@ -46,6 +46,8 @@ def _as_original(era: Path) -> dict[str, pd.DataFrame]:
         name: pd.read_csv(era / f"{name}.csv", keep_default_na=False, dtype={"Disk": str})
         for name in ("condensed", "powergroup", "per_ls")
     }
+    # only the original's columns: ours add luminosity after them
+    read = {name: table[list(LAYOUTS[name])] for name, table in read.items()}
     read["condensed"]["Type"] = read["condensed"]["Type"].replace("Quarter", "Multi-Disk")
     for name in ("powergroup", "per_ls"):
         read[name]["Anomaly_Type"] = read[name]["Anomaly_Type"].replace("Quarter", "Multi-Disk")

@@ -26,34 +26,22 @@ import pandas as pd
 
 from mlserver_model.geometry import ANOMALY_SAME_DISK, GROUP_DISK, GROUP_NAMES
 
+from ..io.original_sheets import LAYOUTS as ORIGINAL_LAYOUTS
 from ..io.results import MODEL_COLUMN, RECORDED_LUMI_COLUMN, RESULT_COLUMNS
 
 # the result columns the tables read (io/results.py names them; why DCS failed is not used)
 NEEDED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name != "dcs_failed")
 
+# the original's columns (io/original_sheets.py: compare reads them back), then ours after them
 CONDENSED_COLUMNS = (
-    "Run",
-    "First LS",
-    "Last LS",
-    "Total LS",
-    "Barrel/Forward",
-    "Layer/Disk",
-    "Row/Quarter",
-    "Type",
+    *ORIGINAL_LAYOUTS["condensed"],
     "Recorded Lumi (pb^-1)",  # not in the original: the OMS recorded luminosity of the range
 )
 POWERGROUP_COLUMNS = (
-    "Run_Number",
-    "Start_LS",
-    "End_LS",
-    "Num_LS",
-    "Powergroup",
-    "Disk",
-    "Ring_Num",
-    "Anomaly_Type",
+    *ORIGINAL_LAYOUTS["powergroup"],
     "Recorded_Lumi_pb",  # not in the original: the OMS recorded luminosity of the range
 )
-PER_LS_COLUMNS = ("Run_Number", "Lumisection", "Powergroup", "Disk", "Ring_Num", "Anomaly_Type")
+PER_LS_COLUMNS = ORIGINAL_LAYOUTS["per_ls"]
 PERSISTENT_COLUMNS = (
     "Run_Number",
     "Powergroup",
