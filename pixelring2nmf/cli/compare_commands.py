@@ -118,14 +118,10 @@ def run_compare(args: argparse.Namespace) -> int:
 def _write_xlsx(path: Path, result) -> None:
     import pandas as pd
 
+    from ..io.workbook import write_readable_sheet
+
     sheets = {"compare": result.table, "runs": result.runs, "types": result.types}
     with pd.ExcelWriter(path, engine="openpyxl") as writer:
         for key, table in sheets.items():
             name = XLSX_SHEETS[key]
-            table.to_excel(writer, sheet_name=name, index=False)
-            worksheet = writer.sheets[name]
-            worksheet.freeze_panes = "A2"
-            for i, column in enumerate(table.columns):
-                longest = max([len(str(column)), *table[column].astype(str).str.len().head(2000)])
-                letter = worksheet.cell(row=1, column=i + 1).column_letter
-                worksheet.column_dimensions[letter].width = min(longest + 2, 60)
+            write_readable_sheet(writer, table, name)

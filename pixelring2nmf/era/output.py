@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..errors import OutputError
 from ..io.atomic import TEMPORARY_SUFFIX, write_atomically, write_text
+from ..io.workbook import write_readable_sheet
 from .certification import CERTIFICATION_NAMES, certification_files, oms_run_link
 from .judge import peak_memory_mb
 from .merge import EraRun
@@ -177,13 +178,7 @@ def write_xlsx(path: Path, tables: EraTables) -> Path:
                     len(table),
                 )
                 table = table.iloc[:_XLSX_MAX_ROWS]
-            table.to_excel(writer, sheet_name=sheet, index=False)
-            worksheet = writer.sheets[sheet]
-            worksheet.freeze_panes = "A2"
-            for i, column in enumerate(table.columns):
-                longest = max([len(str(column)), *table[column].astype(str).str.len().head(2000)])
-                letter = worksheet.cell(row=1, column=i + 1).column_letter
-                worksheet.column_dimensions[letter].width = min(longest + 2, 80)
+            worksheet = write_readable_sheet(writer, table, sheet, max_width=80)
             _link_runs(worksheet, table)
     return path
 

@@ -44,6 +44,7 @@ from mlserver_model.geometry import (
 )
 
 from ..errors import DataError
+from ..io.workbook import write_readable_sheet
 from .output import FINISHED, INCOMPLETE, RESULTS_STEM, SUMMARY_NAME, XLSX_SHEETS, table_csv
 
 logger = logging.getLogger(__name__)
@@ -409,13 +410,8 @@ def write_merged_xlsx(
 
     with pd.ExcelWriter(path, engine="openpyxl") as writer:
         for sheet, table in {**merged, **extra}.items():
-            table.to_excel(writer, sheet_name=sheet, index=False)
-            worksheet = writer.sheets[sheet]
-            worksheet.freeze_panes = "B2" if ERA_COLUMN in table.columns else "A2"
-            for i, column in enumerate(table.columns):
-                longest = max([len(str(column)), *table[column].astype(str).str.len().head(2000)])
-                letter = worksheet.cell(row=1, column=i + 1).column_letter
-                worksheet.column_dimensions[letter].width = min(longest + 2, 60)
+            frozen = "B2" if ERA_COLUMN in table.columns else "A2"  # the Era column stays in view
+            worksheet = write_readable_sheet(writer, table, sheet, frozen=frozen)
             type_column = next((c for c in TYPE_COLUMNS if c in table.columns), None)
             if type_column is None:
                 continue
