@@ -174,6 +174,8 @@ def _rog_ticks(ax: Axes, labels: bool) -> None:
 
 def histogram_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figure:
     """Anomalous LS per group, stacked by type; dead groups marked on the axis."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     types = _types(table)
     x = np.arange(len(GROUP_NAMES))
@@ -197,6 +199,7 @@ def histogram_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Fig
             ax.axvline(block - 0.5, color="0.85", lw=0.5)
     ax.set_xlim(-0.6, len(x) - 0.4)
     ax.set_ylim(0, max(float(bottom.max()), 1.0) * 1.08)  # the highest bar below the frame
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts of LS: no 2.5 LS ticks
     ax.set_ylabel("anomalous LS")
     ax.set_xlabel("power group (quarter, disk, ROG)")
     if bottom.any():
