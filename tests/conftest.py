@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,12 @@ from pixelring2nmf.validation.local_server import (
     start_local_server,
 )
 from pixelring2nmf.validation.local_server import stop_local_server as stop_server
+
+# Tests send Ctrl-C (SIGINT) to the commands they start. A shell's background job (`cmd &`
+# without job control) starts with SIGINT ignored, and a child inherits an ignored signal, so
+# the commands would never see it: give them the default back, as a terminal would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD_KEY = "PixelRing2NMF"
