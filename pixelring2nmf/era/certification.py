@@ -26,6 +26,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from ..io.keys import consecutive_ranges
+
 GOLDEN_NAME = "golden.json"
 FLAGGED_NAME = "flagged.json"
 CERTIFICATION_NAMES = (GOLDEN_NAME, FLAGGED_NAME)
@@ -47,13 +49,7 @@ NO_LUMI_WARNING = (
 
 def ls_ranges(ls: np.ndarray) -> list[list[int]]:
     """Sorted LS numbers (unique) -> inclusive [first, last] ranges of consecutive LS."""
-    ls = np.asarray(ls, dtype=np.int64)
-    if not ls.size:
-        return []
-    breaks = np.flatnonzero(np.diff(ls) != 1)
-    firsts = np.r_[ls[0], ls[breaks + 1]]
-    lasts = np.r_[ls[breaks], ls[-1]]
-    return [[int(a), int(b)] for a, b in zip(firsts, lasts, strict=True)]
+    return [[first, last] for first, last in consecutive_ranges(ls)]
 
 
 def certification_json(results: pd.DataFrame, selected: np.ndarray) -> dict[str, list[list[int]]]:

@@ -30,3 +30,17 @@ def examples(run: np.ndarray, ls: np.ndarray, mask: np.ndarray, n: int = 5) -> l
     """Up to `n` distinct (run, LS) pairs where `mask` is true, sorted: what a message shows."""
     pairs = sorted({(int(r), int(s)) for r, s in zip(run[mask], ls[mask], strict=True)})
     return pairs[:n]
+
+
+def consecutive_ranges(values: np.ndarray) -> list[tuple[int, int]]:
+    """Sorted unique integers -> inclusive (first, last) runs of consecutive values.
+
+    LS ranges of a certification JSON and run ranges in messages are both this.
+    """
+    values = np.asarray(values, dtype=np.int64)
+    if not values.size:
+        return []
+    breaks = np.flatnonzero(np.diff(values) != 1)
+    firsts = np.r_[values[0], values[breaks + 1]]
+    lasts = np.r_[values[breaks], values[-1]]
+    return [(int(a), int(b)) for a, b in zip(firsts, lasts, strict=True)]

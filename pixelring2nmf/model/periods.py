@@ -25,6 +25,7 @@ import numpy as np
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..errors import OptionError
+from ..io.keys import consecutive_ranges
 
 NOT_JUDGED = -1  # index_of's answer for a run that no model judges (excluded, or skipped)
 _SHOWN_RANGES = 8  # run ranges named in a message before "and N more"
@@ -93,11 +94,9 @@ def run_ranges_text(runs: Iterable[int], limit: int = _SHOWN_RANGES) -> str:
     values = np.unique(np.fromiter((int(r) for r in runs), dtype=np.int64))
     if not len(values):
         return "none"
-    starts = np.flatnonzero(np.diff(values, prepend=values[0] - 2) != 1)
-    ends = np.append(starts[1:], len(values)) - 1
     parts = [
-        str(values[s]) if s == e else f"{values[s]}-{values[e]}"
-        for s, e in zip(starts, ends, strict=True)
+        str(first) if first == last else f"{first}-{last}"
+        for first, last in consecutive_ranges(values)
     ]
     more = f" and {len(parts) - limit} more range(s)" if len(parts) > limit else ""
     return ", ".join(parts[:limit]) + more
