@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import signal
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 from mlserver_model.nmf2d import single_blas_thread
@@ -103,14 +103,31 @@ _WORKER: dict[str, object] = {}
 
 
 def _start_worker(model: PixelRing2NMF | ModelSet, oms: OmsLookup | None, parent: int) -> None:
-    """What a worker process needs, once: the main process decides when to stop (no
-    KeyboardInterrupt tracebacks from every worker on Ctrl-C), the worker dies with it, one
-    BLAS thread (the model's products are small: more threads only spin)."""
+    prepare_worker(parent)
+    _WORKER.update(model=model, oms=oms)
+
+
+def prepare_worker(parent: int) -> None:
+    """What every worker process of the toolkit needs, once: the main process decides when to
+    stop (no KeyboardInterrupt tracebacks from every worker on Ctrl-C), the worker dies with
+    it, one BLAS thread (the model's products are small: more threads only spin)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent)
     single_blas_thread()
-    _WORKER.update(model=model, oms=oms)
+
+
+def worker_pool(
+    workers: int, initializer: Callable[..., None], initargs: tuple
+) -> ProcessPoolExecutor:
+    """`workers` processes that run `initializer(*initargs)` once each (it calls
+    `prepare_worker`). Forked where possible: the workers start in milliseconds and share the
+    model's pages with this process; elsewhere (macOS, Windows) spawn pickles it per worker."""
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=initializer, initargs=initargs
+    )
 
 
 def _die_with_parent(parent: int) -> None:
@@ -135,17 +152,8 @@ class ProcessExecutor(Executor):
     def __init__(
         self, model: PixelRing2NMF | ModelSet, oms: OmsLookup | None, workers: int
     ) -> None:
-        methods = multiprocessing.get_all_start_methods()
-        # fork: the workers start in milliseconds and share the model's pages with this
-        # process; elsewhere (macOS, Windows) spawn pickles the model once per worker
-        context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.workers = workers
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(model, oms, os.getpid()),
-        )
+        self._pool = worker_pool(workers, _start_worker, (model, oms, os.getpid()))
         self._pending: dict[Future, RowGroupTask] = {}
 
     def describe(self) -> str:

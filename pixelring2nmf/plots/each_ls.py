@@ -19,21 +19,17 @@ and fork do not mix (era/executors.py).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
 import os
-import signal
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mlserver_model.nmf2d import single_blas_thread
-
+from ..era.executors import prepare_worker, worker_pool
 from ..era.judge import judge_lumisections
 from ..era.output import RESULTS_STEM
 from ..era.stats import era_models, era_status, read_table
@@ -142,16 +138,9 @@ _WORKER: dict[str, object] = {}
 
 
 def _start_worker(model, oms, sources: Sequence[str], parent: int) -> None:
-    """The main process decides when to stop; one BLAS thread; die with the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:
-        os._exit(1)
-    single_blas_thread()
+    """As the era's workers (signals left to the main process, death with it, one BLAS
+    thread), holding what drawing needs."""
+    prepare_worker(parent)
     _WORKER.update(model=model, oms=oms, sources=list(sources))
 
 
@@ -245,13 +234,8 @@ def draw_each_ls(
         except KeyboardInterrupt as stop:
             outcome.interrupted = stop.args[0] if stop.args else "Ctrl-C"
         return outcome
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    pool = ProcessPoolExecutor(
-        max_workers=min(workers, len(tasks)),
-        mp_context=context,
-        initializer=_start_worker,
-        initargs=(model, oms, list(sources), os.getpid()),
+    pool = worker_pool(
+        min(workers, len(tasks)), _start_worker, (model, oms, list(sources), os.getpid())
     )
     pending: dict[Future, EachLsTask] = {pool.submit(_draw_in_worker, t): t for t in tasks}
     try:
