@@ -15,11 +15,16 @@ The schema (format 2):
 |---|---|
 | format_version | 2 |
 | name, version, geometry_version | text |
-| components | array (K, 136, 48), K in 1..10, finite, >= 0, each component of mean 1 |
-| model_error | array (136, 48), finite, >= 0 |
+| components | array (K, rows, 48), K in 1..10, finite, >= 0, each component of mean 1 |
+| model_error | array (rows, 48), finite, >= 0 |
 | thresholds | {name: number}, checked against `bad_ROC.Thresholds` by the pipeline |
 | training | provenance: nested dicts/lists of text, numbers, booleans, null |
 | valid_runs | optional: {"first": run, "last": run or null (open)}; absent: every run |
+
+`rows` is that of the ring the geometry version names: 136 for Ring 2, 88 for Ring 1.
+A joint (whole-FPix) model has the geometry version JOINT_GEOMETRY_VERSION and holds both rings:
+`components` and `model_error` are then {"Ring1": array, "Ring2": array}, each as above for its
+ring; the thresholds are shared (one decision over both rings).
 
 Anything else, a value of another type, or nesting deeper than MAX_DEPTH is refused with an
 `ArtifactError` naming the key; the walk over values visits each object once, so shared
@@ -37,10 +42,12 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import MODEL_SHAPE
+from .geometry import GEOMETRY_BY_VERSION, RING1, RING2, RingGeometry
 
 FORMAT_VERSION = 2
-GEOMETRY_VERSION = "ring2-140x56-cross-removed-136x48-v1"
+GEOMETRY_VERSION = RING2.version  # the Ring 2 model's, unchanged since format 2
+JOINT_GEOMETRY_VERSION = f"fpix-joint-{RING1.version}+{RING2.version}"
+JOINT_RINGS = (RING1, RING2)  # the rings of a joint file, in the order of its keys
 MAX_COMPONENTS = 10
 MAX_DEPTH = 32  # provenance is a few levels deep; anything deeper is not a model file
 MAX_VALUES = 1_000_000  # plain values in the whole file (the arrays are one bytes value each)
@@ -177,22 +184,52 @@ def _check_schema(payload: Any) -> dict[str, Any]:
     for key in _TEXT_KEYS:
         if not isinstance(payload[key], str):
             raise ArtifactError(f"{key!r} must be text, got {type(payload[key]).__name__}")
-    if payload["geometry_version"] != GEOMETRY_VERSION:
-        raise ArtifactError(
-            f"geometry {payload['geometry_version']!r} does not match this code's "
-            f"{GEOMETRY_VERSION!r}"
-        )
+    rings = file_rings(payload["geometry_version"])
     for key in ("thresholds", "training"):
         if not isinstance(payload[key], dict):
             raise ArtifactError(f"{key!r} must be a dict, got {type(payload[key]).__name__}")
     if VALID_RUNS_KEY in payload:
         check_valid_runs(payload[VALID_RUNS_KEY])
-    components = decode_array(payload["components"], "components", (None, *MODEL_SHAPE))
-    model_error = decode_array(payload["model_error"], "model_error", MODEL_SHAPE)
+    if len(rings) == 1:
+        components, model_error = _decode_ring(payload, rings[0], "")
+        return {**payload, "components": components, "model_error": model_error}
+    decoded: dict[str, dict[str, np.ndarray]] = {"components": {}, "model_error": {}}
+    for key in decoded:
+        if not isinstance(payload[key], dict) or sorted(payload[key]) != sorted(
+            g.input_name for g in rings
+        ):
+            raise ArtifactError(
+                f"{key!r} of a joint model must be {{{', '.join(g.input_name for g in rings)}}}"
+            )
+    for geometry in rings:
+        per_ring = {key: payload[key][geometry.input_name] for key in decoded}
+        components, model_error = _decode_ring(per_ring, geometry, f"{geometry.input_name} ")
+        decoded["components"][geometry.input_name] = components
+        decoded["model_error"][geometry.input_name] = model_error
+    return {**payload, **decoded}
+
+
+def file_rings(geometry_version: str) -> tuple[RingGeometry, ...]:
+    """The ring(s) a model file's geometry version names: one ring, or both for a joint file."""
+    if geometry_version == JOINT_GEOMETRY_VERSION:
+        return JOINT_RINGS
+    if geometry_version in GEOMETRY_BY_VERSION:
+        return (GEOMETRY_BY_VERSION[geometry_version],)
+    known = [*GEOMETRY_BY_VERSION, JOINT_GEOMETRY_VERSION]
+    raise ArtifactError(f"geometry {geometry_version!r} is none of this code's {known}")
+
+
+def _decode_ring(
+    payload: Mapping[str, Any], geometry: RingGeometry, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ring's components and model error, checked against that ring's model shape."""
+    shape = geometry.model_shape
+    components = decode_array(payload["components"], f"{what}components", (None, *shape))
+    model_error = decode_array(payload["model_error"], f"{what}model_error", shape)
     _check_components(components)
     if not np.all(np.isfinite(model_error)) or model_error.min() < 0:
-        raise ArtifactError("'model_error' must be finite and >= 0")
-    return {**payload, "components": components, "model_error": model_error}
+        raise ArtifactError(f"'{what}model_error' must be finite and >= 0")
+    return components, model_error
 
 
 def check_valid_runs(value: Any) -> tuple[int, int | None]:
@@ -236,8 +273,13 @@ def save_artifact(payload: Mapping[str, Any], path: str | Path) -> Path:
     """Write a model (arrays as numpy arrays) as a version-proof model file, atomically."""
     plain = _to_plain({k: v for k, v in payload.items() if k not in ("components", "model_error")})
     plain["format_version"] = FORMAT_VERSION
-    plain["components"] = encode_array(np.asarray(payload["components"]))
-    plain["model_error"] = encode_array(np.asarray(payload["model_error"]))
+    for key in ("components", "model_error"):
+        value = payload[key]
+        plain[key] = (
+            {ring: encode_array(np.asarray(array)) for ring, array in value.items()}
+            if isinstance(value, Mapping)
+            else encode_array(np.asarray(value))
+        )
     _check_schema(plain)  # never write a file that would not load
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -41,12 +41,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .geometry import (
-    BLOCK_OF_GROUP,
-    GROUP_ROW_STARTS_MODEL,
-    MODEL_SHAPE,
     MULTIDISK_CANDIDATES,
     N_GROUPS,
+    RING2,
     ROCS_PER_DISK_COLUMN,
+    RingGeometry,
     anomaly_type_codes,
 )
 
@@ -129,17 +128,18 @@ class Thresholds:
         return cls(**given)
 
 
-def group_counts(per_roc: np.ndarray) -> np.ndarray:
+def group_counts(per_roc: np.ndarray, geometry: RingGeometry = RING2) -> np.ndarray:
     """(N, 6528) booleans -> (N, 48) int32 counts per power group (geometry.GROUP_NAMES order).
 
     Groups are rectangular blocks of the model map, so this is two reduceats over contiguous
     axes instead of a gather of every ROC.
     """
     n = len(per_roc)
-    maps = per_roc.reshape(n, *MODEL_SHAPE).view(np.uint8)
-    by_rows = np.add.reduceat(maps, GROUP_ROW_STARTS_MODEL, axis=1, dtype=np.int32)
-    blocks = by_rows.reshape(n, len(GROUP_ROW_STARTS_MODEL), -1, ROCS_PER_DISK_COLUMN).sum(axis=3)
-    return blocks.reshape(n, -1)[:, BLOCK_OF_GROUP]
+    starts = geometry.group_row_starts_model
+    maps = per_roc.reshape(n, *geometry.model_shape).view(np.uint8)
+    by_rows = np.add.reduceat(maps, starts, axis=1, dtype=np.int32)
+    blocks = by_rows.reshape(n, len(starts), -1, ROCS_PER_DISK_COLUMN).sum(axis=3)
+    return blocks.reshape(n, -1)[:, geometry.block_of_group]
 
 
 def deficit_significance(

@@ -47,10 +47,10 @@ import numpy as np
 
 from . import __version__
 from .artifact import (
-    GEOMETRY_VERSION,
     VALID_RUNS_KEY,
     ArtifactError,
     check_valid_runs,
+    file_rings,
     load_artifact,
     save_artifact,
 )
@@ -66,20 +66,24 @@ from .dftools import DcsResult, dcs_filter
 from .errors import InputError
 from .geometry import (
     ANOMALY_TYPES,
-    GROUP_ID_FLAT,
-    GROUP_ID_MAP,
     GROUP_NAMES_ARRAY,
-    MAP_SHAPE,
-    MODEL_SHAPE,
     N_GROUPS,
-    N_ROCS,
-    group_totals_map,
+    RING2,
+    RINGS,
+    RingGeometry,
 )
 from .nmf2d import BatchedNNLS
 from .preprocessor import insert_cross, remove_cross
 
 DEFAULT_MODEL_PATH = Path(__file__).with_name("pixelring2nmf.joblib")
-MODEL_NAME = "pixel-ring2-nmf"
+MODEL_NAME = "pixel-ring2-nmf"  # the Ring 2 model's, as DIALS registers it
+
+
+def model_name(geometry: RingGeometry) -> str:
+    """The name DIALS registers a one-ring model under: pixel-ring2-nmf, pixel-ring1-nmf."""
+    return f"pixel-ring{geometry.ring}-nmf"
+
+
 # The largest count of one ROC in one LS the model accepts: what an unsigned 32-bit histogram bin
 # holds (an LS has ~1e9 bunch crossings, so no real count comes near), and small enough that the
 # float32 arithmetic of inference stays finite (sums over 7840 bins of counts up to 2^32 times
@@ -113,7 +117,7 @@ class PredictionResult:
     anomalous_groups: np.ndarray  # (N, 48) bool, columns geometry.GROUP_NAMES
     dcs: DcsResult
     n_flagged_before_dcs: int  # LS whose Metric reached the threshold, DCS filter aside
-    roc_maps: dict[str, np.ndarray] | None = None  # (N, 140, 56) each, cross re-inserted
+    roc_maps: dict[str, np.ndarray] | None = None  # (N, rows, 56) each, cross re-inserted
 
     def groups(self) -> list[str]:
         """';'-joined names of each LS's anomalous power groups ('' when none)."""
@@ -134,26 +138,32 @@ class PredictionResult:
 # LS per inference chunk: 16 maps (500 kB as float32) stay in the core's L2 cache between the
 # cast, the check and the two products that read them (measured: 12 % faster than 128).
 _CHUNK_LS = 16
-_MAP_BINS = MAP_SHAPE[0] * MAP_SHAPE[1]
 
 
-def check_maps(maps_nyx: Any) -> np.ndarray:
-    """The maps as an (N, 140, 56) numeric array, or an InputError that says what is wrong."""
+def check_maps(maps_nyx: Any, geometry: RingGeometry = RING2) -> np.ndarray:
+    """The maps as an (N, rows, 56) numeric array, or an InputError that says what is wrong."""
     maps = np.asarray(maps_nyx)
-    if maps.ndim != 3 or maps.shape[1:] != MAP_SHAPE:
+    shape = geometry.map_shape
+    if maps.ndim != 3 or maps.shape[1:] != shape:
         raise InputError(
-            f"Expected Ring 2 maps of shape (n, {MAP_SHAPE[0]}, {MAP_SHAPE[1]}), got {maps.shape}"
+            f"Expected {geometry.name} maps of shape (n, {shape[0]}, {shape[1]}), got {maps.shape}"
         )
     if maps.dtype.kind not in "biuf":
         raise InputError(f"Expected numeric occupancy counts, got dtype {maps.dtype}")
     return maps
 
 
-def check_counts(maps: np.ndarray, *, first_ls: int = 0, row_max: np.ndarray | None = None) -> None:
+def check_counts(
+    maps: np.ndarray,
+    *,
+    first_ls: int = 0,
+    row_max: np.ndarray | None = None,
+    geometry: RingGeometry = RING2,
+) -> None:
     """Refuse counts that are negative, NaN, infinite or above MAX_COUNT (two reductions).
 
     The message names the first offending value and its place (LS, then the map's row and
-    column when the maps are (N, 140, 56) or (N, 7840)); `first_ls` is the LS number of
+    column when the maps are (N, rows, 56) or (N, rows * 56)); `first_ls` is the LS number of
     maps[0] when the maps are a chunk of a larger batch. `row_max`, each LS's largest count
     when the caller has it already (the hot-ROC test), saves one of the two passes.
     """
@@ -168,8 +178,9 @@ def check_counts(maps: np.ndarray, *, first_ls: int = 0, row_max: np.ndarray | N
     index = np.unravel_index(int(np.argmax(bad)), maps.shape)
     value = maps[index]
     where = f"LS {first_ls + int(index[0])}"
-    if maps.shape[1:] in (MAP_SHAPE, (_MAP_BINS,)):  # maps, or the flat chunks of inference
-        row, column = np.unravel_index(np.ravel_multi_index(index[1:], maps.shape[1:]), MAP_SHAPE)
+    shape = geometry.map_shape
+    if maps.shape[1:] in (shape, (shape[0] * shape[1],)):  # maps, or the flat chunks
+        row, column = np.unravel_index(np.ravel_multi_index(index[1:], maps.shape[1:]), shape)
         where += f", row {int(row)}, column {int(column)}"
     what = "NaN" if np.isnan(value) else str(value.item())
     raise InputError(
@@ -186,26 +197,42 @@ def _count_limit(dtype: np.dtype) -> float:
     return limit if float(limit) <= MAX_COUNT else np.nextafter(limit, dtype.type(0))
 
 
-def to_model_space(maps_nyx: Any) -> np.ndarray:
-    """Validate (N, 140, 56) maps and return them as float32 (N, 6528) without the cross."""
-    rocs = remove_cross(check_maps(maps_nyx))  # counts in the cross are ignored
+def to_model_space(maps_nyx: Any, geometry: RingGeometry = RING2) -> np.ndarray:
+    """Validate (N, rows, 56) maps and return them as float32 (N, ROCs) without the cross."""
+    rocs = remove_cross(check_maps(maps_nyx, geometry), geometry)  # the cross is ignored
     check_counts(rocs)
-    return rocs.astype(np.float32).reshape(len(rocs), N_ROCS)
+    return rocs.astype(np.float32).reshape(len(rocs), geometry.n_rocs)
 
 
-def _group_blocks() -> tuple[tuple[slice, slice], ...]:
+def _group_blocks(geometry: RingGeometry) -> tuple[tuple[slice, slice], ...]:
     """(rows, columns) of each power group in the map: every group is one rectangular block."""
     blocks = []
+    group_id_map = geometry.group_id_map
     for g in range(N_GROUPS):
-        rows, columns = np.nonzero(GROUP_ID_MAP == g)
+        rows, columns = np.nonzero(group_id_map == g)
         block = (slice(rows.min(), rows.max() + 1), slice(columns.min(), columns.max() + 1))
-        if (GROUP_ID_MAP[block] != g).any() or GROUP_ID_MAP[block].size != len(rows):
+        if (group_id_map[block] != g).any() or group_id_map[block].size != len(rows):
             raise AssertionError(f"power group {g} is not a rectangular block of the map")
         blocks.append(block)
     return tuple(blocks)
 
 
-_GROUP_BLOCKS = _group_blocks()
+_GROUP_BLOCKS = {ring: _group_blocks(geometry) for ring, geometry in RINGS.items()}
+
+
+@dataclass(frozen=True)
+class GroupEvidence:
+    """One ring's fit of a batch, summed per power group (all float32)."""
+
+    weights: np.ndarray  # (N, K) NNLS weights of the components
+    observed_totals: np.ndarray  # (N, 48) clusters per group, hot ROCs replaced by their fit
+    expected_totals: np.ndarray  # (N, 48) the reconstruction's clusters per group
+
+    def screened(self, screen_deficit: float) -> np.ndarray:
+        """(N, 48) groups short of more than `screen_deficit` of their expectation (module
+        docstring): the only ones worth testing ROC by ROC."""
+        deficit = self.expected_totals - self.observed_totals
+        return deficit > screen_deficit * self.expected_totals
 
 
 @dataclass(frozen=True)
@@ -228,11 +255,12 @@ def _count_per_row(mask: np.ndarray) -> np.ndarray:
 
 
 class PixelRing2NMF:
-    """A trained model: components, per-ROC model error and thresholds; inference only.
+    """A trained model of one ring: components, per-ROC model error and thresholds; inference only.
 
-    Build one with `PixelRing2NMF.load(path)` (the safe loader) or from training (the
-    toolkit's `pixelring2nmf.model.train.train_model`). Inference never changes the model, so
-    one instance serves concurrent requests.
+    The name is the project's; the ring is the model's `geometry` (Ring 2 unless told), which a
+    model file states by its geometry version. Build one with `PixelRing2NMF.load(path)` (the
+    safe loader) or from training (the toolkit's `pixelring2nmf.model.train.train_model`).
+    Inference never changes the model, so one instance serves concurrent requests.
     """
 
     def __init__(
@@ -241,9 +269,13 @@ class PixelRing2NMF:
         model_error: np.ndarray,
         thresholds: Thresholds | None = None,
         metadata: Mapping[str, Any] | None = None,
+        geometry: RingGeometry = RING2,
     ) -> None:
-        components = np.asarray(components, dtype=np.float32).reshape(len(components), N_ROCS)
-        model_error = np.asarray(model_error, dtype=np.float32).reshape(N_ROCS)
+        self.geometry = geometry
+        n_rocs, model_shape, map_shape = geometry.n_rocs, geometry.model_shape, geometry.map_shape
+        map_bins = map_shape[0] * map_shape[1]
+        components = np.asarray(components, dtype=np.float32).reshape(len(components), n_rocs)
+        model_error = np.asarray(model_error, dtype=np.float32).reshape(n_rocs)
         self.thresholds = thresholds or Thresholds()
         self.metadata = dict(metadata or {})
         self.components = components
@@ -251,29 +283,33 @@ class PixelRing2NMF:
         self._nnls = BatchedNNLS(components)
         k = len(components)
         # Map-space versions (zero at the cross) so chunks never need the cross removed.
-        components_map = insert_cross(components.reshape(k, *MODEL_SHAPE)).reshape(k, _MAP_BINS)
+        components_map = insert_cross(components.reshape(k, *model_shape), 0, geometry).reshape(
+            k, map_bins
+        )
         # The NNLS right-hand side is one product; column k of ones adds each LS's total over
         # its ROCs (for the hot-ROC test), and zero columns pad to a multiple of 8, which
         # OpenBLAS multiplies markedly faster than 5 or 53 columns.
-        self._projection = np.zeros((_MAP_BINS, -(-(k + 1) // 8) * 8), dtype=np.float32)
+        self._projection = np.zeros((map_bins, -(-(k + 1) // 8) * 8), dtype=np.float32)
         self._projection[:, :k] = components_map.T
-        self._projection[:, k] = GROUP_ID_MAP.ravel() >= 0  # every bin but the cross
+        self._projection[:, k] = geometry.group_id_map.ravel() >= 0  # every bin but the cross
         self._components_map = components_map
-        self._components_group_totals = group_totals_map(components_map)  # (K, 48)
+        self._components_group_totals = geometry.group_totals_map(components_map)  # (K, 48)
         # Groups with fewer live ROCs than min_live_rocs in the components (a permanently dead
         # group) are never judged; derived from the model, so a retrained model updates it.
         profile = components.mean(axis=0)
         live_profile = profile >= self.thresholds.live_fraction * profile.mean()
-        live_per_group = np.bincount(GROUP_ID_FLAT, weights=live_profile, minlength=48)
+        live_per_group = np.bincount(geometry.group_id_flat, weights=live_profile, minlength=48)
         self.unjudged_groups = live_per_group < self.thresholds.min_live_rocs
-        self._model_error_map = insert_cross(self.model_error.reshape(1, *MODEL_SHAPE))[0].ravel()
+        self._model_error_map = insert_cross(
+            self.model_error.reshape(1, *model_shape), 0, geometry
+        )[0].ravel()
         # Below this expectation a ROC's silence would not be significant: it is not live.
         self._silence_floor_map = silence_floor(
             self._model_error_map, self.thresholds.z_threshold
         ).astype(np.float32)
-        error_map = self._model_error_map.reshape(MAP_SHAPE)
-        floor_map = self._silence_floor_map.reshape(MAP_SHAPE)
-        components_nyx = components_map.reshape(k, *MAP_SHAPE)
+        error_map = self._model_error_map.reshape(map_shape)
+        floor_map = self._silence_floor_map.reshape(map_shape)
+        components_nyx = components_map.reshape(k, *map_shape)
         self._groups = tuple(
             _GroupTables(
                 block=(rows, columns),
@@ -281,7 +317,7 @@ class PixelRing2NMF:
                 error_squared=error_map[rows, columns].ravel() ** 2,
                 silence_floor=floor_map[rows, columns].ravel(),
             )
-            for rows, columns in _GROUP_BLOCKS
+            for rows, columns in _GROUP_BLOCKS[geometry.ring]
         )
 
     @property
@@ -293,9 +329,27 @@ class PixelRing2NMF:
         return None if value is None else check_valid_runs(value)
 
     # ---- persistence -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The name DIALS registers this model under (template Name, MLServer model name)."""
+        return model_name(self.geometry)
+
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> PixelRing2NMF:
+        """A one-ring model file (either ring); a joint file is `joint.load_model`'s."""
         payload = load_artifact(path)
+        rings = file_rings(payload["geometry_version"])
+        if len(rings) != 1:
+            raise ArtifactError(
+                f"{path} is a joint model of both rings: load it with joint.load_model"
+            )
+        return cls.from_payload(payload, rings[0], path)
+
+    @classmethod
+    def from_payload(
+        cls, payload: Mapping[str, Any], geometry: RingGeometry, path: str | Path
+    ) -> PixelRing2NMF:
+        """One ring's model from a checked model-file payload (components of that ring)."""
         try:
             thresholds = Thresholds.from_mapping(payload["thresholds"])
         except ValueError as error:
@@ -305,17 +359,19 @@ class PixelRing2NMF:
             model_error=payload["model_error"],
             thresholds=thresholds,
             metadata={k: v for k, v in payload.items() if k not in ("components", "model_error")},
+            geometry=geometry,
         )
 
     def save(self, path: str | Path) -> Path:
+        model_shape = self.geometry.model_shape
         payload = {
             "version": __version__,
             "training": {},
             **self.metadata,
-            "name": MODEL_NAME,
-            "geometry_version": GEOMETRY_VERSION,
-            "components": self.components.reshape(-1, *MODEL_SHAPE),
-            "model_error": self.model_error.reshape(MODEL_SHAPE),
+            "name": self.name,
+            "geometry_version": self.geometry.version,
+            "components": self.components.reshape(-1, *model_shape),
+            "model_error": self.model_error.reshape(model_shape),
             "thresholds": asdict(self.thresholds),
         }
         return save_artifact(payload, path)
@@ -329,8 +385,8 @@ class PixelRing2NMF:
     def predict(
         self, maps_nyx: Any, oms: Mapping[str, Any] | None = None, *, roc_maps: bool = False
     ) -> PredictionResult:
-        """Flag, Metric, anomaly type and groups of every LS of a (N, 140, 56) batch."""
-        maps = check_maps(maps_nyx)
+        """Flag, Metric, anomaly type and groups of every LS of a (N, rows, 56) batch."""
+        maps = check_maps(maps_nyx, self.geometry)
         n_ls = len(maps)
         dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
         n_bad, n_live, screened = self._screened_counts(maps)
@@ -357,9 +413,10 @@ class PixelRing2NMF:
         reconstruction in place of its hot ROCs, and the right-hand sides are those of the fit
         without them; the caller's maps are never changed.
         """
-        flat = maps.reshape(len(maps), _MAP_BINS)
+        map_bins = self._components_map.shape[1]
+        flat = maps.reshape(len(maps), map_bins)
         in_place = flat.dtype == np.float32 and flat.flags.c_contiguous
-        buffer = None if in_place else np.empty((min(_CHUNK_LS, len(maps)), _MAP_BINS), np.float32)
+        buffer = None if in_place else np.empty((min(_CHUNK_LS, len(maps)), map_bins), np.float32)
         k = len(self.components)
         for start in range(0, len(maps), _CHUNK_LS):
             rows = slice(start, min(start + _CHUNK_LS, len(maps)))
@@ -372,13 +429,13 @@ class PixelRing2NMF:
                 np.copyto(x, flat[rows], casting="unsafe")
             row_max = x.max(axis=1)  # the bound check and the hot-ROC test share this pass
             try:
-                check_counts(x, first_ls=start, row_max=row_max)
+                check_counts(x, first_ls=start, row_max=row_max, geometry=self.geometry)
             except InputError:
                 if in_place:
                     raise
                 # the counts as sent decide, and are named: the cast may have rounded a
                 # valid count at the limit up, or a huge integer to a float
-                check_counts(flat[rows], first_ls=start)
+                check_counts(flat[rows], first_ls=start, geometry=self.geometry)
             products = x @ self._projection
             rhs, total = products[:, :k], products[:, k]
             suspects = np.flatnonzero(row_max > HOT_SHARE * total)
@@ -412,25 +469,36 @@ class PixelRing2NMF:
     def _screened_counts(self, maps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(N, 48) bad and live ROC counts, non-zero only for the groups the screen picked,
         and (N, 48) which groups it picked (counted ROC by ROC)."""
-        n_ls, k, t = len(maps), len(self.components), self.thresholds
+        evidence = self.group_evidence(maps)
+        screened = evidence.screened(self.thresholds.screen_deficit)
+        n_bad, n_live = self.count_bad(maps, evidence.weights, screened)
+        return n_bad, n_live, screened
+
+    def group_evidence(self, maps: np.ndarray) -> GroupEvidence:
+        """The fit of every LS of checked (N, rows, 56) maps and its power-group totals: one
+        chunked pass over the maps (the joint model combines two rings' evidence from here)."""
+        n_ls, k = len(maps), len(self.components)
         rhs = np.empty((n_ls, k), dtype=np.float32)
         observed_totals = np.empty((n_ls, N_GROUPS), dtype=np.float32)
         for rows, x, chunk_rhs in self._chunks(maps):
             rhs[rows] = chunk_rhs
-            observed_totals[rows] = group_totals_map(x)
+            observed_totals[rows] = self.geometry.group_totals_map(x)
         weights = self._nnls.solve(rhs).astype(np.float32)
-        expected_totals = weights @ self._components_group_totals
-        deficit = expected_totals - observed_totals
-        screened = deficit > t.screen_deficit * expected_totals  # (N, 48)
-        n_bad = np.zeros((n_ls, N_GROUPS), dtype=np.int32)
+        return GroupEvidence(weights, observed_totals, weights @ self._components_group_totals)
+
+    def count_bad(
+        self, maps: np.ndarray, weights: np.ndarray, tested: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 48) bad and live ROC counts of the `tested` (N, 48) groups, zero elsewhere."""
+        n_bad = np.zeros(tested.shape, dtype=np.int32)
         n_live = np.zeros_like(n_bad)
-        # one pass per screened group (module docstring), over the LS that screened it
-        for group in np.flatnonzero(screened.any(axis=0)):
-            ls = np.flatnonzero(screened[:, group])
+        # one pass per tested group (module docstring), over the LS that test it
+        for group in np.flatnonzero(tested.any(axis=0)):
+            ls = np.flatnonzero(tested[:, group])
             n_live[ls, group], n_bad[ls, group] = self._judge_group(
                 maps, ls, weights[ls], self._groups[group]
             )
-        return n_bad, n_live, screened
+        return n_bad, n_live
 
     def _judge_group(
         self, maps: np.ndarray, ls: np.ndarray, weights: np.ndarray, group: _GroupTables
@@ -459,23 +527,25 @@ class PixelRing2NMF:
         and largely below its reconstruction, bad_ROC.py), including the odd one in a healthy
         group; "significance" is z alone, for every ROC. The cross is zero.
         """
-        maps = check_maps(maps_nyx)
-        shape = (len(maps), _MAP_BINS)
+        geometry = self.geometry
+        maps = check_maps(maps_nyx, geometry)
+        map_bins = self._components_map.shape[1]
+        shape = (len(maps), map_bins)
         out = {
             "reconstruction": np.empty(shape, np.float32),
             "bad": np.empty(shape, bool),
             "significance": np.empty(shape, np.float32),
         }
-        roc_bins = GROUP_ID_MAP.ravel() >= 0  # everything but the cross
+        roc_bins = geometry.group_id_map.ravel() >= 0  # everything but the cross
         t = self.thresholds
-        counts = maps.reshape(len(maps), _MAP_BINS)
+        counts = maps.reshape(len(maps), map_bins)
         for rows, _, expected in self._expected_chunks(maps):
             x = counts[rows].astype(np.float32)  # the counts as sent, hot ROCs included
             out["reconstruction"][rows] = expected
             z = deficit_significance(x, expected, self._model_error_map)
-            mean = expected.sum(axis=1) / N_ROCS
+            mean = expected.sum(axis=1) / geometry.n_rocs
             live = live_rocs(expected, mean, t.live_fraction, self._silence_floor_map)
             limit = bad_count_limit(expected, self._model_error_map**2, t, np.empty_like(expected))
             out["significance"][rows] = np.where(roc_bins, z, 0.0)
             out["bad"][rows] = live & (x < limit)
-        return {name: array.reshape(len(maps), *MAP_SHAPE) for name, array in out.items()}
+        return {name: array.reshape(len(maps), *geometry.map_shape) for name, array in out.items()}
