@@ -19,12 +19,13 @@ only shallower.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from mlserver_model.geometry import DISKS, N_ROCS
+from mlserver_model.geometry import DISKS, N_ROCS, RingGeometry
 from mlserver_model.nmf2d import BatchedNNLS
 
 from ..sim.simulate import model_coordinates
@@ -41,16 +42,54 @@ ROC_RADIUS = _COORDINATES["radial_index"].ravel() / 7.0
 _DISK_SLOT = _COORDINATES["disk_slot"].ravel()
 
 
-def _smooth_modes() -> np.ndarray:
-    """(n_modes, 6528) fixed smooth shapes, each scaled to unit peak: the field's alphabet."""
-    phi, radius, z_sign = ROC_PHI_RAD, ROC_RADIUS - 0.5, np.sign(ROC_DISK)
+@dataclass(frozen=True, eq=False)
+class RocCoordinates:
+    """Per-ROC places of one model space (one ring, or both rings side by side), flat.
+
+    The smooth fields are functions of these, so a field drawn on both rings at once is the
+    same beam-spot shift or bump on both (a real misfit does not know the rings apart).
+    """
+
+    disk: np.ndarray  # -3..3 without 0
+    phi: np.ndarray  # azimuth of the blade (rad)
+    radius: np.ndarray  # 0 = innermost column, 1 = outermost
+    disk_slot: np.ndarray  # 0..5
+
+    @classmethod
+    def join(cls, parts: tuple[RocCoordinates, ...]) -> RocCoordinates:
+        """The ROCs of several model spaces, concatenated in the order given."""
+        return cls(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in cls.__dataclass_fields__)
+        )
+
+
+def ring_coordinates(geometry: RingGeometry) -> RocCoordinates:
+    """The places of one ring's ROCs, by the simulator's conventions (`model_coordinates`):
+    the positive blades of a ring spread over one half-disk, the negative over the other."""
+    rows = geometry.model_rows_in_map[:, None] * np.ones((1, geometry.model_shape[1]), int)
+    column = np.arange(geometry.model_shape[1])[None, :] * np.ones((len(rows), 1), int)
+    disk_slot = column // 8
+    disk = np.asarray(DISKS)[disk_slot]
+    radial_index = np.where(disk < 0, 7 - column % 8, column % 8)
+    blade = -geometry.n_blades + rows // 4
+    centre = (geometry.n_blades + 1) / 2
+    phi = np.pi * (np.abs(blade) - centre) / geometry.n_blades + np.where(blade < 0, np.pi, 0.0)
+    return RocCoordinates(disk.ravel(), phi.ravel(), radial_index.ravel() / 7.0, disk_slot.ravel())
+
+
+RING2_COORDINATES = RocCoordinates(ROC_DISK, ROC_PHI_RAD, ROC_RADIUS, _DISK_SLOT)
+
+
+def _smooth_modes(where: RocCoordinates = RING2_COORDINATES) -> np.ndarray:
+    """(n_modes, n_rocs) fixed smooth shapes, each scaled to unit peak: the field's alphabet."""
+    phi, radius, z_sign = where.phi, where.radius - 0.5, np.sign(where.disk)
     modes = []
     for m in (1, 2, 3):  # azimuthal modulations, the same on every disk (beam spot) or z-odd
         for trig in (np.cos, np.sin):
             modes += [trig(m * phi), trig(m * phi) * z_sign]
     modes.append(z_sign * 1.0)  # +z / -z asymmetry
     for slot in range(len(DISKS)):  # each disk: its own level and radial gradient
-        on_disk = (_DISK_SLOT == slot).astype(float)
+        on_disk = (where.disk_slot == slot).astype(float)
         modes += [on_disk, on_disk * radius]
     modes += [radius, radius * z_sign]
     stacked = np.array(modes)
@@ -58,9 +97,12 @@ def _smooth_modes() -> np.ndarray:
 
 
 SMOOTH_MODES = _smooth_modes()
+_cached_modes = functools.cache(_smooth_modes)  # per RocCoordinates instance (by identity)
 
 
-def _blobs(n_ls: int, rng: np.random.Generator) -> np.ndarray:
+def _blobs(
+    n_ls: int, rng: np.random.Generator, where: RocCoordinates = RING2_COORDINATES
+) -> np.ndarray:
     """(N, 6528) one azimuthal bump per LS, on one z side or both, ~1-2 ROGs wide, peak 1.
 
     A bump in azimuth on several disks is the smooth misfit closest to a Multi-Disk anomaly
@@ -68,27 +110,33 @@ def _blobs(n_ls: int, rng: np.random.Generator) -> np.ndarray:
     """
     centre = rng.uniform(0.0, 2 * np.pi, (n_ls, 1))
     width = rng.uniform(0.3, 0.8, (n_ls, 1))  # rad; one ROG spans ~0.7-0.9 rad
-    distance = np.angle(np.exp(1j * (ROC_PHI_RAD[None, :] - centre)))
+    distance = np.angle(np.exp(1j * (where.phi[None, :] - centre)))
     bump = np.exp(-0.5 * (distance / width) ** 2)
     side = rng.integers(-1, 2, (n_ls, 1))  # -1: -z only, 1: +z only, 0: both
-    on_side = (side == 0) | (np.sign(ROC_DISK)[None, :] == side)
-    per_disk = rng.uniform(0.5, 1.0, (n_ls, len(DISKS)))[:, _DISK_SLOT]
+    on_side = (side == 0) | (np.sign(where.disk)[None, :] == side)
+    per_disk = rng.uniform(0.5, 1.0, (n_ls, len(DISKS)))[:, where.disk_slot]
     return bump * on_side * per_disk
 
 
-def smooth_shapes(n_ls: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, 6528) smooth shapes g with max |g| = 1, one per LS.
+def smooth_shapes(
+    n_ls: int, rng: np.random.Generator, where: RocCoordinates | None = None
+) -> np.ndarray:
+    """(N, 6528) smooth shapes g with max |g| = 1, one per LS (`where`: other ROCs than
+    Ring 2's, e.g. both rings side by side).
 
     g mixes random smooth modes (azimuthal, radial, per-disk, z asymmetry) with a signed
     azimuthal bump; its sign is random, so half of the bumps are dips.
     """
-    coefficients = rng.normal(0.0, 1.0, (n_ls, len(SMOOTH_MODES)))
-    g = coefficients @ SMOOTH_MODES
-    g += rng.normal(0.0, 2.0, (n_ls, 1)) * _blobs(n_ls, rng)
+    modes = SMOOTH_MODES if where is None else _cached_modes(where)
+    coefficients = rng.normal(0.0, 1.0, (n_ls, len(modes)))
+    g = coefficients @ modes
+    g += rng.normal(0.0, 2.0, (n_ls, 1)) * _blobs(n_ls, rng, where or RING2_COORDINATES)
     return g / np.abs(g).max(axis=1, keepdims=True)
 
 
-def smooth_fields(n_ls: int, amplitude: float, rng: np.random.Generator) -> np.ndarray:
+def smooth_fields(
+    n_ls: int, amplitude: float, rng: np.random.Generator, where: RocCoordinates | None = None
+) -> np.ndarray:
     """(N, 6528) multiplicative fields 1 + amplitude * g, g = `smooth_shapes`, one per LS.
 
     `amplitude` is the peak relative deviation: 0.3 leaves some ROCs of every LS 30 % away
@@ -96,7 +144,7 @@ def smooth_fields(n_ls: int, amplitude: float, rng: np.random.Generator) -> np.n
     """
     if not 0.0 <= amplitude < 1.0:
         raise ValueError(f"amplitude must be in [0, 1), got {amplitude}")
-    return 1.0 + amplitude * smooth_shapes(n_ls, rng)
+    return 1.0 + amplitude * smooth_shapes(n_ls, rng, where)
 
 
 def overdispersed(
@@ -150,7 +198,11 @@ MISMATCH_LEVELS = (
 
 
 def period_fields(
-    n_ls: int, amplitude: float, rng: np.random.Generator, n_modes: int = 6
+    n_ls: int,
+    amplitude: float,
+    rng: np.random.Generator,
+    n_modes: int = 6,
+    where: RocCoordinates | None = None,
 ) -> np.ndarray:
     """(N, 6528) fields 1 + amplitude * g of a drifting detector, LS in time order.
 
@@ -160,7 +212,7 @@ def period_fields(
     differently from a fit of its second half (unlike `smooth_fields`, a new shape every LS,
     which a fit averages away). Each LS's g is scaled to a peak of 1.
     """
-    shapes = smooth_shapes(n_modes, rng)
+    shapes = smooth_shapes(n_modes, rng, where)
     start, end = rng.normal(0.0, 1.0, (2, 1, n_modes))
     time_fraction = np.linspace(0.0, 1.0, n_ls)[:, None]
     weights = start + (end - start) * time_fraction
