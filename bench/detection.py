@@ -274,8 +274,8 @@ Lowest-highest share of LS flagged over the {table.level.nunique()} levels (must
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--anomalous", type=int, default=1000, help="LS per anomalous cell")
-    parser.add_argument("--clean", type=int, default=3000, help="LS per clean cell")
+    parser.add_argument("--anomalous", type=int, help="LS per anomalous cell (1000; --rings 200)")
+    parser.add_argument("--clean", type=int, help="LS per clean cell (3000; --rings 500)")
     parser.add_argument("--original-ls", type=int, default=100, help="LS the original judges")
     parser.add_argument("--no-real", dest="real", action="store_false")
     parser.add_argument("--no-refit", dest="refit", action="store_false")
@@ -286,6 +286,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.rings:
         return rings_main(args)
+    args.anomalous = 1000 if args.anomalous is None else args.anomalous
+    args.clean = 3000 if args.clean is None else args.clean
     started = time.monotonic()
     sources = [simulated_source()] + ([real_source()] if args.real and REAL.exists() else [])
     parts, problems = [], []
@@ -345,11 +347,13 @@ def _poisson(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def rings_sources(ratio: float) -> tuple[list[tuple[str, rings.BothMaker, object]], list[str]]:
     """(name, both-rings maker, sampler) of each source available, and notes on those not."""
     sources, notes = [], []
-    simulated = rings.simulated_both_maker(ratio)
-    if simulated is None:
-        notes.append("the simulator has no Ring 1 detector on this branch: simulated part not run")
-    else:
-        sources.append(("simulated detector (both rings)", simulated, simulator.sample_maps))
+    sources.append(
+        (
+            "simulated detector (both rings)",
+            rings.simulated_both_maker(ratio),
+            simulator.sample_maps,
+        )
+    )
     if REAL.exists() and REAL_RING1.exists():
         components = {1: np.load(REAL_RING1), 2: np.load(REAL)}
         maker = rings.real_both_maker(components, ratio)
@@ -363,7 +367,7 @@ def study_rings_source(
     maker: rings.BothMaker, sample, args: argparse.Namespace
 ) -> tuple[pd.DataFrame, list[str]]:
     """Every level of one source for the three detectors; notes on the refitted periods."""
-    size = StudySize(100, 200) if args.quick else rings.RING_STUDY_SIZE
+    size = rings_size(args)
     rng = np.random.default_rng(11)
     detectors = rings.train_detectors(maker, N_TRAIN, rng, sample)
     levels = rings.standard_levels(maker)
@@ -383,6 +387,14 @@ def study_rings_source(
         )
         notes.append(f"{name}: the second fit's maps differ from the first fit's by {misfits}")
     return pd.concat(tables, ignore_index=True), notes
+
+
+def rings_size(args: argparse.Namespace) -> StudySize:
+    """LS per cell of the rings study: --anomalous/--clean, else 100/200 (--quick) or 200/500."""
+    default = StudySize(100, 200) if args.quick else rings.RING_STUDY_SIZE
+    return StudySize(
+        args.anomalous or default.anomalous_ls_per_cell, args.clean or default.clean_ls_per_cell
+    )
 
 
 def _occupancy(value: float | None) -> str:
@@ -453,6 +465,7 @@ def rings_problems(table: pd.DataFrame) -> list[str]:
     quiet = table[table.scenario.isin([rings.CLEAN, rings.ONE_DISK]) & (table.flagged > 0)]
     return [
         f"{r.detector}, {r.level}, {r.scenario} at {r.occupancy:g}/ROC: {r.flagged} of {r.n_ls}"
+        f" (groups: {r.flagged_groups})"
         for r in quiet.itertuples()
     ]
 
@@ -514,7 +527,7 @@ def rings_main(args: argparse.Namespace) -> int:
         parts.append(rings_section(name, table, refit_notes))
     missing = ("\n\n(" + "; ".join(notes) + ".)") if notes else ""
     quick = " --quick" if args.quick else ""
-    n = StudySize(100, 200) if args.quick else rings.RING_STUDY_SIZE
+    n = rings_size(args)
     size = f"{n.anomalous_ls_per_cell} LS per outage cell, {n.clean_ls_per_cell} per clean cell"
     body = f"""`python bench/detection.py --rings{quick}` — Ring 1 alone (a `PixelRing2NMF` of
 `RING1`), Ring 2 alone and the joint model (`JointNMF` of the two), each judging the SAME LS:

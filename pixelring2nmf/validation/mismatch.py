@@ -64,17 +64,11 @@ class RocCoordinates:
 
 
 def ring_coordinates(geometry: RingGeometry) -> RocCoordinates:
-    """The places of one ring's ROCs, by the simulator's conventions (`model_coordinates`):
-    the positive blades of a ring spread over one half-disk, the negative over the other."""
-    rows = geometry.model_rows_in_map[:, None] * np.ones((1, geometry.model_shape[1]), int)
-    column = np.arange(geometry.model_shape[1])[None, :] * np.ones((len(rows), 1), int)
-    disk_slot = column // 8
-    disk = np.asarray(DISKS)[disk_slot]
-    radial_index = np.where(disk < 0, 7 - column % 8, column % 8)
-    blade = -geometry.n_blades + rows // 4
-    centre = (geometry.n_blades + 1) / 2
-    phi = np.pi * (np.abs(blade) - centre) / geometry.n_blades + np.where(blade < 0, np.pi, 0.0)
-    return RocCoordinates(disk.ravel(), phi.ravel(), radial_index.ravel() / 7.0, disk_slot.ravel())
+    """The places of one ring's ROCs, as the simulator draws its patterns on them."""
+    c = model_coordinates(geometry)
+    return RocCoordinates(
+        c["disk"].ravel(), c["phi"].ravel(), c["radial_index"].ravel() / 7.0, c["disk_slot"].ravel()
+    )
 
 
 RING2_COORDINATES = RocCoordinates(ROC_DISK, ROC_PHI_RAD, ROC_RADIUS, _DISK_SLOT)

@@ -34,13 +34,14 @@ import numpy as np
 import pandas as pd
 
 from mlserver_model.bad_ROC import Thresholds
-from mlserver_model.geometry import RING1, RING2, RingGeometry
+from mlserver_model.geometry import GROUP_NAMES, RING1, RING2, RingGeometry
 from mlserver_model.joint import JointNMF
 from mlserver_model.nmf2d import BatchedNNLS
 from mlserver_model.pixelring2nmf import PixelRing2NMF, to_model_space
 from mlserver_model.preprocessor import insert_cross
 
 from ..model.train import estimate_model_error, fit_components
+from ..sim import simulate as simulator
 from .evaluation import OCCUPANCIES, StudySize, _candidate_disks
 from .mismatch import (
     MISMATCH_LEVELS,
@@ -61,17 +62,19 @@ _BOUNDS = np.cumsum([0] + [g.n_rocs for g in GEOMETRIES])
 N_BOTH = int(_BOUNDS[-1])  # 4224 + 6528 ROCs
 
 # Ring 1 clusters per ROC over Ring 2's in one LS (the study's default; see RING1_RATIO_WHY).
-RING1_RATIO = 1.6
+RING1_RATIO = simulator.RING1_OCCUPANCY_RATIO
 RING1_RATIO_WHY = (
-    "the inner ring sits closer to the beam and sees more tracks per ROC; 1.6 is the project's "
-    "working estimate for 2024-25 collisions, not a measurement (the real components are each "
-    "scaled to mean 1 and carry no absolute scale); `--ring1-ratio` reruns with another"
+    "the simulator's RING1_OCCUPANCY_RATIO: Ring 1 sits closer to the beam (radius ~6-11 cm "
+    "against ~11-16 cm), the track density per unit area falls roughly as 1/r^2, less the "
+    "smaller area a Ring 1 ROC covers at those angles; a round figure in that range, not a "
+    "measurement (the real components are each scaled to mean 1 and carry no absolute scale); "
+    "`--ring1-ratio` reruns with another"
 )
 # The joint rule's group total catches a dead group far below Ring 2's 20 clusters per ROC, so
 # the grid reaches down to 0.05 cluster per ROC; from 20 up it is today's tables' grid.
 RING_OCCUPANCIES = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, *OCCUPANCIES)
-# LS per outage cell and per clean cell: 99 % of 300 is at most 3 missed (2 cores, minutes).
-RING_STUDY_SIZE = StudySize(anomalous_ls_per_cell=300, clean_ls_per_cell=1000)
+# LS per outage cell and per clean cell: 99 % of 200 is at most 2 missed (2 cores, minutes).
+RING_STUDY_SIZE = StudySize(anomalous_ls_per_cell=200, clean_ls_per_cell=500)
 
 DETECTORS = ("Ring 1 alone", "Ring 2 alone", "joint")
 CLEAN, TWO_DISKS, ONE_DISK = "clean", "ROG dead on 2 disks", "ROG dead on one disk"
@@ -339,11 +342,19 @@ def rings_study(
                     "flagged": int(flag.sum()),
                     "caught": int(caught(scenario, flag, anomalous, dead).sum()),
                     "any_group": int(anomalous.any(axis=1).sum()),
+                    "flagged_groups": _group_counts(anomalous[flag]),
                 }
             )
     table = pd.DataFrame(rows)
     table["rate"] = table.caught / table.n_ls
     return table
+
+
+def _group_counts(anomalous: np.ndarray) -> str:
+    """'name xcount' of the groups anomalous in these LS, most frequent first ('' if none)."""
+    counts = anomalous.sum(axis=0)
+    order = np.argsort(-counts, kind="stable")
+    return "; ".join(f"{GROUP_NAMES[g]} x{counts[g]}" for g in order if counts[g])
 
 
 def lowest_occupancy(rows: pd.DataFrame, bar: float = 0.99) -> float | None:
@@ -363,8 +374,21 @@ def standard_levels(make: BothMaker) -> list[BothLevel]:
     return [BothLevel(m.name, mismatched(make, m)) for m in MISMATCH_LEVELS]
 
 
-def simulated_both_maker(ring1_ratio: float = RING1_RATIO) -> BothMaker | None:
-    """Healthy maps of the project's simulated detector in both rings, one pileup per LS
-    (20-65, drawn apart from the occupancy as `evaluation.detector_maker` does); None when the
-    simulator has no Ring 1 detector."""
-    return None
+def simulated_both_maker(ring1_ratio: float = RING1_RATIO) -> BothMaker:
+    """Healthy maps of the project's simulated detector in both rings (`default_detector` of
+    each ring), one pileup per LS (20-65, drawn apart from the occupancy as
+    `evaluation.detector_maker` does) shaping both rings, Ring 1 at `ring1_ratio` times Ring
+    2's clusters per ROC (the simulator's own `RING1_OCCUPANCY_RATIO` by default)."""
+    detectors = {g.ring: simulator.default_detector(g) for g in GEOMETRIES}
+    scale = {1: ring1_ratio, 2: 1.0}
+
+    def make(occupancy: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        occupancy = np.asarray(occupancy, np.float64)
+        pileup = rng.uniform(20, 65, len(occupancy))
+        parts = [
+            simulator.expected_maps(detectors[g.ring], scale[g.ring] * occupancy, pileup)
+            for g in GEOMETRIES
+        ]
+        return np.concatenate([p.reshape(len(occupancy), -1) for p in parts], axis=1)
+
+    return make
