@@ -343,6 +343,7 @@ def rings_study(
                     "caught": int(caught(scenario, flag, anomalous, dead).sum()),
                     "any_group": int(anomalous.any(axis=1).sum()),
                     "flagged_groups": _group_counts(anomalous[flag]),
+                    "named_groups": _group_counts(anomalous) if scenario == CLEAN else "",
                 }
             )
     table = pd.DataFrame(rows)
