@@ -339,21 +339,30 @@ def test_pair_rings_by_run_and_ls() -> None:
     assert seen == [([1, 2], [7, 8], [2, 1]), ([1], [7], [1]), ([2], [7], [3])]
 
 
-def test_joint_era_finds_the_outages_and_counts_one_ring_ls(
-    capsys, both_rings: dict, joint_model_path: Path, tmp_path: Path
-) -> None:
-    cut, truth = both_rings["cut"], both_rings["truth"]
-    eras = {}
-    for workers in ("2", "1"):
-        out = tmp_path / f"era{workers}"
-        code, stdout, _ = _cli(
-            capsys,
-            *("era", "--parquet", _parquet(cut, 1), _parquet(cut, 2), "--oms", _oms(cut)),
-            *("--model", joint_model_path, "--out", out, "--workers", workers),
-            *("--task-ls", TASK_LS, "--no-progress"),
+def _joint_era(cut: Path, model: Path, out: Path, *where: str) -> Path:
+    args = ["era", "--parquet", _parquet(cut, 1), _parquet(cut, 2), "--oms", _oms(cut)]
+    args += ["--model", model, "--out", out, *where, "--task-ls", TASK_LS, "--no-progress"]
+    assert cli_main([str(a) for a in args]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def joint_eras(both_rings: dict, joint_model_path: Path, tmp_path_factory) -> dict[str, Path]:
+    """The cut files' joint era in 2 worker processes and in this process."""
+    root = tmp_path_factory.mktemp("joint_eras")
+    return {
+        workers: _joint_era(
+            both_rings["cut"], joint_model_path, root / workers, "--workers", workers
         )
-        assert code == 0, stdout
-        eras[workers] = out
+        for workers in ("2", "1")
+    }
+
+
+def test_joint_era_finds_the_outages_and_counts_one_ring_ls(
+    both_rings: dict, joint_eras: dict[str, Path], joint_model_path: Path
+) -> None:
+    truth = both_rings["truth"]
+    eras = joint_eras
     first, second = (eras[w] / "lumisections.csv" for w in ("2", "1"))
     assert first.read_bytes() == second.read_bytes()  # where the tasks ran does not matter
 
@@ -402,3 +411,16 @@ def test_joint_predict_and_plot(
     assert code == 0 and png.stat().st_size > 10_000
     row = results[(results.run == group_outage.run) & (results.ls == group_outage.ls)].iloc[0]
     assert set(group_outage.groups.split(";")) <= set(row.groups.split(";"))
+
+
+def test_joint_era_on_dask_is_the_same(
+    both_rings: dict, joint_eras: dict[str, Path], joint_model_path: Path, tmp_path: Path
+) -> None:
+    """The JointEra travels to the Dask workers (a plugin) and pairs there the same way."""
+    pytest.importorskip("distributed")
+    out = _joint_era(both_rings["cut"], joint_model_path, tmp_path / "dask", "--dask", "local:2")
+    local = joint_eras["1"] / "lumisections.csv"
+    assert (out / "lumisections.csv").read_bytes() == local.read_bytes()
+    assert (out / "powergroup.csv").read_bytes() == (
+        joint_eras["1"] / "powergroup.csv"
+    ).read_bytes()
