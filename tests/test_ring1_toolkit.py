@@ -257,6 +257,14 @@ def test_ring1_plot_stats_compare(
     assert counts["agree"] == len(ours) and counts["only original"] == 0
     assert counts["other_ring_rows"] == 1
 
+    each = tmp_path / "each"
+    code, _, _ = _cli(
+        capsys, "plot", "--era", ring1_era, "--each-ls", "--out", each, "--workers", 1
+    )
+    index = pd.read_csv(each / "index.csv")
+    assert code == 0 and (multi.run, multi.ls) in set(zip(index.run, index.ls, strict=True))
+    assert all((each / name).stat().st_size > 10_000 for name in index.file)
+
 
 # ---------------------------------------------------------------------------- mismatches
 
@@ -424,3 +432,28 @@ def test_joint_era_on_dask_is_the_same(
     assert (out / "powergroup.csv").read_bytes() == (
         joint_eras["1"] / "powergroup.csv"
     ).read_bytes()
+
+
+def test_a_joint_era_is_not_mixed_with_one_ring(
+    capsys, joint_eras: dict[str, Path], ring1_era: Path, tmp_path: Path
+) -> None:
+    """stats counts one ring at a time; compare and plot --each-ls refuse a joint era."""
+    joint = joint_eras["1"]
+    code, _, _ = _cli(capsys, "stats", "--era", joint, "--out", tmp_path / "s")
+    assert code == 0 and (tmp_path / "s" / "powergroups.csv").is_file()
+    refused = {
+        "stats": ["stats", "--era", joint, ring1_era, "--out", tmp_path / "s2"],
+        "compare": [
+            "compare",
+            "--era",
+            joint,
+            "--original",
+            tmp_path / "o.csv",
+            "--out",
+            tmp_path / "c",
+        ],
+        "each-ls": ["plot", "--era", joint, "--each-ls", "--out", tmp_path / "e"],
+    }
+    for name, args in refused.items():
+        code, _, err = _cli(capsys, *args)
+        assert code == 2 and "Ring 1+2" in err and len(err.strip().splitlines()) == 1, name

@@ -164,6 +164,11 @@ def run_each_ls(args: argparse.Namespace) -> int:
     if args.run is not None or args.ls is not None or args.runs:
         raise OptionError("--each-ls draws every anomalous LS: give no --run, --ls or --runs")
     status = each_ls.check_era(args.era)
+    if "+" in str(status.get("ring", "")):  # model/rings.py JOINT_RING_NAME
+        raise OptionError(
+            f"--each-ls draws the LS of a one-ring era; {args.era} is a joint ({status['ring']}) "
+            "era: draw its LS with plot --parquet FILES --run R --ls L --model JOINT_MODEL"
+        )
     sources, oms_files, models = each_ls.era_inputs(args.era, status)
     if args.parquet:
         from ..era.plan import parquet_inputs
