@@ -292,6 +292,9 @@ def test_a_ring_mismatch_is_one_line_before_any_work(
             *("--out", tmp_path / "era", "--workers", "1", "--no-progress"),
         ],
         "stats": ["stats", "--era", ring1_era, "--model", model_path, "--out", tmp_path / "s"],
+        "models of two rings": [
+            *("predict", "--parquet", ring1_file, "--model", ring1_model_path, model_path)
+        ],
     }
     for name, args in commands.items():
         code, out, err = _cli(capsys, *args)
