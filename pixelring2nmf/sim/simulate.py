@@ -1,4 +1,9 @@
-"""Simulated Ring 2 data: DIALS parquet, OMS JSON and a truth table of injected anomalies.
+"""Simulated FPix data: DIALS parquet(s), OMS JSON and a truth table of injected anomalies.
+
+Ring 2 by default (everything below is described on it); `ring=1` simulates Ring 1 the same
+way on its own model space (88, 48), with 1.6x Ring 2's clusters per ROC and no permanently
+dead group, and `ring="both"` the two rings of the same LS with their power-group outages in
+common (`simulate`, `simulate_run(companion=...)`). Ring 2's numbers never depend on Ring 1.
 
 Real per-LS maps need CERN credentials, so every test, benchmark and demo of the project runs
 on data made here. The simulator stands alone (no reference data is read) and follows the
@@ -19,7 +24,8 @@ typical values of docs/domain.md (section 3):
   recording, a few percent of the clusters while FPix HV is off.
 
 Truth table (`truth.csv`, one row per anomalous (run, ls), anomalies only at DCS-good LS):
-`run, ls, anomaly_type, groups, n_dead_rocs`, with anomaly_type one of
+`run, ls, anomaly_type, groups, n_dead_rocs` (with Ring 1, a last column `rings`: which
+ring(s) the anomaly silences, see `simulate`), with anomaly_type one of
 - Multi-Disk: one ROG dead on 2 or 3 disks (same z side and blade side), whole groups;
 - Quarter: the 12 groups of one shell;
 - Single-Disk: one group on one disk (not Multi-Disk);
