@@ -1,7 +1,8 @@
 """`pixelring2nmf make-test-data`: one batch of a DIALS parquet as the original test_data.pkl.
 
 The pickle is what `test_predictions.py` sends to a running server, so it keeps the layout of
-the original deployment: a dict with `Ring2` (N, 140, 56), `run_number` and `ls_number` (N,),
+the original deployment: a dict with `Ring2` (N, 140, 56) (`Ring1` (N, 92, 56) when the parquet
+holds the Ring 1 ME: the V2 input name of the file's ring), `run_number` and `ls_number` (N,),
 plus, when OMS data are given, every OMS column aligned to those LS under its OMS attribute
 name (an LS absent from OMS gets null there, exactly what DIALS would have to send for it).
 """
@@ -47,8 +48,8 @@ def make_test_data(
             f"{n_batches} batch(es) of {batch_size} (ids 0..{n_batches - 1})"
         )
     rows = slice(batch_id * batch_size, (batch_id + 1) * batch_size)
-    batch = {
-        "Ring2": data.maps[rows],
+    batch = {  # "Ring2" (N, 140, 56), or "Ring1" (N, 92, 56) for a Ring 1 ME's file
+        data.geometry.input_name: data.maps[rows],
         "run_number": data.run[rows],
         "ls_number": data.ls[rows],
     }
