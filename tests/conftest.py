@@ -73,9 +73,11 @@ def load_script_module() -> Any:
 class RunningServer(LocalServer):
     """A started MLServer serving our model, with a shortcut to its infer endpoint."""
 
+    model_name: str = MODEL_NAME  # the Ring 1 and joint servers set theirs
+
     @property
     def infer_url(self) -> str:
-        return f"{self.base_url}/v2/models/{MODEL_NAME}/infer"
+        return f"{self.base_url}/v2/models/{self.model_name}/infer"
 
     def infer(self, body: bytes | dict, timeout_s: float = 300.0) -> requests.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -289,3 +291,145 @@ def era_out(
     args += ["--model", str(model_path), "--out", str(out), "--xlsx", "--no-progress"]
     assert cli_main(args) == 0
     return out
+
+
+# --- Ring 1 and the joint model (pixel-ring1-nmf, pixel-fpix-nmf): served like Ring 2 -----------
+
+RING1_MODEL_FILE = "test-ring1-model.joblib"
+FPIX_MODEL_FILE = "test-fpix-model.joblib"
+RING1_BUILD_KEY = "PixelRing1NMF"
+FPIX_BUILD_KEY = "PixelFpixNMF"
+
+
+def ring1_from_ring2(maps_ring2: np.ndarray) -> np.ndarray:
+    """Ring 1 maps (N, 92, 56) cut from simulated Ring 2 maps: the 88 model rows nearest the
+    cross (blades +-1..+-11 of the simulated Ring 2 detector) around a Ring 1 cross. A detector
+    with Ring 2's structure at Ring 1's size: all the serving tests need."""
+    from mlserver_model.geometry import RING1, RING2
+    from mlserver_model.preprocessor import remove_cross
+
+    model = remove_cross(np.asarray(maps_ring2), RING2)
+    half = (RING2.model_shape[0] - RING1.model_shape[0]) // 2
+    return insert_cross(model[:, half : half + RING1.model_shape[0]], geometry=RING1)
+
+
+def train_ring_model(maps: np.ndarray, geometry: Any, passes: int = 150) -> PixelRing2NMF:
+    """A one-ring model of either ring, trained as `train_model` trains Ring 2."""
+    from mlserver_model.bad_ROC import Thresholds
+    from mlserver_model.pixelring2nmf import to_model_space
+    from pixelring2nmf.model.train import estimate_model_error, fit_components
+
+    x = to_model_space(maps, geometry)
+    components = fit_components(x, 5, 0.1, passes, 0)
+    thresholds = Thresholds()
+    zero = PixelRing2NMF(components, np.zeros(x.shape[1]), thresholds, geometry=geometry)
+    error = estimate_model_error(zero, x, thresholds.model_error_floor)
+    metadata = {"training": {"data_files": ["simulated"], "n_ls_used": len(x)}}
+    return PixelRing2NMF(components, error, thresholds, metadata, geometry)
+
+
+@pytest.fixture(scope="session")
+def fpix_training_maps() -> dict[int, np.ndarray]:
+    """600 clean simulated LS of both rings ({1: (600, 92, 56), 2: (600, 140, 56)}), as
+    `model_path`'s: the same fill occupancies, Ring 1 cut from an independent Ring 2 draw."""
+    from mlserver_model.geometry import RING2
+
+    rng = np.random.default_rng(2027)
+    detector = simulate.default_detector()
+    pileup = rng.uniform(20.0, 65.0, 600)
+    expected = simulate.expected_maps(detector, pileup * simulate.NOMINAL_CLUSTERS_PER_PILEUP)
+    ring2 = insert_cross(simulate.sample_maps(expected, rng), geometry=RING2)
+    ring1 = ring1_from_ring2(insert_cross(simulate.sample_maps(expected, rng)))
+    return {1: ring1, 2: ring2}
+
+
+@pytest.fixture(scope="session")
+def ring1_model_path(
+    fpix_training_maps: dict[int, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A small Ring 1 model (pixel-ring1-nmf) trained at session start."""
+    from mlserver_model.geometry import RING1
+
+    model = train_ring_model(fpix_training_maps[1], RING1)
+    return model.save(tmp_path_factory.mktemp("ring1_model") / RING1_MODEL_FILE)
+
+
+@pytest.fixture(scope="session")
+def fpix_model_path(
+    ring1_model_path: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A joint model (pixel-fpix-nmf): the session's Ring 1 model and its Ring 2 `model`."""
+    from mlserver_model.joint import JointNMF
+
+    rings = {1: PixelRing2NMF.load(ring1_model_path), 2: PixelRing2NMF.load(model_path)}
+    joint = JointNMF(rings, rings[2].thresholds, {"training": {"data_files": ["simulated"]}})
+    return joint.save(tmp_path_factory.mktemp("fpix_model") / FPIX_MODEL_FILE)
+
+
+def ring_template(
+    template_file: str, key: str, model_file: Path, folder: Path, code_uri: Path | None = None
+) -> Path:
+    """A repository template with another ModelUri (absolute paths, so any cwd works)."""
+    import yaml
+
+    content = yaml.safe_load((REPO / template_file).read_text())
+    properties = content["Resources"][key]["Properties"]
+    properties["CodeUri"] = str(code_uri or REPO / "mlserver_model")
+    properties["ModelUri"] = str(model_file)
+    path = folder / template_file
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ring1_template(ring1_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """template_ring1.yaml with the session's Ring 1 model."""
+    folder = tmp_path_factory.mktemp("template_ring1")
+    return ring_template("template_ring1.yaml", RING1_BUILD_KEY, ring1_model_path, folder)
+
+
+@pytest.fixture(scope="session")
+def fpix_template(fpix_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """template_fpix.yaml with the session's joint model."""
+    folder = tmp_path_factory.mktemp("template_fpix")
+    return ring_template("template_fpix.yaml", FPIX_BUILD_KEY, fpix_model_path, folder)
+
+
+@pytest.fixture(scope="session")
+def fpix_demo_maps(demo_data: dict[str, Any]) -> dict[int, np.ndarray]:
+    """Maps of both rings for the 750 demo LS: Ring 2 the demo's, Ring 1 cut from them (so
+    the demo's Multi-Disk LS is anomalous in both rings, as a real group outage is)."""
+    ring2 = np.asarray(demo_data["Ring2"])
+    return {1: ring1_from_ring2(ring2), 2: ring2}
+
+
+def served_ring_model(
+    template: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[RunningServer]:
+    env = dict(os.environ)
+    env["BUILD_PATH"] = str(tmp_path_factory.mktemp(f"dism_{name}") / "build")
+    env["PYTHONUNBUFFERED"] = "1"
+    port = free_port()
+    log_path = tmp_path_factory.mktemp(f"server_{name}") / "mlserver.log"
+    command = cli_command("serve", "-f", str(template), "--port", str(port))
+    server = start_server(command, port, log_path, cwd=REPO, env=env)
+    server.model_name = name
+    server.build_path = Path(env["BUILD_PATH"])
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def served_ring1(
+    ring1_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """`pixelring2nmf serve -f template_ring1.yaml`: the session's one Ring 1 server."""
+    yield from served_ring_model(ring1_template, tmp_path_factory, "pixel-ring1-nmf")
+
+
+@pytest.fixture(scope="session")
+def served_fpix(
+    fpix_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """`pixelring2nmf serve -f template_fpix.yaml`: the session's one joint-model server."""
+    yield from served_ring_model(fpix_template, tmp_path_factory, "pixel-fpix-nmf")
