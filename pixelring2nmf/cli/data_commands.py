@@ -112,7 +112,7 @@ def run_make_test_data(args: argparse.Namespace) -> int:
     )
     write_test_data(batch, out)
     runs = np.unique(batch["run_number"]).tolist()
-    extra = sorted(set(batch) - {"Ring2", "run_number", "ls_number"})
+    extra = sorted(set(batch) - {"Ring1", "Ring2", "run_number", "ls_number"})
     print(
         f"Wrote {out}: {len(batch['run_number'])} LS of run(s) {runs}; "
         f"OMS columns: {', '.join(extra) if extra else 'none'}"

@@ -1,7 +1,8 @@
 """`pixelring2nmf make-test-data`: one batch of a DIALS parquet as the original test_data.pkl.
 
 The pickle is what `test_predictions.py` sends to a running server, so it keeps the layout of
-the original deployment: a dict with `Ring2` (N, 140, 56), `run_number` and `ls_number` (N,),
+the original deployment: a dict with `Ring2` (N, 140, 56) (or `Ring1` (N, 92, 56) for a Ring 1
+parquet: the ring's V2 input name), `run_number` and `ls_number` (N,),
 plus, when OMS data are given, every OMS column aligned to those LS under its OMS attribute
 name (an LS absent from OMS gets null there, exactly what DIALS would have to send for it).
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from mlserver_model.errors import checked_integer
+from mlserver_model.geometry import GEOMETRY_BY_MAP_SHAPE, RING2
 
 from ..errors import OptionError
 from .atomic import write_bytes
@@ -48,7 +50,7 @@ def make_test_data(
         )
     rows = slice(batch_id * batch_size, (batch_id + 1) * batch_size)
     batch = {
-        "Ring2": data.maps[rows],
+        GEOMETRY_BY_MAP_SHAPE.get(data.maps.shape[1:], RING2).input_name: data.maps[rows],
         "run_number": data.run[rows],
         "ls_number": data.ls[rows],
     }
