@@ -1,8 +1,8 @@
 """A loopback fake of DIALS that speaks its JSON: enough of the API for the toolkit's commands.
 
 Endpoints (under /api/v1/, as cmsdials calls them):
-- `th2/`: Ring 2 histograms filtered by me, dataset__regex, run_number(__gte/__lte), in
-  cursor pages `{"next": url-with-next_token, "previous", "results"}`;
+- `th2/`: the histograms it holds (either ring's ME) filtered by me, dataset__regex,
+  run_number(__gte/__lte), in cursor pages `{"next": url-with-next_token, "previous", "results"}`;
 - `oms-proxy/?endpoint=lumisections&filter[run_number][EQ]=..&page[limit]=..&page[offset]=..`:
   OMS's JSON:API answer (`data[i].attributes`, `links.next`);
 - `ml-bad-lumisection/`: what a registered model flagged, cursor pages.

@@ -138,8 +138,8 @@ def test_a_ring1_me_is_refused(demo_files, tmp_path, capsys) -> None:
     path = tmp_path / "ring1.parquet"
     pq.write_table(relabelled, path)
     code, _, err = run(capsys, "predict", "--parquet", path)
-    assert code == 2
-    assert "the model reads the Ring 2 ME" in err and "PXRing_1" in err
+    assert code == 2  # the Ring 1 ME in Ring 2's binning: the file contradicts itself
+    assert "expected y_bin = 92 for every row of the Ring 1 ME" in err and "[140.0]" in err
 
 
 def test_simulate_refuses_a_non_empty_folder_without_force(tmp_path, capsys) -> None:

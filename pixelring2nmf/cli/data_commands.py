@@ -55,6 +55,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "exactly one Multi-Disk LS (a ROG dead on 3 disks) and a 3-LS Single-Disk anomaly",
     )
     p.add_argument(
+        "--ring",
+        choices=("1", "2", "both"),
+        default="2",
+        help="which ring's ME to simulate: 2 (default), 1, or both: the two MEs of the same LS "
+        "with the same power-group outages in both rings, one OMS JSON and one truth.csv "
+        "(its last column `rings` says which ring(s) each anomaly silences)",
+    )
+    p.add_argument(
         "--int-lists",
         action="store_true",
         help="write `data` as list<list<int32>> instead of list<list<double>> (the layout "
@@ -93,6 +101,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         detector_seed=args.detector_seed,
         dead_groups=args.dead_groups,
         value_type="int32" if args.int_lists else DEFAULT_VALUE_TYPE,
+        ring=args.ring,
     )
     for key, path in paths.items():
         logger.info("wrote %s: %s", key, path)

@@ -37,7 +37,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_fetch_oms)
 
     p = commands.add_parser(
-        "fetch-dials", help="download the Ring 2 ME of runs from DIALS into a parquet (resumable)"
+        "fetch-dials",
+        help="download the Ring 2 (or --ring 1) ME of runs from DIALS into a parquet (resumable)",
     )
     p.add_argument("--dataset", required=True, help="dataset regex, e.g. '/ZeroBias/Run2025C.*'")
     runs = p.add_mutually_exclusive_group(required=True)
@@ -51,6 +52,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="parquet file to write")
     add_force(p, "(download again over) an existing --out")
+    p.add_argument(
+        "--ring",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="which ring's ME to download: 2 (default) or 1; one file holds one ring",
+    )
     p.add_argument("--page-size", type=positive_int, default=100, help="LS per page (100)")
     p.add_argument("--attempts", type=positive_int, default=4, help="tries per page (4)")
     p.add_argument(
@@ -108,14 +116,19 @@ def run_fetch_dials(args: argparse.Namespace) -> int:
     """`fetch-dials --dataset REGEX (--runs R... | --run-range A B) --out FILE.parquet`."""
     import pyarrow.parquet as pq
 
-    from mlserver_model.geometry import RING2_ME
+    from mlserver_model.geometry import ring_geometry
 
     from ..io.paths import output_file
     from ..remote.dials import connect, fetch_h2d, h2d_queries
 
     output_file(args.out, force=args.force, what="--out")  # a finished download is kept
+    me = ring_geometry(args.ring).me
     queries = h2d_queries(
-        args.dataset, args.runs, tuple(args.run_range) if args.run_range else None, args.page_size
+        args.dataset,
+        args.runs,
+        tuple(args.run_range) if args.run_range else None,
+        args.page_size,
+        me,
     )
     dials = connect(args.base_url, args.workspace)
     state = fetch_h2d(
@@ -141,7 +154,7 @@ def run_fetch_dials(args: argparse.Namespace) -> int:
             datasets,
         )
     if table.num_rows == 0:
-        logger.warning("fetch-dials: DIALS had no LS of %s for this request", RING2_ME)
+        logger.warning("fetch-dials: DIALS had no LS of %s for this request", me)
     return 0
 
 

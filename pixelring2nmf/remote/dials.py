@@ -1,4 +1,5 @@
-"""DIALS through `cmsdials`: the Ring 2 ME, OMS lumisections, and what a registered model flagged.
+"""DIALS through `cmsdials`: a ring's ME (Ring 2 by default, or Ring 1), OMS lumisections, and
+what a registered model flagged.
 
 Experts downloaded the data by hand in notebooks; this makes it one command that survives a
 failure. `fetch-dials` asks DIALS's `h2d` endpoint one cursor page at a time
@@ -198,9 +199,11 @@ def h2d_queries(
     runs: Sequence[int] | None,
     run_range: tuple[int, int] | None,
     page_size: int,
+    me: str = RING2_ME,
 ) -> list[dict]:
-    """One filter set per query: DIALS filters h2d by one run or by a run range."""
-    base = {"me": RING2_ME, "dataset__regex": dataset_regex, "page_size": page_size}
+    """One filter set per query: DIALS filters h2d by one run or by a run range; `me` is the
+    ring's ME (`RING1.me` for Ring 1): one file per ring, as the readers expect."""
+    base = {"me": me, "dataset__regex": dataset_regex, "page_size": page_size}
     if runs:
         return [{**base, "run_number": int(run)} for run in dict.fromkeys(runs)]
     if run_range is None:

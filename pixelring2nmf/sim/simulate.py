@@ -41,10 +41,10 @@ where only the runtime's libraries are installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,17 +57,14 @@ from mlserver_model.dftools import DCS_FLAGS
 from mlserver_model.errors import checked_integer
 from mlserver_model.geometry import (
     DISKS,
-    GROUP_ID_FLAT,
     GROUP_NAMES,
-    GROUP_ROCS_MODEL,
-    MAP_SHAPE,
-    MODEL_ROWS_IN_MAP,
-    MODEL_SHAPE,
     MULTIDISK_CANDIDATES,
     N_GROUPS,
-    N_ROCS,
     QUARTER_GROUPS,
-    RING2_ME,
+    RING1,
+    RING2,
+    RINGS,
+    RingGeometry,
     group_index,
 )
 from mlserver_model.omstools import OMS_COLUMNS
@@ -75,7 +72,15 @@ from mlserver_model.preprocessor import insert_cross
 
 from ..errors import OptionError
 from ..io.atomic import replacing, write_atomically, write_text
-from ..io.parquet import DEFAULT_VALUE_TYPE, dials_schema
+from ..io.parquet import (  # dials_table and write_dials_parquet: also this module's API
+    DEFAULT_VALUE_TYPE,
+    ROW_GROUP_LS,
+    dials_parquet_writer,
+    dials_table,
+)
+from ..io.parquet import (
+    write_dials_parquet as write_dials_parquet,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +103,12 @@ PERMANENTLY_DEAD_GROUP = "FPix_BmO_D1_ROG2"  # dead since 2024F
 # Clusters per ROC per LS per unit of pileup: ~12.5 puts pileup 63 at ~790 clusters per ROC,
 # inside the 400-1400 observed in 2024-2025; each run gets its own value (trigger, prescales).
 NOMINAL_CLUSTERS_PER_PILEUP = 12.5
+# Ring 1 sits closer to the beam (radius ~6-11 cm against ~11-16 cm for Ring 2): the track
+# density per unit area falls roughly as 1/r^2, less the smaller area a Ring 1 ROC covers at
+# those angles. The simulated Ring 1 takes 1.6x Ring 2's clusters per ROC at the same pileup
+# (~1260 per ROC at pileup 63, ~20 per unit of pileup), a round figure in that range, not a
+# measurement; everything else of the occupancy (fills, DCS, per-run spread) is shared.
+RING1_OCCUPANCY_RATIO = 1.6
 # Delivered luminosity per LS per unit of pileup, in /pb: pileup * bunches * revolution
 # frequency / inelastic cross-section (80 mb), over one LS (2^18 orbits = 23.31 s), 2340 bunches.
 DELIVERED_LUMI_PER_PILEUP = 2340 * 11245.0 * 23.31 / 80e-27 / 1e36
@@ -115,7 +126,6 @@ _PRESCALE_COLUMNS = (
     (-1.0, 13, "7p0E33"),
 )
 
-ROW_GROUP_LS = 1000  # parquet row group: bounded memory while writing, cheap run filtering
 _CHUNK_LS = 1000  # LS generated at once inside a run (bounds float temporaries)
 _POISSON_EXACT_BELOW = 50.0  # expected counts under this are drawn with numpy's exact Poisson
 _SAMPLING_BLOCK = 1 << 16  # values sampled at once: float32 work buffers stay in cache
@@ -130,18 +140,22 @@ _SAMPLING_BLOCK = 1 << 16  # values sampled at once: float32 work buffers stay i
 
 @dataclass(frozen=True, eq=False)
 class Detector:
-    """Permanent state of the simulated Ring 2 (fixed for months in reality).
+    """Permanent state of one simulated ring (fixed for months in reality).
+
+    Shapes below are Ring 2's model space (136, 48); a Ring 1 detector (`geometry` RING1) has
+    the same arrays on (88, 48).
 
     Attributes:
         gain_model: (136, 48) per-ROC response (gain spread, module/panel/disk and per-column
             differences), mean 1 over live ROCs, 0 at dead ROCs. It holds no radial gradient:
             that is part of the patterns, whose steepness depends on pileup.
-        dead_rocs: (136, 48) bool, permanently dead ROCs (including FPix_BmO_D1_ROG2).
+        dead_rocs: (136, 48) bool, permanently dead ROCs (including FPix_BmO_D1_ROG2 in Ring 2).
         patterns: (3, 136, 48) spatial patterns with the gain folded in, each of mean 1 over
             live ROCs: 0 nominal, 1 steeper radial gradient with an azimuthal (beam-spot)
             modulation, grows with pileup; 2 +z/-z asymmetry, weight set per fill.
         clusters_per_pileup: nominal clusters per ROC per LS per unit of pileup.
         dead_group_ids: power groups that are entirely dead.
+        geometry: the ring (RING2 or RING1).
     """
 
     gain_model: np.ndarray
@@ -149,6 +163,7 @@ class Detector:
     patterns: np.ndarray
     clusters_per_pileup: float = NOMINAL_CLUSTERS_PER_PILEUP
     dead_group_ids: tuple[int, ...] = ()
+    geometry: RingGeometry = RING2
 
     @property
     def live_rocs(self) -> np.ndarray:
@@ -163,24 +178,28 @@ def _as_rng(seed: int | np.random.Generator) -> np.random.Generator:
     raise ValueError(f"Expected an int seed or a numpy Generator, got {type(seed).__name__}")
 
 
-def model_coordinates() -> dict[str, np.ndarray]:
-    """Per-ROC coordinates of the model space, each (136, 48).
+def model_coordinates(geometry: RingGeometry = RING2) -> dict[str, np.ndarray]:
+    """Per-ROC coordinates of one ring's model space, each (136, 48) (Ring 1: (88, 48)).
 
     Public because `mismatch` builds its smooth fields on the same disks, azimuths and radii
     the simulator draws its patterns on: one definition keeps the two detectors the same.
     """
-    rows_in_map = MODEL_ROWS_IN_MAP[:, None] * np.ones((1, MODEL_SHAPE[1]), dtype=int)
-    column = np.arange(MODEL_SHAPE[1])[None, :] * np.ones((MODEL_SHAPE[0], 1), dtype=int)
+    shape = geometry.model_shape
+    n_blades = geometry.n_blades
+    rows_in_map = geometry.model_rows_in_map[:, None] * np.ones((1, shape[1]), dtype=int)
+    column = np.arange(shape[1])[None, :] * np.ones((shape[0], 1), dtype=int)
     disk_slot = column // 8  # 0..5 in DISKS order
     disk = np.asarray(DISKS)[disk_slot]
     in_disk = column % 8
     # The ROC nearest the beam is the bin nearest the map centre (x = 0) on both z sides.
     radial_index = np.where(disk < 0, 7 - in_disk, in_disk)  # 0 = innermost column
-    blade = -17 + rows_in_map // 4
+    blade = -n_blades + rows_in_map // 4
     panel = np.where(rows_in_map % 4 < 2, 2, 1)
-    # Azimuth of the blade: the 17 positive blades cover one half-disk, the negatives the other.
-    phi = np.pi * (np.abs(blade) - 9) / 17 + np.where(blade < 0, np.pi, 0.0)
-    module = (disk_slot * 35 + (blade + 17)) * 2 + (panel - 1)  # one module = one panel
+    # Azimuth of the blade: the 17 (11) positive blades cover one half-disk, the negatives the
+    # other.
+    phi = np.pi * (np.abs(blade) - (n_blades + 1) / 2) / n_blades + np.where(blade < 0, np.pi, 0.0)
+    # One module = one panel; blade slots per disk: 2 * n_blades + 1 (the cross's blade 0).
+    module = (disk_slot * (2 * n_blades + 1) + (blade + n_blades)) * 2 + (panel - 1)
     return {
         "disk_slot": disk_slot,
         "disk": disk,
@@ -193,49 +212,66 @@ def model_coordinates() -> dict[str, np.ndarray]:
     }
 
 
-def _random_roc_rows(rng: np.random.Generator, n_rows: int) -> np.ndarray:
+def _n_modules(geometry: RingGeometry) -> int:
+    """Module slots of the model space: 6 disks x (2 n_blades + 1) blade slots x 2 panels."""
+    return 6 * (2 * geometry.n_blades + 1) * 2
+
+
+def _random_roc_rows(
+    rng: np.random.Generator, n_rows: int, shape: tuple[int, int] = RING2.model_shape
+) -> np.ndarray:
     """Mask of `n_rows` random ROC rows (8 ROCs of one row of one module)."""
-    mask = np.zeros(MODEL_SHAPE, dtype=bool)
-    rows = rng.choice(MODEL_SHAPE[0], size=n_rows)
+    mask = np.zeros(shape, dtype=bool)
+    rows = rng.choice(shape[0], size=n_rows)
     disk_slots = rng.integers(0, 6, size=n_rows)
     for row, slot in zip(rows, disk_slots, strict=True):
         mask[row, 8 * slot : 8 * slot + 8] = True
     return mask
 
 
-def _dead_map(rng: np.random.Generator, coords: dict[str, np.ndarray]) -> np.ndarray:
-    """Permanently dead ROCs: one whole group, a few modules, ROC rows and single ROCs."""
-    dead = np.zeros(MODEL_SHAPE, dtype=bool)
-    dead.ravel()[GROUP_ROCS_MODEL[group_index(PERMANENTLY_DEAD_GROUP)]] = True
-    modules = rng.choice(6 * 35 * 2, size=rng.integers(4, 8), replace=False)
+def _dead_map(
+    rng: np.random.Generator, coords: dict[str, np.ndarray], geometry: RingGeometry = RING2
+) -> np.ndarray:
+    """Permanently dead ROCs: a few modules, ROC rows and single ROCs, and in Ring 2 the whole
+    group FPix_BmO_D1_ROG2 (dead in Ring 2 since 2024F). Ring 1 has no dead group: in reality
+    that group is the most frequent *transient* Ring 1 anomaly of 2024F (DOMAIN.md, 11), not a
+    dead one, so the simulated Ring 1 keeps all 48 groups live."""
+    shape = geometry.model_shape
+    dead = np.zeros(shape, dtype=bool)
+    if geometry is RING2:
+        dead.ravel()[geometry.group_rocs_model[group_index(PERMANENTLY_DEAD_GROUP)]] = True
+    modules = rng.choice(_n_modules(geometry), size=rng.integers(4, 8), replace=False)
     dead |= np.isin(coords["module"], modules)
-    dead |= _random_roc_rows(rng, int(rng.integers(5, 10)))
-    dead.ravel()[rng.choice(N_ROCS, size=rng.integers(1, 5), replace=False)] = True
+    dead |= _random_roc_rows(rng, int(rng.integers(5, 10)), shape)
+    dead.ravel()[rng.choice(geometry.n_rocs, size=rng.integers(1, 5), replace=False)] = True
     return dead
 
 
-def _inefficiency(rng: np.random.Generator) -> np.ndarray:
+def _inefficiency(rng: np.random.Generator, geometry: RingGeometry = RING2) -> np.ndarray:
     """Factor < 1 of partly working ROC rows and nearly dead ROCs (they still count as live)."""
-    factor = np.ones(MODEL_SHAPE)
-    weak_rows = _random_roc_rows(rng, int(rng.integers(2, 6)))
+    factor = np.ones(geometry.model_shape)
+    weak_rows = _random_roc_rows(rng, int(rng.integers(2, 6)), geometry.model_shape)
     factor[weak_rows] = np.repeat(rng.uniform(0.1, 0.4, size=weak_rows.sum() // 8), 8)
-    nearly_dead = rng.choice(N_ROCS, size=rng.integers(3, 9), replace=False)
+    nearly_dead = rng.choice(geometry.n_rocs, size=rng.integers(3, 9), replace=False)
     factor.ravel()[nearly_dead] = rng.uniform(0.03, 0.2, size=nearly_dead.size)
     return factor
 
 
-def _gain_model(rng: np.random.Generator, coords: dict[str, np.ndarray]) -> np.ndarray:
+def _gain_model(
+    rng: np.random.Generator, coords: dict[str, np.ndarray], geometry: RingGeometry = RING2
+) -> np.ndarray:
     """Per-ROC response without the radial gradient (before zeroing the dead ROCs)."""
+    shape = geometry.model_shape
     disk_factor = rng.lognormal(0.0, 0.04, size=6)[coords["disk_slot"]]
     panel_factor = rng.lognormal(0.0, 0.02, size=(6, 2))[coords["disk_slot"], coords["panel"] - 1]
-    module_factor = rng.lognormal(0.0, 0.06, size=6 * 35 * 2)[coords["module"]]
+    module_factor = rng.lognormal(0.0, 0.06, size=_n_modules(geometry))[coords["module"]]
     # Each ROC column of a disk deviates a little from the smooth radial gradient.
-    column_factor = rng.lognormal(0.0, 0.035, size=MODEL_SHAPE[1])[None, :]
-    roc_factor = rng.lognormal(0.0, 0.12, size=MODEL_SHAPE)
+    column_factor = rng.lognormal(0.0, 0.035, size=shape[1])[None, :]
+    roc_factor = rng.lognormal(0.0, 0.12, size=shape)
     # Right-skewed tail: some ROCs are much brighter than their neighbours, a few weaker.
-    bright = rng.random(MODEL_SHAPE) < 0.07
+    bright = rng.random(shape) < 0.07
     roc_factor[bright] *= rng.uniform(1.3, 1.7, size=bright.sum())
-    weak = rng.random(MODEL_SHAPE) < 0.005
+    weak = rng.random(shape) < 0.005
     roc_factor[weak] *= rng.uniform(0.5, 0.75, size=weak.sum())
     return disk_factor * panel_factor * module_factor * column_factor * roc_factor
 
@@ -257,29 +293,48 @@ def _spatial_patterns(rng: np.random.Generator, coords: dict[str, np.ndarray]) -
 DETECTOR_SEED = 2024  # the project's simulated detector: one "era" of dead ROCs and gains
 
 
-def default_detector() -> Detector:
-    """The detector every simulation uses unless told otherwise (see `simulate`)."""
-    return make_detector(DETECTOR_SEED)
+def default_detector(geometry: RingGeometry = RING2) -> Detector:
+    """The detector every simulation uses unless told otherwise (see `simulate`), of a ring."""
+    return make_detector(DETECTOR_SEED, geometry)
 
 
-def make_detector(seed: int | np.random.Generator) -> Detector:
-    """Draw the permanent state of a Ring 2 detector (dead ROCs, gains, spatial patterns).
+def _dead_group_ids(dead: np.ndarray, geometry: RingGeometry) -> tuple[int, ...]:
+    rocs = geometry.group_rocs_model
+    return tuple(g for g in range(N_GROUPS) if dead.ravel()[rocs[g]].all())
+
+
+def make_detector(seed: int | np.random.Generator, geometry: RingGeometry = RING2) -> Detector:
+    """Draw the permanent state of one ring's detector (dead ROCs, gains, spatial patterns).
 
     The same seed gives the same detector; runs simulated from one detector share their dead
-    ROCs and gains, as runs of one era do.
+    ROCs and gains, as runs of one era do. An int seed draws Ring 2 from `default_rng(seed)`
+    (as before Ring 1 existed) and Ring 1 from `default_rng([seed, 1])`: the two rings of one
+    seed are independent draws, not the same numbers on two grids. Ring 1's occupancy per ROC
+    is RING1_OCCUPANCY_RATIO times Ring 2's.
     """
-    rng = _as_rng(seed)
-    coords = model_coordinates()
-    dead = _dead_map(rng, coords)
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool) and geometry is RING1:
+        rng = np.random.default_rng([int(seed), 1])
+    else:
+        rng = _as_rng(seed)
+    coords = model_coordinates(geometry)
+    dead = _dead_map(rng, coords, geometry)
     live = ~dead
-    gain = _gain_model(rng, coords) * _inefficiency(rng)
+    gain = _gain_model(rng, coords, geometry) * _inefficiency(rng, geometry)
     gain = np.where(live, gain / gain[live].mean(), 0.0)
     shapes = _spatial_patterns(rng, coords) * gain[None]
     shapes /= shapes[:, live].mean(axis=1)[:, None, None]
-    dead_groups = tuple(g for g in range(N_GROUPS) if dead.ravel()[GROUP_ROCS_MODEL[g]].all())
+    dead_groups = _dead_group_ids(dead, geometry)
     for array in (gain, dead, shapes):
         array.setflags(write=False)
-    return Detector(gain_model=gain, dead_rocs=dead, patterns=shapes, dead_group_ids=dead_groups)
+    ratio = RING1_OCCUPANCY_RATIO if geometry is RING1 else 1.0
+    return Detector(
+        gain_model=gain,
+        dead_rocs=dead,
+        patterns=shapes,
+        clusters_per_pileup=NOMINAL_CLUSTERS_PER_PILEUP * ratio,
+        dead_group_ids=dead_groups,
+        geometry=geometry,
+    )
 
 
 def with_dead_groups(detector: Detector, names: Iterable[str]) -> Detector:
@@ -290,12 +345,12 @@ def with_dead_groups(detector: Detector, names: Iterable[str]) -> Detector:
         raise OptionError(f"unknown power group(s) {unknown}; e.g. {GROUP_NAMES[0]}")
     dead = detector.dead_rocs.copy()
     for name in names:
-        dead.ravel()[GROUP_ROCS_MODEL[GROUP_NAMES.index(name)]] = True
+        dead.ravel()[detector.geometry.group_rocs_model[GROUP_NAMES.index(name)]] = True
     live = ~dead
     gain = np.where(live, detector.gain_model, 0.0)
     shapes = np.where(live[None], detector.patterns, 0.0)
     shapes /= shapes[:, live].mean(axis=1)[:, None, None]
-    dead_groups = tuple(g for g in range(N_GROUPS) if dead.ravel()[GROUP_ROCS_MODEL[g]].all())
+    dead_groups = _dead_group_ids(dead, detector.geometry)
     for array in (gain, dead, shapes):
         array.setflags(write=False)
     return Detector(
@@ -304,6 +359,7 @@ def with_dead_groups(detector: Detector, names: Iterable[str]) -> Detector:
         patterns=shapes,
         clusters_per_pileup=detector.clusters_per_pileup,
         dead_group_ids=dead_groups,
+        geometry=detector.geometry,
     )
 
 
@@ -333,7 +389,8 @@ def expected_maps(
     *,
     z_asymmetry: float | np.ndarray = 0.12,
 ) -> np.ndarray:
-    """(N, 136, 48) float64 mean counts; the mean over live ROCs equals `occupancy_per_roc`.
+    """(N, 136, 48) float64 mean counts (Ring 1: (N, 88, 48)); the mean over live ROCs equals
+    `occupancy_per_roc`.
 
     `pileup` sets the map shape (pattern weights); when None it is taken as
     occupancy_per_roc / detector.clusters_per_pileup, i.e. occupancy proportional to pileup.
@@ -353,7 +410,7 @@ def expected_maps(
         )
     weights = pattern_weights(pileup, z_asymmetry)
     flat = (weights @ detector.patterns.reshape(3, -1)) * occupancy[:, None]
-    return flat.reshape(-1, *MODEL_SHAPE)
+    return flat.reshape(-1, *detector.geometry.model_shape)
 
 
 def _sample_counts(expected: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -413,7 +470,10 @@ def _as_ls_index(ls_index: Any, n_ls: int) -> np.ndarray:
 
 
 def _group_roc_subset(
-    group_ids: Iterable[int], fraction: float, rng: np.random.Generator | None
+    group_ids: Iterable[int],
+    fraction: float,
+    rng: np.random.Generator | None,
+    geometry: RingGeometry = RING2,
 ) -> np.ndarray:
     """Flat model-space ROC indices of the groups, or a random `fraction` of each group's ROCs."""
     group_ids = [int(g) for g in np.atleast_1d(np.asarray(group_ids))]
@@ -425,7 +485,7 @@ def _group_roc_subset(
         raise ValueError("a random generator `rng` is needed to kill a fraction of a group")
     parts = []
     for g in group_ids:
-        rocs = GROUP_ROCS_MODEL[g]
+        rocs = geometry.group_rocs_model[g]
         if fraction < 1.0:
             n_killed = max(1, round(fraction * rocs.size))
             rocs = np.sort(rng.choice(rocs, size=n_killed, replace=False))
@@ -440,7 +500,8 @@ def kill_groups(
     fraction: float = 1.0,
     rng: np.random.Generator | None = None,
 ) -> int:
-    """Zero in place the ROCs of power groups at the given LS of (N, 136, 48) maps.
+    """Zero in place the ROCs of power groups at the given LS of (N, 136, 48) maps (or Ring 1's
+    (N, 88, 48): the ring is the maps' shape's).
 
     With `fraction` < 1 a random subset of that fraction of each group's ROCs is zeroed (the
     same subset at every LS, as a partial dropout stays the same while it lasts). Works on
@@ -449,10 +510,13 @@ def kill_groups(
     """
     if not isinstance(maps_model, np.ndarray) or maps_model.ndim != 3:
         raise ValueError(f"Expected an (N, 136, 48) numpy array, got {type(maps_model).__name__}")
-    if maps_model.shape[1:] != MODEL_SHAPE:
-        raise ValueError(f"Expected maps of shape (N, 136, 48), got {maps_model.shape}")
+    geometries = [g for g in RINGS.values() if g.model_shape == maps_model.shape[1:]]
+    if not geometries:
+        raise ValueError(
+            f"Expected maps of shape (N, 136, 48) or (N, 88, 48), got {maps_model.shape}"
+        )
     ls = _as_ls_index(ls_index, maps_model.shape[0])
-    rocs = _group_roc_subset(group_ids, fraction, rng)
+    rocs = _group_roc_subset(group_ids, fraction, rng, geometries[0])
     flat = maps_model.reshape(maps_model.shape[0], -1)  # a view: maps are contiguous here
     if not np.shares_memory(flat, maps_model):
         raise ValueError("maps_model must be C-contiguous to be modified in place")
@@ -663,15 +727,17 @@ def _make_anomaly(
     if kind == "Missing":
         return _Anomaly(kind, first, n_ls)
     groups = _draw_groups(kind, detector, rng)
+    geometry = detector.geometry
     if kind == "Partial":
-        rocs = _group_roc_subset(groups, float(rng.uniform(0.3, 0.9)), rng)
+        rocs = _group_roc_subset(groups, float(rng.uniform(0.3, 0.9)), rng, geometry)
         return _Anomaly(kind, first, n_ls, groups, rocs, 0.0)
     if kind == "Hot-ROC":
         live_rocs = np.flatnonzero(detector.live_rocs.ravel())
         rocs = np.sort(rng.choice(live_rocs, size=int(rng.integers(1, 6)), replace=False))
-        groups = tuple(sorted(set(GROUP_ID_FLAT[rocs].tolist())))
+        groups = tuple(sorted(set(geometry.group_id_flat[rocs].tolist())))
         return _Anomaly(kind, first, n_ls, groups, rocs, float(rng.uniform(5.0, 20.0)))
-    return _Anomaly(kind, first, n_ls, groups, _group_roc_subset(groups, 1.0, None), 0.0)
+    rocs = _group_roc_subset(groups, 1.0, None, geometry)
+    return _Anomaly(kind, first, n_ls, groups, rocs, 0.0)
 
 
 def _anomaly_duration(kind: str, rng: np.random.Generator) -> int:
@@ -734,19 +800,55 @@ def _demo_anomalies(
         if kind == "Multi-Disk":
             full = [c for c in MULTIDISK_CANDIDATES if len(_live_groups(detector, c)) == 3]
             groups = tuple(int(g) for g in full[rng.integers(0, len(full))])
-            anomaly = _Anomaly(kind, first, 1, groups, _group_roc_subset(groups, 1.0, None))
+            rocs = _group_roc_subset(groups, 1.0, None, detector.geometry)
+            anomaly = _Anomaly(kind, first, 1, groups, rocs)
         else:
             anomaly = _make_anomaly(kind, first, duration, detector, rng)
         anomalies.append(anomaly)
     return sorted(anomalies, key=lambda a: a.first_ls_index)
 
 
-def _truth_rows(run: int, anomalies: list[_Anomaly], detector: Detector) -> list[dict]:
+# Anomalies a readout group's power causes: they silence the group in both rings. Partial
+# dropouts and hot ROCs are module-level: they stay in the ring they were drawn for.
+_BOTH_RING_KINDS = ("Multi-Disk", "Quarter", "Single-Disk", "Missing")
+
+
+def _companion_anomalies(injected: list[_Anomaly], companion: Detector) -> list[_Anomaly]:
+    """The primary ring's power-group outages in the companion ring: the same groups, the same
+    LS, the companion's ROCs ("Missing" LS are absent from both files through `present`)."""
+    out = []
+    for anomaly in injected:
+        if anomaly.kind in _BOTH_RING_KINDS and anomaly.kind != "Missing":
+            rocs = _group_roc_subset(anomaly.group_ids, 1.0, None, companion.geometry)
+            out.append(
+                _Anomaly(
+                    anomaly.kind, anomaly.first_ls_index, anomaly.n_ls, anomaly.group_ids, rocs, 0.0
+                )
+            )
+    return out
+
+
+def _truth_rows(
+    run: int,
+    anomalies: list[_Anomaly],
+    detector: Detector,
+    companion: Detector | None = None,
+) -> list[dict]:
+    """One row per anomalous LS; with a `companion` ring, n_dead_rocs counts both rings' newly
+    dead ROCs and `rings` says which ring(s) the anomaly silences ("1;2", or the primary's)."""
     live = detector.live_rocs.ravel()
     rows = []
     for anomaly in anomalies:
         names = ";".join(GROUP_NAMES[g] for g in anomaly.group_ids)
         n_dead = int(live[anomaly.rocs].sum()) if anomaly.factor == 0.0 else 0
+        extra = {}
+        if companion is not None:
+            both = anomaly.kind in _BOTH_RING_KINDS
+            rings = sorted({detector.geometry.ring, companion.geometry.ring})
+            extra["rings"] = ";".join(map(str, rings)) if both else str(detector.geometry.ring)
+            if both and anomaly.group_ids:
+                companion_rocs = _group_roc_subset(anomaly.group_ids, 1.0, None, companion.geometry)
+                n_dead += int(companion.live_rocs.ravel()[companion_rocs].sum())
         for i in range(anomaly.first_ls_index, anomaly.first_ls_index + anomaly.n_ls):
             rows.append(
                 {
@@ -755,6 +857,7 @@ def _truth_rows(run: int, anomalies: list[_Anomaly], detector: Detector) -> list
                     "anomaly_type": anomaly.kind,
                     "groups": names,
                     "n_dead_rocs": n_dead,
+                    **extra,
                 }
             )
     return rows
@@ -779,6 +882,9 @@ class SimulatedRun:
         occupancy_per_roc: (N,) mean expected clusters per live ROC of the present LS.
         dcs_good: (N,) all DCS flags true (and not null) at the present LS.
         fill: the fill the run belongs to.
+        ring: the ring of `maps` (2 unless simulated on a Ring 1 detector).
+        companion_maps: the other ring's maps of the same LS (`simulate_run(companion=...)`),
+            e.g. Ring 1 next to Ring 2: the same pileup, DCS and power-group outages; else None.
     """
 
     run: int
@@ -790,6 +896,16 @@ class SimulatedRun:
     occupancy_per_roc: np.ndarray
     dcs_good: np.ndarray
     fill: Fill
+    ring: int = 2
+    companion_maps: np.ndarray | None = None
+
+    def maps_of(self, ring: int) -> np.ndarray:
+        """The maps of ring 1 or 2 (the run's own or its companion's)."""
+        if ring == self.ring:
+            return self.maps
+        if self.companion_maps is None:
+            raise ValueError(f"run {self.run} was simulated for Ring {self.ring} only")
+        return self.companion_maps
 
 
 def _check_run_arguments(run: int, n_ls: int, anomalies: str) -> None:
@@ -810,6 +926,7 @@ def simulate_run(
     fill: Fill | None = None,
     fill_position_ls: int = 0,
     clusters_per_pileup: float | None = None,
+    companion: tuple[Detector, np.random.Generator] | None = None,
 ) -> SimulatedRun:
     """Simulate one run of `n_ls` LS: maps, OMS columns and truth.
 
@@ -818,6 +935,15 @@ def simulate_run(
     "none" (clean training data). The run starts `fill_position_ls` LS into `fill` (a new fill
     when None). `clusters_per_pileup` defaults to a per-run draw around the detector's value.
     Anomalies are placed at DCS-good LS only, so every truth row is one the model may flag.
+
+    `companion` (the other ring's detector and its own generator) also simulates that ring's
+    maps of the same LS: the same pileup, DCS state, per-LS luminosity noise and missing LS,
+    occupancy scaled by the two detectors' clusters_per_pileup, and the same power-group
+    outages (Multi-Disk, Quarter, Single-Disk: a readout group powers both rings); Partial and
+    Hot-ROC stay in `detector`'s ring. Everything of `detector`'s ring is drawn from `rng`
+    exactly as without a companion (the companion draws only from its own generator), so its
+    maps are the same numbers either way; the truth gains `rings` and counts both rings' dead
+    ROCs.
     """
     _check_run_arguments(run, n_ls, anomalies)
     if anomaly_rate is not None and anomaly_rate < 0:
@@ -826,7 +952,9 @@ def simulate_run(
         fill = new_fill(1, rng, min_length_ls=n_ls)
     if clusters_per_pileup is None:
         clusters_per_pileup = detector.clusters_per_pileup * float(rng.normal(1.0, 0.1))
-        clusters_per_pileup = float(np.clip(clusters_per_pileup, 9.0, 17.0))
+        # 9-17 for Ring 2; the same relative bounds for Ring 1's higher occupancy.
+        scale = detector.clusters_per_pileup / NOMINAL_CLUSTERS_PER_PILEUP
+        clusters_per_pileup = float(np.clip(clusters_per_pileup, 9.0 * scale, 17.0 * scale))
 
     dcs = _dcs_state(n_ls, rng, with_gaps=anomalies != "demo")
     fill_pileup = fill.pileup_at(fill_position_ls + np.arange(n_ls))
@@ -866,7 +994,24 @@ def simulate_run(
         rng,
     )
     oms = _oms_columns(run, fill, pileup, fill_pileup, delivered_fraction, dcs)
-    truth = pd.DataFrame(_truth_rows(run, injected, detector), columns=list(TRUTH_COLUMNS))
+    columns = list(TRUTH_COLUMNS)
+    companion_maps = None
+    if companion is not None:
+        other, other_rng = companion
+        columns.append("rings")
+        ratio = other.clusters_per_pileup / detector.clusters_per_pileup
+        noise = NOISE_CLUSTERS_PER_ROC
+        other_occupancy = (occupancy[present_index] - noise) * ratio + noise
+        companion_maps = _generate_maps(
+            other,
+            other_occupancy,
+            pileup[present_index],
+            z_asymmetry[present_index],
+            _multipliers_for_present(_companion_anomalies(injected, other), present),
+            other_rng,
+        )
+    companion_detector = companion[0] if companion is not None else None
+    truth = pd.DataFrame(_truth_rows(run, injected, detector, companion_detector), columns=columns)
     return SimulatedRun(
         run=int(run),
         ls=present_index + 1,
@@ -877,6 +1022,8 @@ def simulate_run(
         occupancy_per_roc=occupancy[present_index],
         dcs_good=dcs_good[present_index],
         fill=fill,
+        ring=detector.geometry.ring,
+        companion_maps=companion_maps,
     )
 
 
@@ -902,12 +1049,14 @@ def _generate_maps(
     multipliers: list[tuple[np.ndarray, np.ndarray, float]],
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """(N, 140, 56) int32 counts, generated in chunks of LS (vectorised inside a chunk)."""
+    """(N, 140, 56) int32 counts (Ring 1: (N, 92, 56)), generated in chunks of LS (vectorised
+    inside a chunk)."""
+    geometry = detector.geometry
     n_ls = occupancy.size
     patterns = detector.patterns.reshape(3, -1).astype(np.float32)
     weights = pattern_weights(pileup, z_asymmetry).astype(np.float32)
     weights *= occupancy.astype(np.float32)[:, None]
-    maps = np.empty((n_ls, *MAP_SHAPE), dtype=np.int32)
+    maps = np.empty((n_ls, *geometry.map_shape), dtype=np.int32)
     for start in range(0, n_ls, _CHUNK_LS):
         stop = min(start + _CHUNK_LS, n_ls)
         expected = weights[start:stop] @ patterns  # (chunk, 6528) float32
@@ -915,8 +1064,8 @@ def _generate_maps(
             local = rows[(rows >= start) & (rows < stop)] - start
             if local.size:
                 expected[np.ix_(local, rocs)] *= factor
-        counts = _sample_counts(expected, rng).reshape(-1, *MODEL_SHAPE)
-        maps[start:stop] = insert_cross(counts)
+        counts = _sample_counts(expected, rng).reshape(-1, *geometry.model_shape)
+        maps[start:stop] = insert_cross(counts, geometry=geometry)
     return maps
 
 
@@ -925,20 +1074,43 @@ def _generate_maps(
 # ================================================================================================
 
 
-def parquet_name(era: str) -> str:
-    """DIALS file name convention for the Ring 2 ME of the ZeroBias PromptReco dataset."""
-    return f"ZeroBias-{era}-PromptReco-v1-DQMIO-{RING2_ME.replace('/', '-')}.parquet"
+def parquet_name(era: str, geometry: RingGeometry = RING2) -> str:
+    """DIALS file name convention for a ring's ME (Ring 2 by default) of the ZeroBias
+    PromptReco dataset."""
+    return f"ZeroBias-{era}-PromptReco-v1-DQMIO-{geometry.me.replace('/', '-')}.parquet"
 
 
-def output_paths(out_dir: str | Path, era: str = "Run2025Z") -> dict[str, Path]:
+RING_CHOICES = ("1", "2", "both")  # `simulate --ring`
+
+
+def simulated_rings(ring: int | str) -> tuple[RingGeometry, ...]:
+    """The rings `simulate(ring=...)` writes: (RING2,), (RING1,) or (RING1, RING2) for "both"."""
+    text = str(ring).strip().lower()
+    if text == "both":
+        return (RING1, RING2)
+    if text not in ("1", "2"):
+        raise OptionError(f"ring must be 1, 2 or 'both', got {ring!r}")
+    return (RINGS[int(text)],)
+
+
+def output_paths(
+    out_dir: str | Path, era: str = "Run2025Z", ring: int | str = 2
+) -> dict[str, Path]:
     """The files `simulate` writes into `out_dir`: keys "parquet", "oms" and "truth".
 
-    Public so that a caller can find a simulation already on disk without simulating again.
+    With `ring="both"` the two parquets are "parquet_ring1" and "parquet_ring2" (no "parquet"):
+    a caller cannot take one ring's file for the pair by mistake. Public so that a caller can
+    find a simulation already on disk without simulating again.
     """
     _check_era(era)
     out_dir = Path(out_dir)
+    rings = simulated_rings(ring)
+    if len(rings) == 1:
+        parquets = {"parquet": out_dir / parquet_name(era, rings[0])}
+    else:
+        parquets = {f"parquet_ring{g.ring}": out_dir / parquet_name(era, g) for g in rings}
     return {
-        "parquet": out_dir / parquet_name(era),
+        **parquets,
         "oms": out_dir / f"omsdata_{era}-v1.json",
         "truth": out_dir / "truth.csv",
     }
@@ -959,9 +1131,16 @@ def _iter_runs(
     clean: bool,
     scenario: str,
     detector: Detector,
+    companion: Detector | None = None,
 ) -> Iterator[SimulatedRun]:
-    """Simulate runs one by one (so callers can stream them to disk); fills span runs."""
+    """Simulate runs one by one (so callers can stream them to disk); fills span runs.
+
+    The schedule and each run draw from the streams they always had (children 1 and 2.. of
+    `seed`); a `companion` ring draws from children of the otherwise unused child 0, so adding
+    Ring 1 moves none of Ring 2's numbers.
+    """
     seeds = np.random.SeedSequence(seed).spawn(runs + 2)
+    companion_seeds = seeds[0].spawn(runs) if companion is not None else []
     schedule_rng = np.random.default_rng(seeds[1])
     anomalies = "none" if clean else ("demo" if scenario == "demo" else "era")
     fill: Fill | None = None
@@ -987,84 +1166,12 @@ def _iter_runs(
             anomaly_rate=anomaly_rate,
             fill=fill,
             fill_position_ls=position,
+            companion=None
+            if companion is None
+            else (companion, np.random.default_rng(companion_seeds[i])),
         )
         position += n_ls + int(schedule_rng.integers(3, 30))  # runs of a fill are a few LS apart
         run += int(schedule_rng.integers(1, 4))
-
-
-def dials_table(
-    maps: np.ndarray,
-    run: np.ndarray,
-    ls: np.ndarray,
-    era: str = "Run2025Z",
-    value_type: str = DEFAULT_VALUE_TYPE,
-):
-    """Arrow table in the DIALS layout of (N, 140, 56) maps, built from flat numpy arrays."""
-    import pyarrow as pa
-
-    schema = dials_schema(value_type)
-    maps = np.ascontiguousarray(maps, dtype=np.int32)
-    n = maps.shape[0]
-    run = np.broadcast_to(np.asarray(run, dtype=np.int64), (n,))
-    n_rows, n_columns = maps.shape[1:]
-    value_dtype = schema.field("data").type.value_type.value_type.to_pandas_dtype()
-    values = pa.array(maps.reshape(-1).astype(value_dtype))
-    inner_offsets = pa.array(np.arange(0, n * n_rows * n_columns + 1, n_columns, dtype=np.int32))
-    outer_offsets = pa.array(np.arange(0, n * n_rows + 1, n_rows, dtype=np.int32))
-    data = pa.ListArray.from_arrays(outer_offsets, pa.ListArray.from_arrays(inner_offsets, values))
-    dataset = f"/ZeroBias/{era}-PromptReco-v1/DQMIO"
-
-    def constant(value, dtype):
-        return pa.array(np.full(n, value, dtype=dtype))
-
-    columns = {
-        "dataset": pa.array([dataset] * n, pa.string()),
-        "me": pa.array([RING2_ME] * n, pa.string()),
-        "dataset_id": constant(15000 + zlib.crc32(dataset.encode()) % 1000, np.int64),
-        "file_id": pa.array(run * 10 + 1),
-        "run_number": pa.array(run),
-        "ls_number": pa.array(np.asarray(ls, dtype=np.int64)),
-        "me_id": constant(1734, np.int64),
-        "x_min": constant(-3.5, np.float64),
-        "x_max": constant(3.5, np.float64),
-        "x_bin": constant(float(n_columns), np.float64),
-        "y_min": constant(-17.5, np.float64),
-        "y_max": constant(17.5, np.float64),
-        "y_bin": constant(float(n_rows), np.float64),
-        "entries": pa.array(maps.reshape(n, -1).sum(axis=1, dtype=np.int64)),
-        "data": data,
-    }
-    return pa.table(columns, schema=schema)
-
-
-def _parquet_writer(path: Path, value_type: str = DEFAULT_VALUE_TYPE):
-    import pyarrow.parquet as pq
-
-    return pq.ParquetWriter(
-        path,
-        dials_schema(value_type),
-        compression="zstd",
-        compression_level=1,
-        write_statistics=["run_number", "ls_number"],
-    )
-
-
-def write_dials_parquet(
-    path: str | Path,
-    maps: np.ndarray,
-    run: np.ndarray,
-    ls: np.ndarray,
-    era: str = "Run2025Z",
-    value_type: str = DEFAULT_VALUE_TYPE,
-) -> Path:
-    """Write (N, 140, 56) maps as a DIALS-format parquet (e.g. maps made from other models)."""
-    path = Path(path)
-    with replacing(path) as partial, _parquet_writer(partial, value_type) as writer:
-        for start in range(0, len(maps), ROW_GROUP_LS):
-            rows = slice(start, start + ROW_GROUP_LS)
-            run_rows = np.broadcast_to(np.asarray(run), (len(maps),))[rows]
-            writer.write_table(dials_table(maps[rows], run_rows, ls[rows], era, value_type))
-    return path
 
 
 def simulate(
@@ -1081,23 +1188,33 @@ def simulate(
     detector_seed: int = DETECTOR_SEED,
     value_type: str = DEFAULT_VALUE_TYPE,
     dead_groups: Iterable[str] = (),
+    ring: int | str = 2,
 ) -> dict[str, Path]:
-    """Write the DIALS parquet, OMS JSON and truth.csv of simulated runs into `out_dir`.
+    """Write the DIALS parquet(s), OMS JSON and truth.csv of simulated runs into `out_dir`.
 
     All runs come from one detector (`detector_seed`, by default the project's simulated
     detector, `default_detector()`), as the runs of one era do: a model trained on one
     simulation can judge the runs of another with a different `seed`.
 
-    Returns their paths under the keys "parquet", "oms" and "truth". Runs are generated and
-    written one at a time, in row groups of ROW_GROUP_LS LS, so memory is bounded by the
-    longest run. `dead_groups`: power groups dead in these runs on top of the detector's own
-    (a later period of the same detector, `with_dead_groups`). The parquet uses zstd level 1:
-    compression dominates the writing time and
-    level 1 keeps 100k LS within a minute while shrinking the file ~3x. `data` holds
-    list<list<double>> as files saved from cmsdials do (`value_type="int32"`: integer lists).
+    Returns their paths (`output_paths`). Runs are generated and written one at a time, in row
+    groups of ROW_GROUP_LS LS, so memory is bounded by the longest run. `dead_groups`: power
+    groups dead in these runs on top of the detector's own (a later period of the same
+    detector, `with_dead_groups`; in both rings with `ring="both"`). The parquet uses zstd
+    level 1: compression dominates the writing time and level 1 keeps 100k LS within a minute
+    while shrinking the file ~3x. `data` holds list<list<double>> as files saved from cmsdials
+    do (`value_type="int32"`: integer lists).
+
+    `ring`: 2 (the default: exactly the files of before Ring 1 existed), 1 (the Ring 1 ME's
+    parquet, its truth with a `rings` column of "1") or "both": the two MEs of the same LS
+    (runs, LS, pileup, DCS, missing LS) with the same power-group outages in both rings, one
+    OMS JSON and one truth.csv whose last column `rings` says which ring(s) each anomaly
+    silences ("1;2" for group outages and missing LS, "2" for Partial and Hot-ROC, drawn in
+    Ring 2) and whose n_dead_rocs counts both rings. Ring 2 of "both" is byte-identical to
+    `ring=2` of the same arguments.
     """
 
     _check_era(era)
+    rings = simulated_rings(ring)
     if scenario not in ("era", "demo"):
         raise OptionError(f"scenario must be 'era' or 'demo', got {scenario!r}")
     checked_integer(runs, "runs", minimum=1)
@@ -1113,12 +1230,28 @@ def simulate(
             logger.debug("demo scenario: simulating exactly one run (ignoring runs=%d)", runs)
         runs = 1
 
+    def detector_of(geometry: RingGeometry) -> Detector:
+        detector = make_detector(detector_seed, geometry)
+        return with_dead_groups(detector, dead_groups) if dead_groups else detector
+
+    # The primary ring draws the run (Ring 2 whenever it is written, so its numbers never
+    # move); Ring 1 is the companion of "both".
+    primary = detector_of(rings[-1])
+    companion = detector_of(RING1) if len(rings) == 2 else None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = output_paths(out_dir, era)
+    paths = output_paths(out_dir, era, ring)
+    parquet_paths = {
+        g.ring: paths["parquet"] if len(rings) == 1 else paths[f"parquet_ring{g.ring}"]
+        for g in rings
+    }
     oms: dict[str, list] = {key: [] for key in OMS_KEYS}
     truth_parts = []
-    with replacing(paths["parquet"]) as partial, _parquet_writer(partial, value_type) as writer:
+    with contextlib.ExitStack() as stack:
+        writers = {}
+        for number, path in parquet_paths.items():
+            partial = stack.enter_context(replacing(path))
+            writers[number] = stack.enter_context(dials_parquet_writer(partial, value_type))
         for sim in _iter_runs(
             runs,
             seed,
@@ -1127,15 +1260,18 @@ def simulate(
             anomaly_rate=anomaly_rate,
             clean=clean,
             scenario=scenario,
-            detector=with_dead_groups(make_detector(detector_seed), dead_groups)
-            if dead_groups
-            else make_detector(detector_seed),
+            detector=primary,
+            companion=companion,
         ):
-            for start in range(0, sim.ls.size, ROW_GROUP_LS):
-                rows = slice(start, start + ROW_GROUP_LS)
-                writer.write_table(
-                    dials_table(sim.maps[rows], sim.run, sim.ls[rows], era, value_type)
-                )
+            for number, writer in writers.items():
+                maps = sim.maps_of(number)
+                for start in range(0, sim.ls.size, ROW_GROUP_LS):
+                    rows = slice(start, start + ROW_GROUP_LS)
+                    writer.write_table(
+                        dials_table(
+                            maps[rows], sim.run, sim.ls[rows], era, value_type, RINGS[number]
+                        )
+                    )
             for key in OMS_KEYS:
                 oms[key].extend(sim.oms[key])
             truth_parts.append(sim.truth)
@@ -1143,12 +1279,15 @@ def simulate(
     # json.dumps (one shot) uses the C encoder; json.dump streams through the slow Python one.
     write_text(paths["oms"], json.dumps(oms))
     truth = pd.concat(truth_parts, ignore_index=True)
+    if rings == (RING1,):
+        truth["rings"] = "1"
     write_atomically(paths["truth"], lambda partial: truth.to_csv(partial, index=False))
     counts = truth.groupby("anomaly_type").size().to_dict()
     logger.info(
-        "Simulated %d LS in %d run(s); anomalous LS by type: %s",
+        "Simulated %d LS in %d run(s) of %s; anomalous LS by type: %s",
         len(oms["run_number"]),
         len(truth_parts),
+        " and ".join(g.name for g in rings),
         counts or "none",
     )
     return paths
