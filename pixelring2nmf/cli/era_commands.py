@@ -25,6 +25,7 @@ from .options import (
     non_negative_int,
     positive_int,
 )
+from .ring_inputs import record_joint_counts, ring_inputs, table_ring
 from .stats_commands import add_each_ls, run_each_ls
 
 logger = logging.getLogger("pixelring2nmf.cli")
@@ -191,7 +192,8 @@ def _judge(args: argparse.Namespace, status):
     _record_oms_warnings(status, oms)
     models = load_models(args.model, args.exclude_runs, args.skip_uncovered)
     record_models(status, models, logger)
-    with _executor(args, models.model_for_executor, oms) as executor:
+    model, check_plan = ring_inputs(models, sources, status)
+    with _executor(args, model, oms) as executor:
         era = analyse_era(
             sources,
             executor,
@@ -199,6 +201,7 @@ def _judge(args: argparse.Namespace, status):
             task_ls=args.task_ls,
             report=lambda message: logger.error("era: skipped %s", message),
             periods=models,
+            check_plan=check_plan,
         )
     record_models(status, models, logger, era)
     if oms is not None:
@@ -280,9 +283,10 @@ def _write_era(folder, era, args: argparse.Namespace) -> int:
 
     status = folder.status
     rule = PersistenceRule(args.persistent_fraction, args.persistent_min_ls)
-    tables = era_tables(era.results, rule)
+    tables = era_tables(era.results, rule, table_ring(status))
     status.problems = list(era.failures)
     status.details = era_details(era, tables)
+    record_joint_counts(status, era)
     try:
         folder.write_results(era, tables, xlsx=args.xlsx)
     except BaseException as stop:  # a full disk, a second Ctrl-C, a bug: say so, keep the rest
@@ -374,7 +378,9 @@ def _plot_lumisection(args: argparse.Namespace, out: Path) -> list[Path]:
     oms = OmsLookup.read(args.oms) if args.oms else None
     for warning in oms.warnings if oms is not None else ():
         logger.warning(warning)
-    figure, note = lumisection_plot(sources, args.run, args.ls, _model_of_run(args), oms)
+    model = _model_of_run(args)
+    _check_plot_rings(sources, model, args.model)
+    figure, note = lumisection_plot(sources, args.run, args.ls, model, oms)
     if oms is not None and not note.known:
         logger.warning(
             "no OMS data for run %d, LS %d in %s: its DCS state is unknown (the LS could not "
@@ -384,3 +390,13 @@ def _plot_lumisection(args: argparse.Namespace, out: Path) -> list[Path]:
             ", ".join(oms.sources),
         )
     return save_figures([figure], out)
+
+
+def _check_plot_rings(sources, model, paths) -> None:
+    """Every file of the LS's search against the model's ring(s): one line, before reading."""
+    from mlserver_model.pixelring2nmf import DEFAULT_MODEL_PATH
+
+    from ..model.rings import check_sources, describe_model
+
+    named = ", ".join(str(p) for p in paths or [DEFAULT_MODEL_PATH])
+    check_sources(sources, model, describe_model(model, named))

@@ -54,6 +54,7 @@ def analyse_era(
     report: Callable[[str], object] | None = None,
     on_task: Callable[[TaskResult], object] | None = None,
     periods: ModelSet | None = None,
+    check_plan: Callable[[FilePlan], object] | None = None,
 ) -> EraRun:
     """Judge every LS of `sources` (only the row groups that may hold `runs`, if given).
 
@@ -63,7 +64,8 @@ def analyse_era(
     `periods`: the model files, when the executor judges with several or leaves runs out:
     every run of the files is then checked against them before any LS is judged (a run
     covered by no model or by two raises their OptionError), and the results get the column
-    `model` (the file that judged each LS; with one model too).
+    `model` (the file that judged each LS; with one model too). `check_plan(plan)` sees every
+    file's plan before any LS is judged (the command refuses a file of another ring there).
     """
     start = time.perf_counter()
     parts: list[TaskResult] = []
@@ -74,6 +76,9 @@ def analyse_era(
     bar = None
     try:
         plans = executor.plan(sources)
+        for plan in plans if check_plan is not None else ():
+            if not plan.failure:
+                check_plan(plan)
         if runs is not None:
             plans = [plan.with_runs(runs) for plan in plans]
         if periods is not None and periods.single is None:

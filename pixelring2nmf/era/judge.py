@@ -25,6 +25,7 @@ from ..io.oms import OmsLookup, pileup_values, recorded_lumi_values
 from ..io.parquet import iter_row_group, open_dials_parquet
 from ..io.results import PILEUP_COLUMN, RECORDED_LUMI_COLUMN, empty_results, results_table
 from ..model.periods import NOT_JUDGED, ModelSet
+from .joint import JointEra
 from .plan import RowGroupTask, problem
 
 CHUNK_LS = 1000  # LS judged at once: ~31 MB of int32 maps, the simulator's row-group size
@@ -88,7 +89,7 @@ def judge_by_period(
 
 def judge_row_groups(
     task: RowGroupTask,
-    model: PixelRing2NMF | ModelSet,
+    model: PixelRing2NMF | ModelSet | JointEra,
     oms: OmsLookup | None,
     on_chunk: Callable[[int], object] | None = None,
 ) -> TaskResult:
@@ -107,7 +108,9 @@ def judge_row_groups(
                 try:
                     chunks = iter_row_group(parquet_file, row_group, task.source, max_ls=CHUNK_LS)
                     for chunk in chunks:
-                        if isinstance(model, ModelSet):  # several models: split by period
+                        if isinstance(model, JointEra):  # both rings: pair by (run, LS)
+                            table = model.judge_chunk(chunk, task.source, oms)
+                        elif isinstance(model, ModelSet):  # several models: split by period
                             table = judge_by_period(chunk.maps, chunk.run, chunk.ls, model, oms)
                         else:
                             table, _ = judge_lumisections(

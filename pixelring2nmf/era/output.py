@@ -72,6 +72,7 @@ class EraStatus:
     files: list[str] = field(default_factory=list)
     model: str = ""
     models: dict = field(default_factory=dict)  # era/periods.py: files, periods, runs judged
+    rings: dict = field(default_factory=dict)  # model/rings.py: {"ring": ...} unless Ring 2
     state: str = RUNNING
     reason: str = ""
     problems: list[str] = field(default_factory=list)
@@ -91,6 +92,7 @@ class EraStatus:
             "files": self.files,
             "model": self.model,
             **self.models,
+            **self.rings,
             "oms": self.oms,
             "outputs": self.outputs,
             **self.details,

@@ -60,6 +60,7 @@ class FilePlan:
     source: Source
     row_groups: tuple[RowGroupInfo, ...] = ()
     failure: str = ""
+    ring: int = 0  # the ring its maps are of (from its ME and binning); 0: not known
 
     @property
     def n_ls(self) -> int:
@@ -111,8 +112,11 @@ def problem(source: Source, where: str, error: BaseException) -> str:
 def plan_file(file_index: int, source: Source) -> FilePlan:
     """Read one footer; a file that cannot be opened becomes a failure naming it, not the era's
     end (the other files are still judged)."""
+    from ..model.rings import file_geometry
+
     try:
-        return FilePlan(file_index, source, tuple(row_group_infos(source)))
+        infos = tuple(row_group_infos(source))
+        return FilePlan(file_index, source, infos, ring=file_geometry(source).ring)
     except (DataError, InputError) as error:
         return FilePlan(file_index, source, failure=problem(source, str(source), error))
 

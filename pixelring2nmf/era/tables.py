@@ -28,6 +28,7 @@ from mlserver_model.geometry import ANOMALY_SAME_DISK, GROUP_DISK, GROUP_NAMES
 
 from ..io.original_sheets import LAYOUTS as ORIGINAL_LAYOUTS
 from ..io.results import MODEL_COLUMN, RECORDED_LUMI_COLUMN, RESULT_COLUMNS
+from ..model.rings import RING2_TABLES, TableRing
 
 # the result columns the tables read (io/results.py names them; why DCS failed is not used)
 NEEDED_COLUMNS = tuple(name for name in RESULT_COLUMNS if name != "dcs_failed")
@@ -53,7 +54,7 @@ PERSISTENT_COLUMNS = (
     "Last_LS",
     "Note",
 )
-RING = 2
+RING = 2  # Ring 2's number; an era of another ring passes its TableRing
 LUMI_DECIMALS = 6  # pb^-1: an LS holds ~0.5, so a micro-pb is far below anything read
 PERSISTENT_NOTE = "dead group the model does not know, or a stale model: retrain or exclude"
 
@@ -102,8 +103,13 @@ def disks_of(groups: str) -> str:
     return ":".join(str(d) for d in sorted(disks, key=lambda d: (abs(d), d)))
 
 
-def era_tables(results: pd.DataFrame, rule: PersistenceRule = PersistenceRule()) -> EraTables:
-    """All tables of an era from per-LS results (any order; one row per (run, LS))."""
+def era_tables(
+    results: pd.DataFrame,
+    rule: PersistenceRule = PersistenceRule(),
+    ring: TableRing = RING2_TABLES,
+) -> EraTables:
+    """All tables of an era from per-LS results (any order; one row per (run, LS)); `ring`
+    names the ring(s) the model judged in `Ring_Num` and `Row/Quarter` (model/rings.py)."""
     missing = [c for c in NEEDED_COLUMNS if c not in results.columns]
     if missing:
         raise ValueError(f"per-LS results lack column(s) {missing}; found {list(results.columns)}")
@@ -113,9 +119,9 @@ def era_tables(results: pd.DataFrame, rule: PersistenceRule = PersistenceRule())
     transient = _without_persistent(anomalous, persistent)
     ranges = anomaly_ranges(transient)
     return EraTables(
-        condensed=condensed_table(ranges),
-        powergroup=powergroup_table(ranges),
-        per_ls=per_ls_table(transient),
+        condensed=condensed_table(ranges, ring),
+        powergroup=powergroup_table(ranges, ring),
+        per_ls=per_ls_table(transient, ring),
         run_summary=run_summary(results, ranges, persistent),
         persistent=persistent,
     )
@@ -205,7 +211,7 @@ def anomaly_ranges(anomalous: pd.DataFrame) -> pd.DataFrame:
     return ranges[columns].reset_index(drop=True)
 
 
-def condensed_table(ranges: pd.DataFrame) -> pd.DataFrame:
+def condensed_table(ranges: pd.DataFrame, ring: TableRing = RING2_TABLES) -> pd.DataFrame:
     """`Run, First LS, Last LS, Total LS, Barrel/Forward, Layer/Disk, Row/Quarter, Type`."""
     return pd.DataFrame(
         {
@@ -215,7 +221,7 @@ def condensed_table(ranges: pd.DataFrame) -> pd.DataFrame:
             "Total LS": ranges.n_ls.astype(np.int64),
             "Barrel/Forward": "Forward",
             "Layer/Disk": ["Disk " + disks_of(g) for g in ranges.groups],
-            "Row/Quarter": f"Ring {RING}",
+            "Row/Quarter": ring.name,
             "Type": ranges.type,
             "Recorded Lumi (pb^-1)": ranges.recorded_lumi.astype(np.float64),
         },
@@ -223,7 +229,7 @@ def condensed_table(ranges: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def powergroup_table(ranges: pd.DataFrame) -> pd.DataFrame:
+def powergroup_table(ranges: pd.DataFrame, ring: TableRing = RING2_TABLES) -> pd.DataFrame:
     """`Run_Number, Start_LS, End_LS, Num_LS, Powergroup, Disk, Ring_Num, Anomaly_Type`."""
     return pd.DataFrame(
         {
@@ -233,7 +239,7 @@ def powergroup_table(ranges: pd.DataFrame) -> pd.DataFrame:
             "Num_LS": ranges.n_ls.astype(np.int64),
             "Powergroup": ranges.groups.str.replace(";", ":", regex=False),
             "Disk": [disks_of(g) for g in ranges.groups],
-            "Ring_Num": RING,
+            "Ring_Num": ring.number,
             "Anomaly_Type": ranges.type,
             "Recorded_Lumi_pb": ranges.recorded_lumi.astype(np.float64),
         },
@@ -241,7 +247,7 @@ def powergroup_table(ranges: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def per_ls_table(anomalous: pd.DataFrame) -> pd.DataFrame:
+def per_ls_table(anomalous: pd.DataFrame, ring: TableRing = RING2_TABLES) -> pd.DataFrame:
     """`Run_Number, Lumisection, Powergroup, Disk, Ring_Num, Anomaly_Type`, one row per LS."""
     return pd.DataFrame(
         {
@@ -249,7 +255,7 @@ def per_ls_table(anomalous: pd.DataFrame) -> pd.DataFrame:
             "Lumisection": anomalous.ls.astype(np.int64),
             "Powergroup": anomalous.groups.str.replace(";", ":", regex=False),
             "Disk": [disks_of(g) for g in anomalous.groups],
-            "Ring_Num": RING,
+            "Ring_Num": ring.number,
             "Anomaly_Type": anomalous.type,
         },
         columns=list(PER_LS_COLUMNS),

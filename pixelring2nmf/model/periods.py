@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mlserver_model.joint import JointNMF, load_model
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..errors import OptionError
 from ..io.keys import consecutive_ranges
+from .rings import model_rings, rings_text
 
 NOT_JUDGED = -1  # index_of's answer for a run that no model judges (excluded, or skipped)
 _SHOWN_RANGES = 8  # run ranges named in a message before "and N more"
@@ -115,13 +117,13 @@ class PeriodModel:
     """One model file: where it came from, what it is valid for, and the loaded model."""
 
     path: str
-    model: PixelRing2NMF
+    model: PixelRing2NMF | JointNMF
     valid: RunRange
     sha256: str
 
     @classmethod
     def load(cls, path: str | Path) -> PeriodModel:
-        model = PixelRing2NMF.load(path)  # a bad file is an ArtifactError naming it
+        model = load_model(path)  # one ring or both; a bad file is an ArtifactError naming it
         return cls(str(path), model, RunRange.of_model(model), file_sha256(path))
 
     def describe(self) -> str:
@@ -157,10 +159,23 @@ class ModelSet:
         skip_uncovered: bool = False,
     ) -> ModelSet:
         unique = list(dict.fromkeys(str(p) for p in paths))
-        return cls([PeriodModel.load(p) for p in unique], list(exclude), skip_uncovered)
+        models = [PeriodModel.load(p) for p in unique]
+        kinds = {model_rings(m.model) for m in models}
+        if len(kinds) > 1:
+            named = "; ".join(f"{m.path}: {rings_text(model_rings(m.model))}" for m in models)
+            raise OptionError(
+                f"--model: the files judge different rings ({named}): give models "
+                "of one ring (or joint models only)"
+            )
+        return cls(models, list(exclude), skip_uncovered)
 
     @property
-    def single(self) -> PixelRing2NMF | None:
+    def rings(self) -> tuple[int, ...]:
+        """The rings every model of the set judges: (1,), (2,) or (1, 2) (joint models)."""
+        return model_rings(self.models[0].model)
+
+    @property
+    def single(self) -> PixelRing2NMF | JointNMF | None:
         """The one model, when there is nothing to choose (one file valid for every run and no
         run left out): the era then runs exactly as with one model, at the same speed."""
         if len(self.models) == 1 and self.models[0].valid.every_run and not self.exclude:
@@ -168,7 +183,7 @@ class ModelSet:
         return None
 
     @property
-    def model_for_executor(self) -> PixelRing2NMF | ModelSet:
+    def model_for_executor(self) -> PixelRing2NMF | JointNMF | ModelSet:
         return self.single or self
 
     def excluded_mask(self, runs: np.ndarray) -> np.ndarray:

@@ -22,7 +22,8 @@ import numpy as np
 
 from mlserver_model.artifact import VALID_RUNS_KEY
 from mlserver_model.bad_ROC import Thresholds
-from mlserver_model.geometry import MAP_SHAPE
+from mlserver_model.geometry import GEOMETRY_BY_MAP_SHAPE, RING2, RingGeometry
+from mlserver_model.joint import JointNMF
 from mlserver_model.nmf2d import MAX_EXACT_COMPONENTS
 from mlserver_model.pixelring2nmf import PixelRing2NMF, to_model_space
 
@@ -176,12 +177,14 @@ def train_model(
     on_pass: Callable[[int], None] | None = None,
     valid_runs: tuple[int, int | None] | None = None,
 ) -> PixelRing2NMF:
-    """Fit a model on good (N, 140, 56) maps (already filtered); `valid_runs` (first, last or
-    None) is the period it is for (model/periods.py), stored in the file; None: every run."""
+    """Fit a model on good (N, 140, 56) Ring 2 or (N, 92, 56) Ring 1 maps (already filtered;
+    the ring is the maps'); `valid_runs` (first, last or None) is the period it is for
+    (model/periods.py), stored in the file; None: every run."""
     thresholds = thresholds or Thresholds()
-    x = to_model_space(maps_nyx)
+    geometry = maps_geometry(maps_nyx)
+    x = to_model_space(maps_nyx, geometry)
     components = fit_components(x, n_components, alpha_H, passes, seed, on_pass)
-    model = PixelRing2NMF(components, np.zeros(x.shape[1]), thresholds)
+    model = PixelRing2NMF(components, np.zeros(x.shape[1]), thresholds, geometry=geometry)
     model_error = estimate_model_error(model, x, thresholds.model_error_floor)
     return PixelRing2NMF(
         components,
@@ -198,6 +201,39 @@ def train_model(
                 **(provenance or {}),
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "libraries": _library_versions(),
+            },
+            **(
+                {}
+                if valid_runs is None
+                else {VALID_RUNS_KEY: {"first": valid_runs[0], "last": valid_runs[1]}}
+            ),
+        },
+        geometry=geometry,
+    )
+
+
+def maps_geometry(maps_nyx: np.ndarray) -> RingGeometry:
+    """The ring whose map shape the maps have (Ring 2's for anything else: it then refuses them
+    with its own message, as before Ring 1 existed)."""
+    return GEOMETRY_BY_MAP_SHAPE.get(tuple(np.shape(maps_nyx)[1:]), RING2)
+
+
+def joint_model(
+    models: dict[int, PixelRing2NMF], valid_runs: tuple[int, int | None] | None = None
+) -> JointNMF:
+    """One model file of both rings from one model per ring (each trained on its own ring's
+    files): the rings keep their components and model errors, and share the thresholds of the
+    first (train uses the defaults for both). Each ring's provenance is kept under its input
+    name ('Ring1', 'Ring2'), so the file says which data each ring learned from."""
+    first = models[min(models)]
+    return JointNMF(
+        models,
+        first.thresholds,
+        metadata={
+            "version": __version__,
+            "training": {
+                model.geometry.input_name: model.metadata.get("training", {})
+                for _, model in sorted(models.items())
             },
             **(
                 {}
@@ -240,8 +276,15 @@ def load_good_maps(
         logger.warning(warning)
     ranges = read_exclusions(exclude_file) if exclude_file is not None else np.zeros((0, 3))
     chunks, run_of_map, n_total = [], [], 0
+    geometry = None
     for path in parquet_files:
         data = read_dials_parquet(path)
+        if geometry is not None and data.geometry is not geometry:
+            raise DataError(
+                f"{path} holds {data.geometry.name} maps, {parquet_files[0]} {geometry.name} "
+                "maps: train one ring at a time, or both rings' files with --joint"
+            )
+        geometry = data.geometry
         if data.n_repeated:
             logger.warning(data.repeated_message(path))
         n_total += len(data)
@@ -249,7 +292,11 @@ def load_good_maps(
         good = dcs_filter(columns, len(data)).good & ~excluded_mask(data.run, data.ls, ranges)
         chunks.append(data.maps[good])
         run_of_map.append(data.run[good])
-    maps = np.concatenate(chunks) if chunks else np.zeros((0, *MAP_SHAPE), np.int32)
+    maps = (
+        np.concatenate(chunks)
+        if chunks
+        else np.zeros((0, *(geometry or RING2).map_shape), np.int32)
+    )
     runs = np.concatenate(run_of_map) if run_of_map else np.zeros(0, np.int64)
     n_good = len(maps)
     if max_ls is not None and n_good > max_ls:
@@ -277,7 +324,7 @@ def fit_report(model: PixelRing2NMF, maps_nyx: np.ndarray) -> list[str]:
     or a model error far above its floor on many ROCs, says the training data were not
     homogeneous (an outage or a detector change inside them).
     """
-    x = to_model_space(maps_nyx)
+    x = to_model_space(maps_nyx, model.geometry)
     expected = model.reconstruct(x)
     residual = np.linalg.norm(x - expected, axis=1) / np.maximum(np.linalg.norm(x, axis=1), 1e-9)
     eps = model.model_error

@@ -26,8 +26,8 @@ from mlserver_model.geometry import (
     GROUP_DISK,
     GROUP_NAMES,
     GROUP_ROG,
-    MAP_SHAPE,
-    ROG_BLADES,
+    RING2,
+    RingGeometry,
 )
 
 from ..errors import OptionError
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-EXTENT = (-3.5, 3.5, -17.5, 17.5)  # SignedDiskCoord x SignedBladePanelCoord of the ME
+EXTENT = (-3.5, 3.5, -17.5, 17.5)  # SignedDiskCoord x SignedBladePanelCoord of the Ring 2 ME
 TYPE_COLOURS = {
     ANOMALY_MULTI_DISK: "#d62728",
     ANOMALY_QUARTER: "#9467bd",
@@ -58,10 +58,16 @@ def _pyplot():
     return plt
 
 
-def _group_box(g: int) -> tuple[float, float, float, float]:
+def extent(geometry: RingGeometry = RING2) -> tuple[float, float, float, float]:
+    """The ME's axes: SignedDiskCoord -3.5..3.5, SignedBladePanelCoord -n-0.5..n+0.5."""
+    half = geometry.n_blades + 0.5
+    return (-3.5, 3.5, -half, half)
+
+
+def _group_box(g: int, geometry: RingGeometry = RING2) -> tuple[float, float, float, float]:
     """(x0, y0, width, height) of power group g in SignedDiskCoord x SignedBladePanelCoord."""
     disk = int(GROUP_DISK[g])
-    first, last = ROG_BLADES[int(GROUP_ROG[g])]
+    first, last = geometry.rog_blades[int(GROUP_ROG[g])]
     side = GROUP_NAMES[g].split("_")[1][2]  # 'O' (negative blades) or 'I'
     low, high = (first, last) if side == BLADE_SIDES[1] else (-last, -first)
     return disk - 0.5, low - 0.5, 1.0, high - low + 1.0
@@ -84,15 +90,18 @@ def describe_groups(names: Sequence[str]) -> str:
     )
 
 
-def ring2_axes(ax: Axes, *, blade_labels: bool = True) -> None:
-    """Disk ticks on x, blade ticks on y (panel boundaries as minor ticks), the cross greyed."""
-    ax.set_xlim(EXTENT[0], EXTENT[1])
-    ax.set_ylim(EXTENT[2], EXTENT[3])
+def ring2_axes(ax: Axes, *, blade_labels: bool = True, geometry: RingGeometry = RING2) -> None:
+    """Disk ticks on x, blade ticks on y (panel boundaries as minor ticks), the cross greyed;
+    blades +-17 (Ring 2) or +-11 (Ring 1, `geometry` RING1)."""
+    x0, x1, y0, y1 = extent(geometry)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
     ax.set_xticks(range(-3, 4), ["-3", "-2", "-1", "", "+1", "+2", "+3"])
     ax.set_xticks(np.arange(-3.5, 4.0, 1.0), minor=True)
-    blades = [b for b in range(-17, 18) if b != 0]
+    n = geometry.n_blades
+    blades = [b for b in range(-n, n + 1) if b != 0]
     ax.set_yticks(blades, [f"{b:+d}" for b in blades], fontsize=6)
-    ax.set_yticks(np.arange(-17.0, 18.0, 1.0), minor=True)  # panel 2 | panel 1 inside a blade
+    ax.set_yticks(np.arange(-n, n + 1.0, 1.0), minor=True)  # panel 2 | panel 1 inside a blade
     ax.tick_params(axis="y", which="minor", length=2)
     ax.tick_params(axis="y", labelleft=blade_labels)
     ax.set_xlabel("disk (SignedDiskCoord)")
@@ -105,13 +114,19 @@ def ring2_axes(ax: Axes, *, blade_labels: bool = True) -> None:
     ax.axhspan(-0.5, 0.5, **cross)
 
 
-def outline_groups(ax: Axes, anomalous: np.ndarray | None = None, *, names: bool = False) -> None:
+def outline_groups(
+    ax: Axes,
+    anomalous: np.ndarray | None = None,
+    *,
+    names: bool = False,
+    geometry: RingGeometry = RING2,
+) -> None:
     """The 48 power groups as rectangles; anomalous ones thick red (and named if `names`)."""
     from matplotlib.patches import Rectangle
 
     anomalous = np.zeros(len(GROUP_NAMES), bool) if anomalous is None else np.asarray(anomalous)
     for g in range(len(GROUP_NAMES)):
-        x0, y0, width, height = _group_box(g)
+        x0, y0, width, height = _group_box(g, geometry)
         bad = bool(anomalous[g])
         ax.add_patch(
             Rectangle(
@@ -149,8 +164,8 @@ def plot_ring2(map_yx: np.ndarray, ax: Axes | None = None, title: str = "", **im
     """
     plt = _pyplot()
     map_yx = np.asarray(map_yx)
-    if map_yx.shape != MAP_SHAPE:
-        raise ValueError(f"Expected one Ring 2 map of shape {MAP_SHAPE}, got {map_yx.shape}")
+    if map_yx.shape != RING2.map_shape:
+        raise ValueError(f"Expected one Ring 2 map of shape {RING2.map_shape}, got {map_yx.shape}")
     if ax is None:
         _, ax = plt.subplots(figsize=(4, 8))
     image = ax.imshow(np.ma.masked_equal(map_yx, 0), **_image_kwargs(), **imshow_kwargs)
@@ -172,6 +187,7 @@ def lumisection_figure(
     flag: bool,
     dcs_note: str = "",
     z_threshold: float | None = None,
+    geometry: RingGeometry = RING2,
 ) -> Figure:
     """One LS: occupancy, reconstruction, deficit significance and bad ROCs, side by side.
 
@@ -182,15 +198,15 @@ def lumisection_figure(
     plt = _pyplot()
     from matplotlib.colors import ListedColormap, TwoSlopeNorm
 
-    fig, axes = plt.subplots(1, 4, figsize=(17, 9), sharey=True, constrained_layout=True)
+    height = 9 if geometry.n_blades > 12 else 6.5
+    fig, axes = plt.subplots(1, 4, figsize=(17, height), sharey=True, constrained_layout=True)
+    image = _image_kwargs(geometry)
     reconstruction = roc_maps["reconstruction"]
     live = reconstruction > 0
     top = float(np.percentile(np.concatenate([map_yx[live], reconstruction[live]]), 99.5))
     scale = {"vmin": 0.0, "vmax": max(top, 1.0), "cmap": "viridis"}
-    occupancy = axes[0].imshow(
-        np.ma.masked_where(~live & (map_yx == 0), map_yx), **_image_kwargs(), **scale
-    )
-    axes[1].imshow(np.ma.masked_where(~live, reconstruction), **_image_kwargs(), **scale)
+    occupancy = axes[0].imshow(np.ma.masked_where(~live & (map_yx == 0), map_yx), **image, **scale)
+    axes[1].imshow(np.ma.masked_where(~live, reconstruction), **image, **scale)
     fig.colorbar(occupancy, ax=axes[:2], label="clusters per ROC", shrink=0.8, pad=0.01)
 
     significance = roc_maps.get("significance")
@@ -200,7 +216,7 @@ def lumisection_figure(
             np.ma.masked_where(~live, np.clip(significance, -limit, limit)),
             cmap="RdBu_r",
             norm=TwoSlopeNorm(0.0, -limit, limit),
-            **_image_kwargs(),
+            **image,
         )
         label = "deficit significance (σ): + fewer clusters than expected"
         fig.colorbar(z, ax=axes[2], label=label, shrink=0.8, pad=0.01)
@@ -210,19 +226,20 @@ def lumisection_figure(
     # bad ROCs: 0 = not expected to count (dead, cross), 1 = live and fine, 2 = bad
     state = np.where(roc_maps["bad"], 2, np.where(live, 1, 0))
     states = ListedColormap(["white", "#cfd8dc", "#b71c1c"])
-    bad = axes[3].imshow(state, cmap=states, vmin=-0.5, vmax=2.5, **_image_kwargs())
+    bad = axes[3].imshow(state, cmap=states, vmin=-0.5, vmax=2.5, **image)
     bar = fig.colorbar(bad, ax=axes[3], ticks=[0, 1, 2], shrink=0.8, pad=0.01)
     bar.ax.set_yticklabels(["no data expected", "live ROC", "bad ROC"])
 
     titles = ("occupancy", "NMF reconstruction", "deficit significance", "bad ROCs, power groups")
     for i, (ax, title) in enumerate(zip(axes, titles, strict=True)):
-        ring2_axes(ax, blade_labels=i == 0)
-        outline_groups(ax, anomalous_groups, names=i in (0, 3))
+        ring2_axes(ax, blade_labels=i == 0, geometry=geometry)
+        outline_groups(ax, anomalous_groups, names=i in (0, 3), geometry=geometry)
         ax.set_title(title)
     verdict = "flagged" if flag else "not flagged"
     names = describe_groups(np.asarray(GROUP_NAMES)[np.asarray(anomalous_groups, bool)])
+    ring = "" if geometry is RING2 else f"{geometry.name}, "
     fig.suptitle(
-        f"Run {run}, LS {ls} — {anomaly_type}, Metric {metric:.2f} ({verdict})"
+        f"{ring}Run {run}, LS {ls} — {anomaly_type}, Metric {metric:.2f} ({verdict})"
         + (f"\nanomalous power groups: {names}" if names else "\nno anomalous power group")
         + (f"; {dcs_note}" if dcs_note else ""),
         fontsize=13,
@@ -230,8 +247,78 @@ def lumisection_figure(
     return fig
 
 
-def _image_kwargs() -> dict:
-    return {"origin": "lower", "extent": EXTENT, "aspect": "auto", "interpolation": "nearest"}
+def joint_lumisection_figure(
+    maps: dict[int, np.ndarray | None],
+    roc_maps: dict[int, dict[str, np.ndarray]],
+    anomalous_groups: np.ndarray,
+    *,
+    geometries: dict[int, RingGeometry],
+    run: int,
+    ls: int,
+    anomaly_type: str,
+    metric: float,
+    flag: bool,
+    dcs_note: str = "",
+) -> Figure:
+    """One LS judged by a joint model: each ring's occupancy and bad ROCs, side by side, the
+    power groups the joint decision found anomalous outlined in both rings (a group powers
+    blades of both). A ring without a map for the LS says so in its panels."""
+    plt = _pyplot()
+    from matplotlib.colors import ListedColormap
+
+    rings = sorted(geometries)
+    fig, axes = plt.subplots(
+        1, 2 * len(rings), figsize=(8.5 * len(rings), 8.5), constrained_layout=True
+    )
+    states = ListedColormap(["white", "#cfd8dc", "#b71c1c"])
+    for k, ring in enumerate(rings):
+        geometry = geometries[ring]
+        occupancy_ax, bad_ax = axes[2 * k], axes[2 * k + 1]
+        map_yx = maps.get(ring)
+        for ax, title in ((occupancy_ax, "occupancy"), (bad_ax, "bad ROCs, power groups")):
+            ring2_axes(ax, blade_labels=ax is occupancy_ax, geometry=geometry)
+            outline_groups(ax, anomalous_groups, names=ax is bad_ax, geometry=geometry)
+            ax.set_title(f"{geometry.name}: {title}")
+        if map_yx is None:
+            for ax in (occupancy_ax, bad_ax):
+                ax.text(0, 0, f"no {geometry.name} map\nfor this LS", ha="center", va="center")
+            continue
+        image = _image_kwargs(geometry)
+        reconstruction = roc_maps[ring]["reconstruction"]
+        live = reconstruction > 0
+        top = float(np.percentile(np.concatenate([map_yx[live], reconstruction[live]]), 99.5))
+        shown = occupancy_ax.imshow(
+            np.ma.masked_where(~live & (map_yx == 0), map_yx),
+            vmin=0.0,
+            vmax=max(top, 1.0),
+            cmap="viridis",
+            **image,
+        )
+        fig.colorbar(shown, ax=occupancy_ax, label="clusters per ROC", shrink=0.7, pad=0.01)
+        state = np.where(roc_maps[ring]["bad"], 2, np.where(live, 1, 0))
+        bad = bad_ax.imshow(state, cmap=states, vmin=-0.5, vmax=2.5, **image)
+        bar = fig.colorbar(bad, ax=bad_ax, ticks=[0, 1, 2], shrink=0.7, pad=0.01)
+        bar.ax.set_yticklabels(["no data expected", "live ROC", "bad ROC"])
+    verdict = "flagged" if flag else "not flagged"
+    names = describe_groups(np.asarray(GROUP_NAMES)[np.asarray(anomalous_groups, bool)])
+    judged = " + ".join(geometries[r].name for r in rings if maps.get(r) is not None)
+    fig.suptitle(
+        f"Whole forward pixel (joint model, judged on {judged}): Run {run}, LS {ls} — "
+        f"{anomaly_type}, Metric {metric:.2f} ({verdict})"
+        + (f"\nanomalous power groups: {names}" if names else "\nno anomalous power group")
+        + (f"; {dcs_note}" if dcs_note else ""),
+        fontsize=13,
+    )
+    return fig
+
+
+def _image_kwargs(geometry: RingGeometry = RING2) -> dict:
+    return {
+        "origin": "lower",
+        "extent": extent(geometry),
+        "aspect": "auto",
+        "interpolation": "nearest",
+    }
 
 
 def era_run_figure(

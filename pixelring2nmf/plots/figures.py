@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mlserver_model.joint import JointNMF
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..era.judge import judge_lumisections
@@ -24,14 +25,15 @@ from ..era.output import RESULTS_STEM, table_csv
 from ..errors import DataError
 from ..io.oms import OmsLookup, pileup_values
 from ..io.parquet import iter_dials_parquet
-from .draw import era_run_figure, lumisection_figure
+from .draw import era_run_figure, joint_lumisection_figure, lumisection_figure
 
 logger = logging.getLogger(__name__)
 
 
 def find_lumisection(paths: Sequence[str | Path], run: int, ls: int) -> np.ndarray:
-    """The (140, 56) map of (run, LS), reading only row groups that may hold the run; the first
-    copy when the LS is found more than once (the toolkit's duplicate policy)."""
+    """The map of (run, LS) ((140, 56) or (92, 56): the files' ring), reading only row groups
+    that may hold the run; the first copy when the LS is found more than once (the toolkit's
+    duplicate policy)."""
     for path in paths:
         for chunk in iter_dials_parquet(path, runs=[run]):
             hit = np.flatnonzero(chunk.ls == ls)
@@ -64,9 +66,16 @@ def dcs_note(oms: OmsLookup | None, run: int, ls: int, failed_flags: list[str]) 
 
 
 def lumisection_plot(
-    sources: Sequence[str | Path], run: int, ls: int, model: PixelRing2NMF, oms: OmsLookup | None
+    sources: Sequence[str | Path],
+    run: int,
+    ls: int,
+    model: PixelRing2NMF | JointNMF,
+    oms: OmsLookup | None,
 ):
-    """The figure of one LS, and the note on its DCS state."""
+    """The figure of one LS, and the note on its DCS state (the sources hold the model's
+    ring(s): the command checked them)."""
+    if isinstance(model, JointNMF):
+        return joint_lumisection_plot(sources, run, ls, model, oms)
     map_yx = find_lumisection(sources, run, ls)
     _, result = judge_lumisections(
         map_yx[None], np.array([run]), np.array([ls]), model, oms, roc_maps=True
@@ -83,6 +92,47 @@ def lumisection_plot(
         flag=bool(result.flag[0]),
         dcs_note=note.text,
         z_threshold=model.thresholds.z_threshold,
+        geometry=model.geometry,
+    )
+    return figure, note
+
+
+def joint_lumisection_plot(
+    sources: Sequence[str | Path], run: int, ls: int, model: JointNMF, oms: OmsLookup | None
+):
+    """One LS of a joint model: both rings' maps of it (one may be missing: then it is judged,
+    as in an era, on the other ring alone), the joint decision, each ring's bad ROCs."""
+    from ..model.rings import sources_by_ring
+
+    by_ring = sources_by_ring(sources)
+    maps: dict[int, np.ndarray | None] = {}
+    for ring in sorted(model.rings):
+        try:
+            maps[ring] = find_lumisection(by_ring.get(ring, []), run, ls)
+        except DataError:
+            maps[ring] = None
+    present = {ring: m[None] for ring, m in maps.items() if m is not None}
+    if not present:
+        names = ", ".join(str(p) for p in sources)
+        raise DataError(f"run {run}, LS {ls} is in no file of either ring: {names}")
+    columns = oms.columns_for(np.array([run]), np.array([ls])) if oms is not None else None
+    result = model.predict(present, columns)
+    note = dcs_note(oms, run, ls, result.dcs.failed_flags(0))
+    roc_maps = {
+        ring: {name: array[0] for name, array in model.rings[ring].roc_maps(m).items()}
+        for ring, m in present.items()
+    }
+    figure = joint_lumisection_figure(
+        maps,
+        roc_maps,
+        result.anomalous_groups[0],
+        geometries={ring: m.geometry for ring, m in model.rings.items()},
+        run=run,
+        ls=ls,
+        anomaly_type=str(result.anomaly_type[0]),
+        metric=float(result.metric[0]),
+        flag=bool(result.flag[0]),
+        dcs_note=note.text,
     )
     return figure, note
 
