@@ -41,12 +41,6 @@ def check_model_match(key: str, properties: Any, template_path: str | Path) -> N
     docstring)."""
     name, rings = model_rings(properties.ModelUri)
     where = f"{template_path}: {key}"
-    kind = _kind(str(properties.Name))
-    if kind is not None and kind != name:
-        raise DataError(
-            f"{where}: Name {properties.Name!r} is that of a {kind} model, but its model "
-            f"{properties.ModelUri} is a {name} model ({_rings_text(rings)})"
-        )
     wanted = [(g.input_name, [-1, *g.map_shape], g.me) for g in rings]
     given = [(s.Name, list(s.Dims), s.MonitoringElement) for s in properties.InputSignature]
     if given != wanted:
@@ -54,6 +48,12 @@ def check_model_match(key: str, properties: Any, template_path: str | Path) -> N
             f"{where}: the InputSignature {_inputs_text(given)} does not fit its model "
             f"{properties.ModelUri}, a {name} model of {_rings_text(rings)}, which takes "
             f"{_inputs_text(wanted)}"
+        )
+    kind = _kind(str(properties.Name))
+    if kind is not None and kind != name:
+        raise DataError(
+            f"{where}: Name {properties.Name!r} is that of a {kind} model, but its model "
+            f"{properties.ModelUri} is a {name} model ({_rings_text(rings)})"
         )
 
 
@@ -70,5 +70,5 @@ def _rings_text(rings: tuple[RingGeometry, ...]) -> str:
 
 
 def _inputs_text(inputs: list[tuple[str, list[int], str]]) -> str:
-    shown = [f"{name} {dims} of ...{me.rsplit('/', 1)[-1]}" for name, dims, me in inputs]
+    shown = [f"{name} {dims} of {me}" for name, dims, me in inputs]
     return f"[{', '.join(shown)}]"
