@@ -68,6 +68,10 @@ class ServerError(Exception):
 def load_test_data(path: Path, inputs: tuple[str, ...] = (RING2_INPUT,)) -> dict[str, Any]:
     """The pickle of `pixelring2nmf make-test-data`: Ring2 (or the `inputs` maps: Ring1, or
     both), run_number, ls_number, OMS columns."""
+    return check_test_data(read_pickle(path), path, inputs)
+
+
+def read_pickle(path: Path) -> Any:
     if not path.is_file():
         raise UsageError(
             f"Test data file {path} not found. Make it with `pixelring2nmf make-test-data "
@@ -75,24 +79,47 @@ def load_test_data(path: Path, inputs: tuple[str, ...] = (RING2_INPUT,)) -> dict
         )
     try:
         with open(path, "rb") as handle:
-            data = pickle.load(handle)
+            return pickle.load(handle)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
         raise UsageError(f"{path} is not a readable test-data pickle: {error}") from None
+
+
+def check_test_data(data: Any, where: Path | str, inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The test data if they hold the `inputs` maps of the same N LS and their keys."""
     for name in inputs:
         if not isinstance(data, dict) or name not in data:
-            raise UsageError(f"{path} must hold a dict with a {name!r} array")
+            raise UsageError(f"{where} must hold a dict with a {name!r} array")
         maps = np.asarray(data[name])
         rows, columns = MAP_SHAPES[name]
         if maps.ndim != 3 or maps.shape[1:] != (rows, columns):
             raise UsageError(
-                f"{path}: {name} must have shape (N, {rows}, {columns}), got {maps.shape}"
+                f"{where}: {name} must have shape (N, {rows}, {columns}), got {maps.shape}"
             )
         if len(maps) != len(data[inputs[0]]):
-            raise UsageError(f"{path}: {inputs[0]} and {name} must hold the same LS")
+            raise UsageError(f"{where}: {inputs[0]} and {name} must hold the same LS")
     for key in ("run_number", "ls_number"):
         if key not in data or len(data[key]) != len(maps):
-            raise UsageError(f"{path}: {key!r} must hold one value per LS ({len(maps)})")
+            raise UsageError(f"{where}: {key!r} must hold one value per LS ({len(maps)})")
     return data
+
+
+def load_ring_test_data(paths: list[Path], inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The test data of one pickle, or for both rings of one pickle per ring (`make-test-data`
+    on each ring's parquet, in any order: the same LS in the same order)."""
+    if len(paths) == 1:
+        return load_test_data(paths[0], inputs)
+    if len(paths) != len(inputs):
+        raise UsageError(f"--data: give one pickle, or one per ring sent ({len(inputs)})")
+    pickles = [read_pickle(path) for path in paths]
+    if not all(isinstance(p, dict) and "run_number" in p and "ls_number" in p for p in pickles):
+        raise UsageError(f"{' and '.join(map(str, paths))} must be make-test-data pickles")
+    data = dict(pickles[0])
+    for path, other in zip(paths[1:], pickles[1:], strict=True):
+        for key in ("run_number", "ls_number"):
+            if not np.array_equal(np.asarray(other[key]), np.asarray(data[key])):
+                raise UsageError(f"{paths[0]} and {path} must hold the same LS in the same order")
+        data.update({name: other[name] for name in inputs if name in other})
+    return check_test_data(data, " and ".join(map(str, paths)), inputs)
 
 
 def read_oms_columns(path: Path) -> dict[str, list]:
@@ -254,7 +281,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("-p", "--port", type=int, required=True, help="MLServer HTTP port")
     parser.add_argument("--host", default="127.0.0.1", help="MLServer host (default 127.0.0.1)")
-    parser.add_argument("--data", type=Path, default=Path("test_data.pkl"), help="test data pickle")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[Path("test_data.pkl")],
+        help="test data pickle (with --ring both: one holding both rings, or one per ring)",
+    )
     oms = parser.add_mutually_exclusive_group()
     oms.add_argument("--oms-json", type=Path, default=None, help="OMS JSON file of the runs")
     oms.add_argument(
@@ -274,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         maps_inputs = RING_INPUTS[args.ring]
-        data = load_test_data(args.data, maps_inputs)
+        data = load_ring_test_data(args.data, maps_inputs)
         oms = None
         if args.oms_json is not None:
             oms = align_oms_columns(

@@ -406,6 +406,12 @@ def test_test_predictions_sends_ring1_or_both_rings_to_their_models(
 
     server = request.getfixturevalue("served_ring1" if ring == "1" else "served_fpix")
     args = ["-n", server.model_name, "-p", str(server.port), "--data", str(fpix_pkl)]
+    if ring == "both":  # one pickle per ring, as make-test-data writes them, in any order
+        data = pickle.loads(fpix_pkl.read_bytes())
+        for name, other in (("Ring1", "Ring2"), ("Ring2", "Ring1")):
+            part = {key: value for key, value in data.items() if key != other}
+            (fpix_pkl.parent / f"{name}.pkl").write_bytes(pickle.dumps(part))
+        args[-1:] = [str(fpix_pkl.parent / "Ring2.pkl"), str(fpix_pkl.parent / "Ring1.pkl")]
     result = run_script(*args, "--ring", ring)
     assert result.returncode == 0, result.stderr
     dcs = {flag: np.asarray(demo_data[flag], dtype=bool) for flag in DCS_FLAGS}
@@ -420,7 +426,7 @@ def test_test_predictions_sends_ring1_or_both_rings_to_their_models(
         assert expected.flag.sum() >= 1
     # the Ring 2 default sends Ring2 alone: the joint model names what is missing
     if ring == "both":
-        missing = run_script(*args)
+        missing = run_script(*args[:-1])
         assert missing.returncode == 1
         assert "HTTP 400" in missing.stderr and "Missing input tensor 'Ring1'" in missing.stderr
 
@@ -430,3 +436,18 @@ def test_test_predictions_names_the_ring_missing_from_the_pickle(small_pkl: Path
     assert result.returncode == 2
     assert "must hold a dict with a 'Ring1' array" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_two_pickles_of_both_rings_must_hold_the_same_ls(script_module, tmp_path: Path) -> None:
+    keys = {"run_number": np.array([1, 1]), "ls_number": np.array([5, 6])}
+    one = {"Ring1": np.zeros((2, 92, 56), np.int32), **keys}
+    two = {"Ring2": np.zeros((2, 140, 56), np.int32), **keys, "ls_number": np.array([6, 5])}
+    paths = [tmp_path / "one.pkl", tmp_path / "two.pkl"]
+    for path, data in zip(paths, (one, two), strict=True):
+        path.write_bytes(pickle.dumps(data))
+    with pytest.raises(script_module.UsageError, match="must hold the same LS in the same order"):
+        script_module.load_ring_test_data(paths, ("Ring1", "Ring2"))
+    two["ls_number"] = keys["ls_number"]
+    paths[1].write_bytes(pickle.dumps(two))
+    merged = script_module.load_ring_test_data(paths, ("Ring1", "Ring2"))
+    assert (merged["Ring1"].shape, merged["Ring2"].shape) == ((2, 92, 56), (2, 140, 56))
