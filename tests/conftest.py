@@ -301,18 +301,6 @@ RING1_BUILD_KEY = "PixelRing1NMF"
 FPIX_BUILD_KEY = "PixelFpixNMF"
 
 
-def ring1_from_ring2(maps_ring2: np.ndarray) -> np.ndarray:
-    """Ring 1 maps (N, 92, 56) cut from simulated Ring 2 maps: the 88 model rows nearest the
-    cross (blades +-1..+-11 of the simulated Ring 2 detector) around a Ring 1 cross. A detector
-    with Ring 2's structure at Ring 1's size: all the serving tests need."""
-    from mlserver_model.geometry import RING1, RING2
-    from mlserver_model.preprocessor import remove_cross
-
-    model = remove_cross(np.asarray(maps_ring2), RING2)
-    half = (RING2.model_shape[0] - RING1.model_shape[0]) // 2
-    return insert_cross(model[:, half : half + RING1.model_shape[0]], geometry=RING1)
-
-
 def train_ring_model(maps: np.ndarray, geometry: Any, passes: int = 150) -> PixelRing2NMF:
     """A one-ring model of either ring, trained as `train_model` trains Ring 2."""
     from mlserver_model.bad_ROC import Thresholds
@@ -330,17 +318,17 @@ def train_ring_model(maps: np.ndarray, geometry: Any, passes: int = 150) -> Pixe
 
 @pytest.fixture(scope="session")
 def fpix_training_maps() -> dict[int, np.ndarray]:
-    """600 clean simulated LS of both rings ({1: (600, 92, 56), 2: (600, 140, 56)}), as
-    `model_path`'s: the same fill occupancies, Ring 1 cut from an independent Ring 2 draw."""
-    from mlserver_model.geometry import RING2
+    """600 clean simulated LS of both rings ({1: (600, 92, 56), 2: (600, 140, 56)}) of the
+    default detectors, at the occupancies of a fill (pileup 20-65), as `model_path`'s."""
+    from mlserver_model.geometry import RING1, RING2
 
     rng = np.random.default_rng(2027)
-    detector = simulate.default_detector()
-    pileup = rng.uniform(20.0, 65.0, 600)
-    expected = simulate.expected_maps(detector, pileup * simulate.NOMINAL_CLUSTERS_PER_PILEUP)
-    ring2 = insert_cross(simulate.sample_maps(expected, rng), geometry=RING2)
-    ring1 = ring1_from_ring2(insert_cross(simulate.sample_maps(expected, rng)))
-    return {1: ring1, 2: ring2}
+    occupancy = rng.uniform(20.0, 65.0, 600) * simulate.NOMINAL_CLUSTERS_PER_PILEUP
+    maps = {}
+    for geometry in (RING1, RING2):
+        expected = simulate.expected_maps(simulate.default_detector(geometry), occupancy)
+        maps[geometry.ring] = insert_cross(simulate.sample_maps(expected, rng), geometry=geometry)
+    return maps
 
 
 @pytest.fixture(scope="session")
@@ -396,11 +384,20 @@ def fpix_template(fpix_model_path: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @pytest.fixture(scope="session")
-def fpix_demo_maps(demo_data: dict[str, Any]) -> dict[int, np.ndarray]:
-    """Maps of both rings for the 750 demo LS: Ring 2 the demo's, Ring 1 cut from them (so
-    the demo's Multi-Disk LS is anomalous in both rings, as a real group outage is)."""
-    ring2 = np.asarray(demo_data["Ring2"])
-    return {1: ring1_from_ring2(ring2), 2: ring2}
+def fpix_demo_maps(
+    demo_data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[int, np.ndarray]:
+    """Maps of both rings for the 750 demo LS: `simulate --scenario demo --seed 1 --ring both`,
+    whose Ring 2 maps and OMS data are the demo's, its group outages silent in both rings."""
+    from pixelring2nmf.io.parquet import read_dials_parquet
+
+    out = tmp_path_factory.mktemp("demo_fpix")
+    command = ["simulate", "--out", str(out), "--scenario", "demo", "--seed", "1"]
+    subprocess.run(cli_command(*command, "--ring", "both"), check=True, capture_output=True)
+    (ring1_file,) = out.glob("*PXRing_1.parquet")
+    ring1 = read_dials_parquet(ring1_file)
+    assert np.array_equal(ring1.ls, demo_data["ls_number"])
+    return {1: ring1.maps, 2: np.asarray(demo_data["Ring2"])}
 
 
 def served_ring_model(

@@ -417,7 +417,7 @@ def ring_handlers(ring1_model_path: Path, fpix_model_path: Path) -> dict[str, Ha
 def fpix_window(
     fpix_demo_maps: dict[int, np.ndarray], window: dict[str, np.ndarray], model: PixelRing2NMF
 ) -> dict[str, np.ndarray]:
-    """The Ring 2 window's LS in both rings (Ring 1 cut from them), with their DCS flags."""
+    """The Ring 2 window's LS in both rings (`fpix_demo_maps`), with their DCS flags."""
     flagged = np.flatnonzero(model.predict(fpix_demo_maps[2]).flag)
     start = max(0, int(flagged[0]) - N_WINDOW // 2)  # as `window`
     assert np.array_equal(fpix_demo_maps[2][start], window["Ring2"][0])

@@ -5,7 +5,7 @@ template_ring1.yaml` / `-f template_fpix.yaml` with the session's small models) 
 runtime folder as Ring 2; tests/test_serving.py holds the Ring 2 server's. Checked here: the
 answer is the pipeline's, the declared tensors are the template's, bad requests get a 400
 naming the input and leave the server answering, and the serving guard refuses before reading
-what it must. The LS are the demo run's (Ring 1 maps cut from its Ring 2 maps, conftest.py).
+what it must. The LS are the demo run's in both rings (`simulate --ring both`, conftest.py).
 """
 
 from __future__ import annotations
