@@ -1,8 +1,8 @@
 """`pixelring2nmf make-test-data`: one batch of a DIALS parquet as the original test_data.pkl.
 
 The pickle is what `test_predictions.py` sends to a running server, so it keeps the layout of
-the original deployment: a dict with `Ring2` (N, 140, 56) (or `Ring1` (N, 92, 56) for a Ring 1
-parquet: the ring's V2 input name), `run_number` and `ls_number` (N,),
+the original deployment: a dict with `Ring2` (N, 140, 56) (`Ring1` (N, 92, 56) when the parquet
+holds the Ring 1 ME: the V2 input name of the file's ring), `run_number` and `ls_number` (N,),
 plus, when OMS data are given, every OMS column aligned to those LS under its OMS attribute
 name (an LS absent from OMS gets null there, exactly what DIALS would have to send for it).
 """
@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from mlserver_model.errors import checked_integer
-from mlserver_model.geometry import GEOMETRY_BY_MAP_SHAPE, RING2
 
 from ..errors import OptionError
 from .atomic import write_bytes
@@ -49,8 +48,8 @@ def make_test_data(
             f"{n_batches} batch(es) of {batch_size} (ids 0..{n_batches - 1})"
         )
     rows = slice(batch_id * batch_size, (batch_id + 1) * batch_size)
-    batch = {
-        GEOMETRY_BY_MAP_SHAPE.get(data.maps.shape[1:], RING2).input_name: data.maps[rows],
+    batch = {  # "Ring2" (N, 140, 56), or "Ring1" (N, 92, 56) for a Ring 1 ME's file
+        data.geometry.input_name: data.maps[rows],
         "run_number": data.run[rows],
         "ls_number": data.ls[rows],
     }

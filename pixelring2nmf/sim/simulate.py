@@ -1,4 +1,9 @@
-"""Simulated Ring 2 data: DIALS parquet, OMS JSON and a truth table of injected anomalies.
+"""Simulated FPix data: DIALS parquet(s), OMS JSON and a truth table of injected anomalies.
+
+Ring 2 by default (everything below is described on it); `ring=1` simulates Ring 1 the same
+way on its own model space (88, 48), with 1.6x Ring 2's clusters per ROC and no permanently
+dead group, and `ring="both"` the two rings of the same LS with their power-group outages in
+common (`simulate`, `simulate_run(companion=...)`). Ring 2's numbers never depend on Ring 1.
 
 Real per-LS maps need CERN credentials, so every test, benchmark and demo of the project runs
 on data made here. The simulator stands alone (no reference data is read) and follows the
@@ -19,7 +24,8 @@ typical values of docs/domain.md (section 3):
   recording, a few percent of the clusters while FPix HV is off.
 
 Truth table (`truth.csv`, one row per anomalous (run, ls), anomalies only at DCS-good LS):
-`run, ls, anomaly_type, groups, n_dead_rocs`, with anomaly_type one of
+`run, ls, anomaly_type, groups, n_dead_rocs` (with Ring 1, a last column `rings`: which
+ring(s) the anomaly silences, see `simulate`), with anomaly_type one of
 - Multi-Disk: one ROG dead on 2 or 3 disks (same z side and blade side), whole groups;
 - Quarter: the 12 groups of one shell;
 - Single-Disk: one group on one disk (not Multi-Disk);
@@ -813,19 +819,41 @@ def _demo_anomalies(
 _BOTH_RING_KINDS = ("Multi-Disk", "Quarter", "Single-Disk", "Missing")
 
 
-def _companion_anomalies(injected: list[_Anomaly], companion: Detector) -> list[_Anomaly]:
-    """The primary ring's power-group outages in the companion ring: the same groups, the same
-    LS, the companion's ROCs ("Missing" LS are absent from both files through `present`)."""
-    out = []
+_RING_LOCAL_KINDS = ("Partial", "Hot-ROC")
+
+
+def _companion_anomalies(
+    injected: list[_Anomaly],
+    companion: Detector,
+    dcs_good: np.ndarray,
+    rng: np.random.Generator,
+) -> tuple[list[_Anomaly], list[_Anomaly]]:
+    """What the companion ring sees: (shared, own).
+
+    shared: the primary ring's power-group outages with the companion's ROCs, the same groups
+    and LS ("Missing" LS are absent from both files through `present`). own: as many
+    module-level anomalies (Partial, Hot-ROC) of the companion's own as the primary ring has,
+    of the same kinds, at other DCS-good LS (never next to another anomaly): each ring then has
+    losses the other ring does not share, which a joint decision must not take for a group
+    outage. Drawn from `rng`, the companion's generator only.
+    """
+    shared = []
+    taken = np.zeros(dcs_good.size, dtype=bool)
     for anomaly in injected:
+        first = anomaly.first_ls_index
+        taken[max(first - 1, 0) : first + anomaly.n_ls + 1] = True
         if anomaly.kind in _BOTH_RING_KINDS and anomaly.kind != "Missing":
             rocs = _group_roc_subset(anomaly.group_ids, 1.0, None, companion.geometry)
-            out.append(
-                _Anomaly(
-                    anomaly.kind, anomaly.first_ls_index, anomaly.n_ls, anomaly.group_ids, rocs, 0.0
-                )
-            )
-    return out
+            shared.append(_Anomaly(anomaly.kind, first, anomaly.n_ls, anomaly.group_ids, rocs))
+    own = []
+    for kind in [a.kind for a in injected if a.kind in _RING_LOCAL_KINDS]:
+        duration = _anomaly_duration(kind, rng)
+        first = _place(duration, dcs_good, taken, rng)
+        if first is None:
+            continue
+        taken[max(first - 1, 0) : first + duration + 1] = True
+        own.append(_make_anomaly(kind, first, duration, companion, rng))
+    return shared, own
 
 
 def _truth_rows(
@@ -940,10 +968,11 @@ def simulate_run(
     maps of the same LS: the same pileup, DCS state, per-LS luminosity noise and missing LS,
     occupancy scaled by the two detectors' clusters_per_pileup, and the same power-group
     outages (Multi-Disk, Quarter, Single-Disk: a readout group powers both rings); Partial and
-    Hot-ROC stay in `detector`'s ring. Everything of `detector`'s ring is drawn from `rng`
-    exactly as without a companion (the companion draws only from its own generator), so its
-    maps are the same numbers either way; the truth gains `rings` and counts both rings' dead
-    ROCs.
+    Hot-ROC stay in `detector`'s ring, and the companion gets as many of its own elsewhere
+    (`_companion_anomalies`). Everything of `detector`'s ring is drawn from `rng` exactly as
+    without a companion (the companion draws only from its own generator), so its maps are the
+    same numbers either way; the truth gains `rings` (which ring(s) each anomaly silences:
+    "1;2", or one ring) and its n_dead_rocs counts both rings' dead ROCs.
     """
     _check_run_arguments(run, n_ls, anomalies)
     if anomaly_rate is not None and anomaly_rate < 0:
@@ -996,9 +1025,12 @@ def simulate_run(
     oms = _oms_columns(run, fill, pileup, fill_pileup, delivered_fraction, dcs)
     columns = list(TRUTH_COLUMNS)
     companion_maps = None
-    if companion is not None:
+    if companion is None:
+        truth_rows = _truth_rows(run, injected, detector)
+    else:
         other, other_rng = companion
         columns.append("rings")
+        shared, own = _companion_anomalies(injected, other, dcs_good, other_rng)
         ratio = other.clusters_per_pileup / detector.clusters_per_pileup
         noise = NOISE_CLUSTERS_PER_ROC
         other_occupancy = (occupancy[present_index] - noise) * ratio + noise
@@ -1007,11 +1039,16 @@ def simulate_run(
             other_occupancy,
             pileup[present_index],
             z_asymmetry[present_index],
-            _multipliers_for_present(_companion_anomalies(injected, other), present),
+            _multipliers_for_present(shared + own, present),
             other_rng,
         )
-    companion_detector = companion[0] if companion is not None else None
-    truth = pd.DataFrame(_truth_rows(run, injected, detector, companion_detector), columns=columns)
+        own_rows = [
+            {**row, "rings": str(other.geometry.ring)} for row in _truth_rows(run, own, other)
+        ]
+        truth_rows = sorted(
+            _truth_rows(run, injected, detector, other) + own_rows, key=lambda row: row["ls"]
+        )
+    truth = pd.DataFrame(truth_rows, columns=columns)
     return SimulatedRun(
         run=int(run),
         ls=present_index + 1,
@@ -1208,9 +1245,10 @@ def simulate(
     parquet, its truth with a `rings` column of "1") or "both": the two MEs of the same LS
     (runs, LS, pileup, DCS, missing LS) with the same power-group outages in both rings, one
     OMS JSON and one truth.csv whose last column `rings` says which ring(s) each anomaly
-    silences ("1;2" for group outages and missing LS, "2" for Partial and Hot-ROC, drawn in
-    Ring 2) and whose n_dead_rocs counts both rings. Ring 2 of "both" is byte-identical to
-    `ring=2` of the same arguments.
+    silences ("1;2" for group outages and missing LS; "2" for Ring 2's Partial and Hot-ROC
+    anomalies, "1" for as many of Ring 1's own, at other LS) and whose n_dead_rocs counts both
+    rings. The Ring 2 parquet and the OMS JSON of "both" are byte-identical to `ring=2`'s of
+    the same arguments, and its truth holds the same Ring 2 rows.
     """
 
     _check_era(era)
