@@ -295,63 +295,43 @@ def era_out(
 
 # --- Ring 1 and the joint model (pixel-ring1-nmf, pixel-fpix-nmf): served like Ring 2 -----------
 
-RING1_MODEL_FILE = "test-ring1-model.joblib"
-FPIX_MODEL_FILE = "test-fpix-model.joblib"
 RING1_BUILD_KEY = "PixelRing1NMF"
 FPIX_BUILD_KEY = "PixelFpixNMF"
 
 
-def train_ring_model(maps: np.ndarray, geometry: Any, passes: int = 150) -> PixelRing2NMF:
-    """A one-ring model of either ring, trained as `train_model` trains Ring 2."""
-    from mlserver_model.bad_ROC import Thresholds
-    from mlserver_model.pixelring2nmf import to_model_space
-    from pixelring2nmf.model.train import estimate_model_error, fit_components
-
-    x = to_model_space(maps, geometry)
-    components = fit_components(x, 5, 0.1, passes, 0)
-    thresholds = Thresholds()
-    zero = PixelRing2NMF(components, np.zeros(x.shape[1]), thresholds, geometry=geometry)
-    error = estimate_model_error(zero, x, thresholds.model_error_floor)
-    metadata = {"training": {"data_files": ["simulated"], "n_ls_used": len(x)}}
-    return PixelRing2NMF(components, error, thresholds, metadata, geometry)
-
-
 @pytest.fixture(scope="session")
-def fpix_training_maps() -> dict[int, np.ndarray]:
-    """600 clean simulated LS of both rings ({1: (600, 92, 56), 2: (600, 140, 56)}) of the
-    default detectors, at the occupancies of a fill (pileup 20-65), as `model_path`'s."""
-    from mlserver_model.geometry import RING1, RING2
+def ring1_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Ring 1 model trained like `model_path`: 600 clean simulated LS of the default Ring 1
+    detector over a fill's pileups (a few seconds)."""
+    from mlserver_model.geometry import RING1
+    from pixelring2nmf.model.train import train_model
 
     rng = np.random.default_rng(2027)
-    occupancy = rng.uniform(20.0, 65.0, 600) * simulate.NOMINAL_CLUSTERS_PER_PILEUP
-    maps = {}
-    for geometry in (RING1, RING2):
-        expected = simulate.expected_maps(simulate.default_detector(geometry), occupancy)
-        maps[geometry.ring] = insert_cross(simulate.sample_maps(expected, rng), geometry=geometry)
-    return maps
+    detector = simulate.default_detector(RING1)
+    pileup = rng.uniform(20.0, 65.0, 600)
+    expected = simulate.expected_maps(detector, pileup * detector.clusters_per_pileup)
+    maps = insert_cross(simulate.sample_maps(expected, rng), geometry=RING1)
+    model = train_model(maps, passes=150, seed=0, provenance={"data_files": ["simulated"]})
+    return model.save(tmp_path_factory.mktemp("ring1_model") / "test-ring1-model.joblib")
 
 
 @pytest.fixture(scope="session")
-def ring1_model_path(
-    fpix_training_maps: dict[int, np.ndarray], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """A small Ring 1 model (pixel-ring1-nmf) trained at session start."""
-    from mlserver_model.geometry import RING1
-
-    model = train_ring_model(fpix_training_maps[1], RING1)
-    return model.save(tmp_path_factory.mktemp("ring1_model") / RING1_MODEL_FILE)
-
-
-@pytest.fixture(scope="session")
-def fpix_model_path(
+def joint_model_path(
     ring1_model_path: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """A joint model (pixel-fpix-nmf): the session's Ring 1 model and its Ring 2 `model`."""
-    from mlserver_model.joint import JointNMF
+    """The joint model of the two session models (what `train --joint` writes: each ring
+    trained on its own maps, one file)."""
+    from pixelring2nmf.model.train import joint_model
 
     rings = {1: PixelRing2NMF.load(ring1_model_path), 2: PixelRing2NMF.load(model_path)}
-    joint = JointNMF(rings, rings[2].thresholds, {"training": {"data_files": ["simulated"]}})
-    return joint.save(tmp_path_factory.mktemp("fpix_model") / FPIX_MODEL_FILE)
+    path = tmp_path_factory.mktemp("joint_model") / "test-fpix-model.joblib"
+    return joint_model(rings).save(path)
+
+
+@pytest.fixture(scope="session")
+def fpix_model_path(joint_model_path: Path) -> Path:
+    """The session's joint model (pixel-fpix-nmf), as the serving tests call it."""
+    return joint_model_path
 
 
 def ring_template(
