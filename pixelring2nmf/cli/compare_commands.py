@@ -85,7 +85,7 @@ def run_compare(args: argparse.Namespace) -> int:
             args.era,
             era.state,
         )
-    original = read_original(args.original)
+    original = read_original(args.original, era.ring)  # the era's ring's rows
     result = compare(original, era, args.runs)
     tables = {
         COMPARE_CSV: result.table,

@@ -227,6 +227,8 @@ def _predict_joint(args: argparse.Namespace, models, by_ring, oms_table, out) ->
     batches = pair_rings(ring_data)
     run_all = np.concatenate([run for _, run, _ in batches])
     ls_all = np.concatenate([ls for _, _, ls in batches])
+    if models.single is None:  # a run covered by none or by two: refused before any judging
+        models.check(run_all, era_options=False)
     oms_all = checked_oms_columns(oms_table, run_all, ls_all, str(args.oms))
     tables, start = [], 0
     for maps, run, ls in batches:

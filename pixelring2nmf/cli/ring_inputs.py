@@ -58,8 +58,7 @@ def record_joint_counts(status, era) -> None:
     alone = counts["ls_one_ring_only"]
     if any(alone.values()):
         logger.warning(
-            "era: %d LS judged on both rings; %s judged on one ring only (the other ring's "
-            "files do not hold them)",
+            "era: %d LS judged on both rings; %s (the other ring's files do not hold them)",
             counts["ls_both_rings"],
-            ", ".join(f"{n} LS on {ring}" for ring, n in alone.items() if n),
+            ", ".join(f"{n} LS judged on {ring} alone" for ring, n in alone.items() if n),
         )

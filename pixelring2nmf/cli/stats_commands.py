@@ -62,6 +62,7 @@ def run_stats(args: argparse.Namespace) -> int:
     from ..plots.stats_figures import save_stats_figures, stats_figures
 
     eras = stats.read_eras(args.era)
+    geometry = _era_geometry(eras, args.model)
     out_dir = output_folder(args.out, force=args.force, what="--out folder")
     models = [str(m) for m in args.model] if args.model else _era_models(eras)
     model_dead = stats.model_dead_groups(models)
@@ -72,7 +73,7 @@ def run_stats(args: argparse.Namespace) -> int:
         write_atomically(out_dir / stats.DEAD_GROUPS_NAME, lambda p: dead.to_csv(p, index=False)),
     ]
     labels = [era.label for era in eras]
-    figures = stats_figures(table, dead, good, anomalous, labels)
+    figures = stats_figures(table, dead, good, anomalous, labels, geometry)
     written += save_stats_figures(figures, out_dir, args.format)
     if args.xlsx:
         extra = {"Power group stats": table, "Dead groups": dead}
@@ -91,6 +92,32 @@ def run_stats(args: argparse.Namespace) -> int:
         f"{len(written)} file(s) written to {out_dir}"
     )
     return 0
+
+
+def _era_geometry(eras, model_files):
+    """The ring layout of the figures: the eras' ring (one for all; a joint era is drawn in Ring
+    2's layout, the same 48 groups); a --model of another ring is refused (one line)."""
+    from mlserver_model.geometry import RING2, ring_geometry
+    from mlserver_model.joint import load_model
+
+    from ..errors import DataError
+    from ..model.rings import describe_model, model_rings, rings_text
+
+    rings = {era.ring for era in eras}
+    if len(rings) > 1:
+        named = "; ".join(f"{era.path}: {era.ring}" for era in eras)
+        raise DataError(
+            f"--era: the folders are eras of different rings ({named}): count one ring at a time"
+        )
+    (ring,) = rings
+    for path in model_files or ():
+        model = load_model(path)
+        if rings_text(model_rings(model)) != ring:
+            raise DataError(
+                f"--model: {describe_model(model, path)} does not judge the eras' ring "
+                f"({ring}, era {eras[0].path}): give a {ring} model"
+            )
+    return ring_geometry(ring) if "+" not in ring else RING2
 
 
 def _era_models(eras) -> list[str]:
@@ -137,6 +164,11 @@ def run_each_ls(args: argparse.Namespace) -> int:
     if args.run is not None or args.ls is not None or args.runs:
         raise OptionError("--each-ls draws every anomalous LS: give no --run, --ls or --runs")
     status = each_ls.check_era(args.era)
+    if "+" in str(status.get("ring", "")):  # model/rings.py JOINT_RING_NAME
+        raise OptionError(
+            f"--each-ls draws the LS of a one-ring era; {args.era} is a joint ({status['ring']}) "
+            "era: draw its LS with plot --parquet FILES --run R --ls L --model JOINT_MODEL"
+        )
     sources, oms_files, models = each_ls.era_inputs(args.era, status)
     if args.parquet:
         from ..era.plan import parquet_inputs

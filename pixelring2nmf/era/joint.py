@@ -128,8 +128,11 @@ class JointEra:
         ring = chunk.geometry.ring
         runs = np.unique(chunk.run)
         mine = (chunk.maps, chunk.run, chunk.ls)
-        if ring == PRIMARY_RING:
-            other = self._other_maps(self.other_sources(ring), runs)
+        if ring == PRIMARY_RING:  # the other ring's LS of this chunk only: the rest of those
+            other = self._other_maps(self.other_sources(ring), runs)  # runs is another task's
+            if other is not None:
+                inside = np.isin(lumisection_keys(other[1], other[2]), lumisection_keys(*mine[1:]))
+                other = tuple(a[inside] for a in other)
             ring_data = {ring: mine} if other is None else {ring: mine, 3 - ring: other}
         else:
             taken = self._other_keys(self.other_sources(ring), runs)

@@ -78,6 +78,11 @@ class EraFolderData:
     models: list[str] = field(default_factory=list)
 
     @property
+    def ring(self) -> str:
+        """The ring(s) its model judged, as era.json says ('Ring 2' when it says none)."""
+        return str(self.status.get("ring", "Ring 2"))
+
+    @property
     def runs(self) -> set[int]:
         return set(self.results.run.unique().tolist()) if len(self.results) else set()
 
@@ -209,12 +214,12 @@ def first_era_of_runs(eras: Sequence[EraFolderData]) -> dict[int, str]:
 def model_dead_groups(model_files: Sequence[str | Path]) -> dict[str, list[str]]:
     """Group -> the model files that cannot judge it (`unjudged_groups`); unreadable files are
     said and skipped (the persistent groups still mark what is dead)."""
-    from mlserver_model.pixelring2nmf import PixelRing2NMF
+    from mlserver_model.joint import load_model
 
     dead: dict[str, list[str]] = {}
     for path in model_files:
         try:
-            model = PixelRing2NMF.load(path)
+            model = load_model(path)
         except Exception as error:  # a moved or foreign file: say so, keep going
             logger.warning(
                 "stats: model %s cannot be read (%s): its dead groups are not known; pass "

@@ -12,7 +12,7 @@ them back (a run as 379470, 379470.0 or "379470"; disks as "Disk -2:-3", "-2:-3"
 
 Every row becomes one range of the original: per-LS rows are joined into ranges the way the
 original built its tables (consecutive LS of a run with the same groups and type). A row of
-Ring 1 is counted and left out: this model is Ring 2's. A sheet in none of
+the other ring (Ring 1, unless a Ring 1 era is compared) is counted and left out. A sheet in none of
 the layouts, or a value that cannot be read, is a DataError naming the file, sheet, row and
 column, so one bad cell in a year of files is found at once.
 """
@@ -79,7 +79,7 @@ class OriginalSheets:
     ranges: pd.DataFrame
     runs: frozenset[int]
     sheets: list[dict] = field(default_factory=list)
-    other_ring_rows: int = 0  # Ring 1 rows, counted and left out
+    other_ring_rows: int = 0  # rows of the other ring, counted and left out
     empty_sheets: list[str] = field(default_factory=list)
 
 
@@ -98,8 +98,10 @@ class _Where:
         return f"{self.path}{sheet}, row {row}, column {column!r}"
 
 
-def read_original(paths: list[Path] | tuple[Path, ...]) -> OriginalSheets:
-    """Every sheet of every file, as ranges of Ring 2 (DataError on anything unreadable)."""
+def read_original(paths: list[Path] | tuple[Path, ...], ring: int = 2) -> OriginalSheets:
+    """Every sheet of every file, as ranges of `ring` (Ring 2 unless an era of Ring 1 is
+    compared); rows of the other ring are counted and left out (DataError on anything
+    unreadable)."""
     if not paths:
         raise DataError("no original file given")
     frames: list[pd.DataFrame] = []
@@ -122,7 +124,7 @@ def read_original(paths: list[Path] | tuple[Path, ...]) -> OriginalSheets:
                 )
             layout, header_row, positions = found
             rows = table.iloc[header_row + 1 :]
-            ranges, sheet_runs, other = _read_rows(rows, layout, positions, where)
+            ranges, sheet_runs, other = _read_rows(rows, layout, positions, where, ring)
             runs |= sheet_runs
             result.other_ring_rows += other
             frames.append(ranges)
@@ -196,9 +198,9 @@ def _header(table: pd.DataFrame) -> tuple[str, int, dict[str, int]] | None:
 
 
 def _read_rows(
-    rows: pd.DataFrame, layout: str, positions: dict[str, int], where: _Where
+    rows: pd.DataFrame, layout: str, positions: dict[str, int], where: _Where, ring: int = 2
 ) -> tuple[pd.DataFrame, set[int], int]:
-    """The sheet's Ring 2 ranges, every run it names, and how many other-ring rows it had."""
+    """The sheet's ranges of `ring`, every run it names, and how many other-ring rows it had."""
     records: list[dict] = []
     runs: set[int] = set()
     other = 0
@@ -207,9 +209,9 @@ def _read_rows(
         if all(_blank(v) for v in values.values()):
             continue  # blank line (Excel's trailing rows)
         row = int(index) + 1  # as the spreadsheet numbers it (header=None: index 0 is row 1)
-        record = _read_row(values, layout, row, where)
+        record = _read_row(values, layout, row, where, ring)
         runs.add(record["run"])
-        if record["ring"] != 2:
+        if record["ring"] != ring:
             other += 1
             continue
         records.append(record)
@@ -219,8 +221,10 @@ def _read_rows(
     return table, runs, other
 
 
-def _read_row(values: dict[str, object], layout: str, row: int, where: _Where) -> dict:
-    """One row as a range (or an other-ring row, with only its run read)."""
+def _read_row(
+    values: dict[str, object], layout: str, row: int, where: _Where, wanted: int = 2
+) -> dict:
+    """One row as a range of ring `wanted` (or an other-ring row, with only its run read)."""
 
     def get(column: str, parse):
         value = values[column]
@@ -235,16 +239,17 @@ def _read_row(values: dict[str, object], layout: str, row: int, where: _Where) -
         run = get("Run", _positive_int)
         ring = get("Row/Quarter", _ring_name)
         get("Barrel/Forward", _forward)
-        if ring != 2:
-            return {"run": run, "ring": 1}
+        if ring != wanted:
+            return {"run": run, "ring": ring}
         first, last = get("First LS", _positive_int), get("Last LS", _positive_int)
         _check_range(first, last, get("Total LS", _positive_int), row, where, "Total LS")
         disks, groups = get("Layer/Disk", _disks), ""
         kind = get("Type", _type)
     else:
         run = get("Run_Number", _positive_int)
-        if get("Ring_Num", _ring_number) != 2:
-            return {"run": run, "ring": 1}
+        ring = get("Ring_Num", _ring_number)
+        if ring != wanted:
+            return {"run": run, "ring": ring}
         if layout == "powergroup":
             first, last = get("Start_LS", _positive_int), get("End_LS", _positive_int)
             _check_range(first, last, get("Num_LS", _positive_int), row, where, "Num_LS")
@@ -263,7 +268,7 @@ def _read_row(values: dict[str, object], layout: str, row: int, where: _Where) -
         "groups": groups,
         "layout": layout,
         "source": f"{where.sheet_name()}:row {row}",
-        "ring": 2,
+        "ring": wanted,
         "row": row,
     }
 

@@ -277,6 +277,8 @@ def joint_lumisection_figure(
         map_yx = maps.get(ring)
         for ax, title in ((occupancy_ax, "occupancy"), (bad_ax, "bad ROCs, power groups")):
             ring2_axes(ax, blade_labels=ax is occupancy_ax, geometry=geometry)
+            if k:  # the blade axis is explained once, left of the first ring
+                ax.set_ylabel("")
             outline_groups(ax, anomalous_groups, names=ax is bad_ax, geometry=geometry)
             ax.set_title(f"{geometry.name}: {title}")
         if map_yx is None:

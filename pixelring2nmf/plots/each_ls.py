@@ -187,6 +187,7 @@ def draw_task(task: EachLsTask, model=None, oms=None, sources=None) -> list[tupl
             flag=bool(result.flag[i]),
             dcs_note=dcs_note(oms, task.run, number, result.dcs.failed_flags(i)).text,
             z_threshold=model.thresholds.z_threshold,
+            geometry=model.geometry,
         )
         write_atomically(Path(target), lambda p, f=figure: f.savefig(p, dpi=90))
         plt.close(figure)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mlserver_model.geometry import GROUP_NAMES, ROG_BLADES
+from mlserver_model.geometry import GROUP_NAMES, RING2, RingGeometry
 
 from ..era.stats import SAME_DISK
 from .draw import TYPE_COLOURS, _group_box, _pyplot, ring2_axes, short_group_name
@@ -74,8 +74,11 @@ def _dead_note(table: pd.DataFrame, dead: pd.DataFrame) -> str:
     return "\n".join(parts) or "no known-dead group"
 
 
-def heatmap_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figure:
-    """The groups in the detector layout, anomalous LS per group: all types, then each type."""
+def heatmap_figure(
+    table: pd.DataFrame, dead: pd.DataFrame, title: str, geometry: RingGeometry = RING2
+) -> Figure:
+    """The groups in the detector layout, anomalous LS per group: all types, then each type
+    (the layout of the era's ring: blades +-17, or +-11 for Ring 1)."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
 
@@ -90,10 +93,12 @@ def heatmap_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figur
         squeeze=False,
     )
     for i, (ax, (label, column)) in enumerate(zip(axes[0], panels, strict=True)):
-        image = _heat_panel(ax, table, column, colour=None if i == 0 else _colour(label, i))
+        image = _heat_panel(
+            ax, table, column, colour=None if i == 0 else _colour(label, i), geometry=geometry
+        )
         ax.set_title(f"{label}: {int(table[column].fillna(0).sum()):,} (LS x group)", fontsize=10)
-        ring2_axes(ax, blade_labels=False)
-        _rog_ticks(ax, i == 0)
+        ring2_axes(ax, blade_labels=False, geometry=geometry)
+        _rog_ticks(ax, i == 0, geometry)
         bar = fig.colorbar(
             image, ax=ax, location="bottom", shrink=0.85, pad=0.01, label="anomalous LS"
         )
@@ -103,7 +108,13 @@ def heatmap_figure(table: pd.DataFrame, dead: pd.DataFrame, title: str) -> Figur
     return fig
 
 
-def _heat_panel(ax: Axes, table: pd.DataFrame, column: str, colour: str | None):
+def _heat_panel(
+    ax: Axes,
+    table: pd.DataFrame,
+    column: str,
+    colour: str | None,
+    geometry: RingGeometry = RING2,
+):
     """One panel: each group a block filled by its count (log-like via PowerNorm), annotated."""
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
@@ -119,7 +130,7 @@ def _heat_panel(ax: Axes, table: pd.DataFrame, column: str, colour: str | None):
     )
     norm = PowerNorm(0.5, vmin=0.0, vmax=top)
     for g in range(len(GROUP_NAMES)):
-        x0, y0, width, height = _group_box(g)
+        x0, y0, width, height = _group_box(g, geometry)
         value = values[g]
         if np.isnan(value):
             ax.add_patch(
@@ -143,6 +154,7 @@ def _heat_panel(ax: Axes, table: pd.DataFrame, column: str, colour: str | None):
             color=text_colour if value > 0 else "0.6",
         )
     for quarter, (x, y) in QUARTER_CORNERS.items():
+        y = float(np.sign(y)) * (geometry.n_blades + 0.4)  # the corner of the ring's map
         ax.text(
             x,
             y,
@@ -158,11 +170,11 @@ def _heat_panel(ax: Axes, table: pd.DataFrame, column: str, colour: str | None):
     return ScalarMappable(norm=norm, cmap=cmap)
 
 
-def _rog_ticks(ax: Axes, labels: bool) -> None:
+def _rog_ticks(ax: Axes, labels: bool, geometry: RingGeometry = RING2) -> None:
     """ROG blocks on y (O = negative blades below, I = positive above), with their blades."""
     ticks, names = [], []
     for side, sign in (("O", -1), ("I", 1)):
-        for rog, (first, last) in ROG_BLADES.items():
+        for rog, (first, last) in geometry.rog_blades.items():
             ticks.append(sign * (first + last) / 2)
             names.append(f"{side} ROG{rog}\nblades {sign * first:+d}..{sign * last:+d}")
     ax.set_yticks(ticks, names, fontsize=7)
@@ -297,12 +309,15 @@ def stats_figures(
     good: pd.DataFrame,
     anomalous: pd.DataFrame,
     labels: Sequence[str],
+    geometry: RingGeometry = RING2,
 ) -> dict[str, Figure]:
     """The three figures, by file stem."""
     eras = ", ".join(labels)
     pileup_title = f"Pileup of anomalous and all DCS-good LS: {eras}"
     return {
-        "powergroups_heatmap": heatmap_figure(table, dead, f"Anomalous LS per power group: {eras}"),
+        "powergroups_heatmap": heatmap_figure(
+            table, dead, f"Anomalous LS per power group: {eras}", geometry
+        ),
         "powergroups_histogram": histogram_figure(
             table, dead, f"Anomalous LS per power group: {eras}"
         ),

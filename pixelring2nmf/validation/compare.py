@@ -93,6 +93,7 @@ class EraSide:
     lumisections: pd.DataFrame  # run, ls, dcs_good
     ranges: pd.DataFrame  # run, first_ls, last_ls, type, disks, groups, source
     persistent: dict[int, frozenset[str]]  # run -> persistent groups
+    ring: int = 2  # the ring its model judged (era.json `ring`; absent: Ring 2)
 
 
 @dataclass
@@ -104,6 +105,7 @@ class Comparison:
     types: pd.DataFrame
     not_compared: pd.DataFrame
     counts: dict = field(default_factory=dict)
+    ring: int = 2  # the era's ring: the original's rows of the other ring are left out
 
     def summary_line(self) -> str:
         c = self.counts
@@ -126,7 +128,7 @@ class Comparison:
                 f"{c['duplicate_rows']} original row(s) repeated or also given in a richer layout"
             )
         if c["other_ring_rows"]:
-            parts.append(f"{c['other_ring_rows']} Ring 1 row(s) left out")
+            parts.append(f"{c['other_ring_rows']} Ring {3 - self.ring} row(s) left out")
         return line + ("; " + "; ".join(parts) if parts else "")
 
 
@@ -178,7 +180,20 @@ def read_era(folder: Path) -> EraSide:
         lumisections=lumisections.astype({"run": np.int64, "ls": np.int64, "dcs_good": bool}),
         ranges=ranges,
         persistent={int(k): v for k, v in dict(by_run).items()},
+        ring=_era_ring(folder, status),
     )
+
+
+def _era_ring(folder: Path, status: dict) -> int:
+    """The ring of an era (era.json `ring`, absent for Ring 2); a joint era has no counterpart
+    in the original, which judged each ring alone."""
+    ring = str(status.get("ring", "Ring 2"))
+    if ring not in ("Ring 1", "Ring 2"):
+        raise DataError(
+            f"{folder}: a {ring} era (joint model); the original judged each ring alone: "
+            "compare an era of a Ring 1 or a Ring 2 model"
+        )
+    return int(ring[-1])
 
 
 def _disks_text(groups) -> str:
@@ -249,6 +264,7 @@ def compare(
         types=_type_summary(theirs, ours, side_status, their_ls, our_ls, pairs),
         not_compared=not_compared,
         counts=counts,
+        ring=era.ring,
     )
 
 
