@@ -329,35 +329,6 @@ FPIX_BUILD_KEY = "PixelFpixNMF"
 
 
 @pytest.fixture(scope="session")
-def ring1_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Ring 1 model trained like `model_path`: 600 clean simulated LS of the default Ring 1
-    detector over a fill's pileups (a few seconds)."""
-    from mlserver_model.geometry import RING1
-    from pixelring2nmf.model.train import train_model
-
-    rng = np.random.default_rng(2027)
-    detector = simulate.default_detector(RING1)
-    pileup = rng.uniform(20.0, 65.0, 600)
-    expected = simulate.expected_maps(detector, pileup * detector.clusters_per_pileup)
-    maps = insert_cross(simulate.sample_maps(expected, rng), geometry=RING1)
-    model = train_model(maps, passes=150, seed=0, provenance={"data_files": ["simulated"]})
-    return model.save(tmp_path_factory.mktemp("ring1_model") / "test-ring1-model.joblib")
-
-
-@pytest.fixture(scope="session")
-def joint_model_path(
-    ring1_model_path: Path, model_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """The joint model of the two session models (what `train --joint` writes: each ring
-    trained on its own maps, one file)."""
-    from pixelring2nmf.model.train import joint_model
-
-    rings = {1: PixelRing2NMF.load(ring1_model_path), 2: PixelRing2NMF.load(model_path)}
-    path = tmp_path_factory.mktemp("joint_model") / "test-fpix-model.joblib"
-    return joint_model(rings).save(path)
-
-
-@pytest.fixture(scope="session")
 def fpix_model_path(joint_model_path: Path) -> Path:
     """The session's joint model (pixel-fpix-nmf), as the serving tests call it."""
     return joint_model_path
