@@ -2,12 +2,14 @@
 """Send test data to a running PixelRing2NMF server the way DIALS does, and summarise the answer.
 
     python test_predictions.py -n pixel-ring2-nmf -p 8080 [--host H] [--data test_data.pkl]
-                               [--oms-json FILE | --oms-live]
+                               [--oms-json FILE | --oms-live] [--ring 1|2|both]
 
 The request is a KServe V2 (Open Inference Protocol) JSON request: `Ring2` as flattened INT32
 data of shape [N, 140, 56], plus one `oms_lumisection_info__<attribute>` tensor of shape [N] per
 OMS attribute the template declares (InputMetadata) that is available: from the pickle (made by
 `pixelring2nmf make-test-data --oms ...`), from an OMS JSON file, or fetched live from OMS.
+`--ring 1` sends `Ring1` [N, 92, 56] instead (the pickle's `Ring1` array, for pixel-ring1-nmf),
+`--ring both` sends both (for the joint model pixel-fpix-nmf; the same N LS in both).
 Prints each output's name, shape and datatype, then `Number of LS: N` and
 `Number of flagged LS: K`. Exit codes: 0 done, 1 server unreachable or refusing, 2 bad input.
 
@@ -31,6 +33,9 @@ import pandas as pd
 import requests
 
 RING2_INPUT = "Ring2"
+# The maps tensors of each ring (V2 input names, the pickle's keys) and the shape of one LS
+MAP_SHAPES = {"Ring1": (92, 56), RING2_INPUT: (140, 56)}
+RING_INPUTS = {"1": ("Ring1",), "2": (RING2_INPUT,), "both": ("Ring1", RING2_INPUT)}
 OMS_PREFIX = "oms_lumisection_info"  # InputMetadata Name in template.yaml
 # template.yaml InputMetadata attributes -> V2 datatype, in the template's order
 OMS_ATTRIBUTES = {
@@ -60,8 +65,13 @@ class ServerError(Exception):
 # --------------------------------------------------------------------------- test data
 
 
-def load_test_data(path: Path) -> dict[str, Any]:
-    """The pickle of `pixelring2nmf make-test-data`: Ring2, run_number, ls_number, OMS columns."""
+def load_test_data(path: Path, inputs: tuple[str, ...] = (RING2_INPUT,)) -> dict[str, Any]:
+    """The pickle of `pixelring2nmf make-test-data`: Ring2 (or the `inputs` maps: Ring1, or
+    both), run_number, ls_number, OMS columns."""
+    return check_test_data(read_pickle(path), path, inputs)
+
+
+def read_pickle(path: Path) -> Any:
     if not path.is_file():
         raise UsageError(
             f"Test data file {path} not found. Make it with `pixelring2nmf make-test-data "
@@ -69,18 +79,47 @@ def load_test_data(path: Path) -> dict[str, Any]:
         )
     try:
         with open(path, "rb") as handle:
-            data = pickle.load(handle)
+            return pickle.load(handle)
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
         raise UsageError(f"{path} is not a readable test-data pickle: {error}") from None
-    if not isinstance(data, dict) or RING2_INPUT not in data:
-        raise UsageError(f"{path} must hold a dict with a {RING2_INPUT!r} array")
-    maps = np.asarray(data[RING2_INPUT])
-    if maps.ndim != 3 or maps.shape[1:] != (140, 56):
-        raise UsageError(f"{path}: {RING2_INPUT} must have shape (N, 140, 56), got {maps.shape}")
+
+
+def check_test_data(data: Any, where: Path | str, inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The test data if they hold the `inputs` maps of the same N LS and their keys."""
+    for name in inputs:
+        if not isinstance(data, dict) or name not in data:
+            raise UsageError(f"{where} must hold a dict with a {name!r} array")
+        maps = np.asarray(data[name])
+        rows, columns = MAP_SHAPES[name]
+        if maps.ndim != 3 or maps.shape[1:] != (rows, columns):
+            raise UsageError(
+                f"{where}: {name} must have shape (N, {rows}, {columns}), got {maps.shape}"
+            )
+        if len(maps) != len(data[inputs[0]]):
+            raise UsageError(f"{where}: {inputs[0]} and {name} must hold the same LS")
     for key in ("run_number", "ls_number"):
         if key not in data or len(data[key]) != len(maps):
-            raise UsageError(f"{path}: {key!r} must hold one value per LS ({len(maps)})")
+            raise UsageError(f"{where}: {key!r} must hold one value per LS ({len(maps)})")
     return data
+
+
+def load_ring_test_data(paths: list[Path], inputs: tuple[str, ...]) -> dict[str, Any]:
+    """The test data of one pickle, or for both rings of one pickle per ring (`make-test-data`
+    on each ring's parquet, in any order: the same LS in the same order)."""
+    if len(paths) == 1:
+        return load_test_data(paths[0], inputs)
+    if len(paths) != len(inputs):
+        raise UsageError(f"--data: give one pickle, or one per ring sent ({len(inputs)})")
+    pickles = [read_pickle(path) for path in paths]
+    if not all(isinstance(p, dict) and "run_number" in p and "ls_number" in p for p in pickles):
+        raise UsageError(f"{' and '.join(map(str, paths))} must be make-test-data pickles")
+    data = dict(pickles[0])
+    for path, other in zip(paths[1:], pickles[1:], strict=True):
+        for key in ("run_number", "ls_number"):
+            if not np.array_equal(np.asarray(other[key]), np.asarray(data[key])):
+                raise UsageError(f"{paths[0]} and {path} must hold the same LS in the same order")
+        data.update({name: other[name] for name in inputs if name in other})
+    return check_test_data(data, " and ".join(map(str, paths)), inputs)
 
 
 def read_oms_columns(path: Path) -> dict[str, list]:
@@ -174,17 +213,21 @@ def _json_value(value: Any, datatype: str) -> Any:
     return float(value)
 
 
-def build_request(data: dict[str, Any], oms: dict[str, np.ndarray] | None) -> dict[str, Any]:
+def build_request(
+    data: dict[str, Any],
+    oms: dict[str, np.ndarray] | None,
+    maps_inputs: tuple[str, ...] = (RING2_INPUT,),
+) -> dict[str, Any]:
     """The V2 request body DIALS sends for these LS (flattened row-major INT32 maps)."""
-    maps = np.asarray(data[RING2_INPUT])
-    n_ls = len(maps)
+    n_ls = len(data[maps_inputs[0]])
     inputs = [
         {
-            "name": RING2_INPUT,
-            "shape": [n_ls, 140, 56],
+            "name": name,
+            "shape": [n_ls, *MAP_SHAPES[name]],
             "datatype": "INT32",
-            "data": np.rint(maps).astype(np.int32).ravel().tolist(),
+            "data": np.rint(np.asarray(data[name])).astype(np.int32).ravel().tolist(),
         }
+        for name in maps_inputs
     ]
     for name, values in oms_values(data, oms).items():
         datatype = OMS_ATTRIBUTES[name]
@@ -230,14 +273,32 @@ def infer(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", "--name", required=True, help="model name (pixel-ring2-nmf)")
+    parser.add_argument(
+        "-n",
+        "--name",
+        required=True,
+        help="model name (pixel-ring2-nmf; pixel-ring1-nmf, pixel-fpix-nmf)",
+    )
     parser.add_argument("-p", "--port", type=int, required=True, help="MLServer HTTP port")
     parser.add_argument("--host", default="127.0.0.1", help="MLServer host (default 127.0.0.1)")
-    parser.add_argument("--data", type=Path, default=Path("test_data.pkl"), help="test data pickle")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=[Path("test_data.pkl")],
+        help="test data pickle (with --ring both: one holding both rings, or one per ring)",
+    )
     oms = parser.add_mutually_exclusive_group()
     oms.add_argument("--oms-json", type=Path, default=None, help="OMS JSON file of the runs")
     oms.add_argument(
         "--oms-live", action="store_true", help="fetch OMS data live (needs credentials)"
+    )
+    parser.add_argument(
+        "--ring",
+        choices=sorted(RING_INPUTS),
+        default="2",
+        help="maps to send: 2 (Ring2, default), 1 (Ring1: pixel-ring1-nmf) or both "
+        "(pixel-fpix-nmf)",
     )
     return parser.parse_args(argv)
 
@@ -245,7 +306,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        data = load_test_data(args.data)
+        maps_inputs = RING_INPUTS[args.ring]
+        data = load_ring_test_data(args.data, maps_inputs)
         oms = None
         if args.oms_json is not None:
             oms = align_oms_columns(
@@ -254,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.oms_live:
             runs = sorted({int(r) for r in np.asarray(data["run_number"])})
             oms = align_oms_columns(fetch_oms_columns(runs), data["run_number"], data["ls_number"])
-        body = build_request(data, oms)
+        body = build_request(data, oms, maps_inputs)
         url = f"http://{args.host}:{args.port}/v2/models/{args.name}/infer"
         answer = infer(url, body)
     except UsageError as error:
@@ -268,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Output: {output['name']}, shape: {output['shape']}, datatype: {output['datatype']}")
         if output["name"] == "Flag":
             n_flagged = int(np.count_nonzero(np.asarray(output["data"], dtype=bool)))
-    print(f"Number of LS: {len(data[RING2_INPUT])}")
+    print(f"Number of LS: {len(data[maps_inputs[0]])}")
     print(f"Number of flagged LS: {n_flagged if n_flagged is not None else 'no Flag output'}")
     return 0
 

@@ -71,12 +71,14 @@ _geometry = importlib.import_module(f"{PACKAGE_NAME}.geometry")
 _nmf2d = importlib.import_module(f"{PACKAGE_NAME}.nmf2d")
 _signature = importlib.import_module(f"{PACKAGE_NAME}.signature")
 _guard = importlib.import_module(f"{PACKAGE_NAME}.serving_guard")
+_joint = importlib.import_module(f"{PACKAGE_NAME}.joint")
 InputError = _errors.InputError
 PixelRing2NMF = _pipeline.PixelRing2NMF
 PredictionResult = _pipeline.PredictionResult
 
 RING2_INPUT = _signature.RING2.name
 RING2_SHAPE = _geometry.MAP_SHAPE  # (rows, columns) of one LS, as DIALS sends it
+RingGeometry = _geometry.RingGeometry
 # A run rarely exceeds 3000 LS; 5000 LS are a 183-274 MB body, which the serving guard
 # admits alone at any time (BENCHMARKS.md, memory).
 DEFAULT_MAX_LUMISECTIONS = 5_000
@@ -160,16 +162,21 @@ class Handler(MLModel):
 
     async def load(self) -> bool:
         model_path = await get_model_uri(self.settings)
-        self._model = PixelRing2NMF.load(model_path)
+        # a Ring 2, a Ring 1 or a joint model: the file's geometry version says which
+        self._model = _joint.load_model(model_path)
+        self._geometries = model_geometries(self._model)
         self._max_lumisections = _max_lumisections(self.settings.parameters)
         _nmf2d.single_blas_thread()
         show_logs(sys.stdout)
-        self.inputs = [_metadata(spec) for spec in _signature.INPUTS]
+        self.inputs = [_metadata(spec) for spec in _signature.inputs(self._geometries)]
         self.outputs = [_metadata(spec) for spec in _signature.OUTPUTS]
         # predict runs where load runs: the guard may parse the maps for this process
-        values_per_ls = RING2_SHAPE[0] * RING2_SHAPE[1]
         _guard.serve_in_process(
-            self.name, _guard.LocalModel(RING2_INPUT, self._max_lumisections * values_per_ls)
+            self.name,
+            *(
+                _guard.LocalModel(g.input_name, self._max_lumisections * int(np.prod(g.map_shape)))
+                for g in self._geometries
+            ),
         )
         LOGGER.info(
             "Loaded %s (%s) from %s; at most %d lumisections per request",
@@ -209,8 +216,11 @@ class Handler(MLModel):
         self, payload: InferenceRequest
     ) -> tuple[list[ResponseOutput], PredictionResult]:
         wanted = _wanted_outputs(payload)
-        maps_nyx, oms = decode_request(payload, self._max_lumisections)
-        result = self._model.predict(maps_nyx, oms)
+        maps, oms = decode_ring_request(payload, self._geometries, self._max_lumisections)
+        if isinstance(self._model, _joint.JointNMF):
+            result = self._model.predict({g.ring: maps[g.ring] for g in self._geometries}, oms)
+        else:
+            result = self._model.predict(maps[self._geometries[0].ring], oms)
         for line in result.flagging_lines():
             LOGGER.info(line)
         return [OUTPUT_ENCODERS[name](result) for name in wanted], result
@@ -277,40 +287,73 @@ def shown_names(names: Sequence[str]) -> str:
     return f"{shown}{more}"
 
 
+def model_geometries(model: PixelRing2NMF | _joint.JointNMF) -> tuple[RingGeometry, ...]:
+    """The ring(s) whose maps the model takes, in the order of its template's inputs."""
+    return tuple(getattr(model, "geometries", None) or (model.geometry,))
+
+
 def decode_request(
     payload: InferenceRequest, max_lumisections: int = DEFAULT_MAX_LUMISECTIONS
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Ring 2 maps (N, 140, 56) and OMS columns {attribute: (N,)} of a V2 request.
+    """Ring 2 maps (N, 140, 56) and OMS columns {attribute: (N,)} of a V2 request."""
+    maps, oms = decode_ring_request(payload, (_geometry.RING2,), max_lumisections)
+    return maps[_geometry.RING2.ring], oms
+
+
+def decode_ring_request(
+    payload: InferenceRequest,
+    geometries: Sequence[RingGeometry],
+    max_lumisections: int = DEFAULT_MAX_LUMISECTIONS,
+) -> tuple[dict[int, np.ndarray], dict[str, np.ndarray]]:
+    """The maps of each ring {ring: (N, rows, 56)} and the OMS columns {attribute: (N,)} of a
+    V2 request to a model of these rings (every one of them must be there, with the same N).
 
     Cheap checks (names, shapes, lengths, the LS limit) run before the one expensive step,
-    converting the ~5.9 M map values. When the serving guard parsed the maps already (it hands
-    MLServer the request with an empty Ring2 `data`), the parsed array goes through the same
-    checks as a list would.
+    converting the ~5.9 M map values of 750 Ring 2 LS. When the serving guard parsed the maps
+    already (it hands MLServer the request with an empty `data` in their place), the parsed
+    array goes through the same checks as a list would.
     """
     tensors = _inputs_by_name(payload)
-    ring2 = tensors.pop(RING2_INPUT, None)
-    if ring2 is None:
+    maps_tensors = {}
+    for geometry in geometries:
+        tensor = tensors.pop(geometry.input_name, None)
+        if tensor is None:
+            rows, columns = geometry.map_shape
+            raise InputError(
+                f"Missing input tensor {geometry.input_name!r} ({geometry.name} maps, shape "
+                f"[N, {rows}, {columns}]); received inputs "
+                f"{shown_names(sorted([*tensors, *(t for t in maps_tensors)]))}"
+            )
+        maps_tensors[geometry.input_name] = tensor
+    counts = {
+        g.input_name: _n_lumisections(list(maps_tensors[g.input_name].shape), max_lumisections, g)
+        for g in geometries
+    }
+    if len(set(counts.values())) > 1:
         raise InputError(
-            f"Missing input tensor {RING2_INPUT!r} (Ring 2 maps, shape [N, 140, 56]); "
-            f"received inputs {shown_names(sorted(tensors))}"
+            "The maps of both rings must hold the same lumisections in the same order; got "
+            + " and ".join(f"{n} in {name!r}" for name, n in counts.items())
         )
-    n_ls = _n_lumisections(list(ring2.shape), max_lumisections)
+    n_ls = next(iter(counts.values()))
     oms = _omstools.oms_columns(tensors, n_ls, _decode_column)
-    values = _datatype.tensor_values(ring2.data)
+    maps = {g.ring: _decode_maps(maps_tensors[g.input_name], g.input_name) for g in geometries}
+    return maps, oms
+
+
+def _decode_maps(tensor, name: str) -> np.ndarray:
+    values = _datatype.tensor_values(tensor.data)
     empty = isinstance(values, list) and not values  # the guard may have parsed the maps
-    parsed = _guard.parsed_values(RING2_INPUT) if empty else None
+    parsed = _guard.parsed_values(name) if empty else None
     try:
         if parsed is not None:
-            maps_nyx = _datatype.decode_parsed_integers(
-                parsed, _datatype_name(ring2), list(ring2.shape), limits=COUNTS
+            return _datatype.decode_parsed_integers(
+                parsed, _datatype_name(tensor), list(tensor.shape), limits=COUNTS
             )
-        else:
-            maps_nyx = _datatype.decode_numeric(
-                values, _datatype_name(ring2), list(ring2.shape), limits=COUNTS
-            )
+        return _datatype.decode_numeric(
+            values, _datatype_name(tensor), list(tensor.shape), limits=COUNTS
+        )
     except ValueError as error:
-        raise InputError(f"Input {RING2_INPUT!r}: {error}") from error
-    return maps_nyx, oms
+        raise InputError(f"Input {name!r}: {error}") from error
 
 
 def _decode_column(tensor) -> np.ndarray:
@@ -333,21 +376,24 @@ def _inputs_by_name(payload: InferenceRequest) -> dict:
     return tensors
 
 
-def _n_lumisections(shape: list[int], max_lumisections: int) -> int:
+def _n_lumisections(
+    shape: list[int], max_lumisections: int, geometry: RingGeometry = _geometry.RING2
+) -> int:
+    name, map_shape = geometry.input_name, geometry.map_shape
     if (
         len(shape) != 3
-        or tuple(shape[1:]) != RING2_SHAPE
+        or tuple(shape[1:]) != map_shape
         or not isinstance(shape[0], int)
         or shape[0] < 0
     ):
         raise InputError(
-            f"Input {RING2_INPUT!r} must have shape [N, {RING2_SHAPE[0]}, {RING2_SHAPE[1]}] "
+            f"Input {name!r} must have shape [N, {map_shape[0]}, {map_shape[1]}] "
             f"(N lumisections), got {shape}"
         )
     n_ls = shape[0]
     if n_ls > max_lumisections:
         raise InputError(
-            f"Input {RING2_INPUT!r} has {n_ls} lumisections, more than this server accepts per "
+            f"Input {name!r} has {n_ls} lumisections, more than this server accepts per "
             f"request ({max_lumisections}, parameters.extra.{MAX_LUMISECTIONS_PARAMETER}); "
             "split the request"
         )

@@ -15,14 +15,16 @@ with this guard, which for every inference request:
    then gets 503 with Retry-After (so does a request that finds QUEUE_LENGTH others waiting);
 3. reads the body with an idle and a total timeout (408 and a closed connection for a client
    that stalls: uvicorn has no such timeout, so a stalled upload held its memory for ever);
-4. for a model that runs in this process, cuts its flat integer maps out of the body and
+4. for a model that runs in this process, cuts its flat integer maps out of the body (each
+   maps tensor of the model: Ring2, Ring1, or both for the joint model) and
    parses them with numpy in a thread (tensor_text.py): ~4 bytes of memory per byte of JSON,
    and the event loop stays free, so probes answer. One body is parsed at a time: a parse
    keeps a core busy for ~1 s per 5,000 LS, and on the deployment's 2 cores the event loop
    needs the other (three at once delayed a probe by 1.3 s). The handler takes the parsed array
    (`parsed_values`); MLServer parses only the small rest. A body the cut declines goes to
    MLServer as received, its reservation grown to MLServer's cost (or 503 if that does not
-   fit, or 413 above MAX_MLSERVER_PATH_BYTES);
+   fit, or 413 above MAX_MLSERVER_PATH_BYTES); a joint request is cut only if both its
+   maps tensors can be;
 5. when no request is in flight any more, collects garbage and hands freed memory back to the
    OS (glibc keeps it otherwise: after a burst the server stayed 1 GB above idle).
 
@@ -50,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .admission import MemoryBudget
-from .tensor_text import CutBody, cut_flat_integers
+from .tensor_text import cut_flat_integer_tensors, cut_flat_integers
 
 LOGGER = logging.getLogger("mlserver_model.serving_guard")
 MB = 1_000_000
@@ -95,11 +97,10 @@ class LocalModel:
 
 @dataclass(frozen=True)
 class _Parsed:
-    tensor: str
-    values: np.ndarray
+    values: dict[str, np.ndarray]  # by tensor name
 
 
-_LOCAL_MODELS: dict[str, LocalModel] = {}
+_LOCAL_MODELS: dict[str, tuple[LocalModel, ...]] = {}
 _PARSED: contextvars.ContextVar[_Parsed | None] = contextvars.ContextVar(
     "pixelring2nmf_parsed", default=None
 )
@@ -113,11 +114,11 @@ _GUARDED = "_pixelring2nmf_guard"
 # --------------------------------------------------------------------------- the model's side
 
 
-def serve_in_process(model_name: str, model: LocalModel) -> None:
+def serve_in_process(model_name: str, *tensors: LocalModel) -> None:
     """Called by a model's `load()`: its `predict` runs in this process, so the guard may hand
-    it a parsed tensor (with MLServer's worker processes, `load` runs in the worker instead,
-    and the guard of the server process never parses for that model)."""
-    _LOCAL_MODELS[model_name] = model
+    it its parsed tensors, one LocalModel each (with MLServer's worker processes, `load` runs
+    in the worker instead, and the guard of the server process never parses for that model)."""
+    _LOCAL_MODELS[model_name] = tensors
 
 
 def stop_serving_in_process(model_name: str) -> None:
@@ -127,7 +128,7 @@ def stop_serving_in_process(model_name: str) -> None:
 def parsed_values(tensor: str) -> np.ndarray | None:
     """The int64 values of `tensor` the guard parsed for the request being handled, if any."""
     parsed = _PARSED.get()
-    return parsed.values if parsed is not None and parsed.tensor == tensor else None
+    return parsed.values.get(tensor) if parsed is not None else None
 
 
 def request_arrival() -> float | None:
@@ -230,7 +231,12 @@ class ServingGuard:
             await asyncio.to_thread(self._give_memory_back)
 
     async def _fast_path(
-        self, scope: Scope, body: _Body, send: _Responder, local: LocalModel, held: list[int]
+        self,
+        scope: Scope,
+        body: _Body,
+        send: _Responder,
+        local: tuple[LocalModel, ...],
+        held: list[int],
     ) -> None:
         """Read, cut and parse the body, then run MLServer on the rest; `held[0]` is the cost
         reserved for the request, grown here when MLServer must parse the body itself."""
@@ -240,9 +246,9 @@ class ServingGuard:
                 await send.refuse(body.refusal)
             return
         async with self._parsing:
-            received, cut = await asyncio.to_thread(_cut, chunks, local)
+            received, parsed, complete = await asyncio.to_thread(_cut, chunks, local)
         size = len(received)
-        if cut is None:  # MLServer's path, on the body as received
+        if not complete:  # MLServer's path, on the body as received
             refusal = None
             extra = int(size * (self.settings.mlserver_path_cost - self.settings.fast_path_cost))
             if size > self.settings.max_mlserver_path_bytes:
@@ -255,9 +261,9 @@ class ServingGuard:
             held[0] += extra
             await self.app(_with_length(scope, size), _replay(received, body), send)
             return
+        rest = received
         del received  # from here on only the parsed values and the small rest are held
-        rest, values = cut.rest, cut.values
-        token = _PARSED.set(None if values is None else _Parsed(local.tensor, values))
+        token = _PARSED.set(_Parsed(parsed) if parsed else None)
         try:
             await self.app(_with_length(scope, len(rest)), _replay(rest, body), send)
         finally:
@@ -300,7 +306,7 @@ def _content_length(headers: dict[bytes, bytes]) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def _cost_per_byte(local: LocalModel | None, s: GuardSettings) -> float:
+def _cost_per_byte(local: tuple[LocalModel, ...] | None, s: GuardSettings) -> float:
     return s.fast_path_cost if local is not None else s.mlserver_path_cost
 
 
@@ -337,12 +343,25 @@ def _too_large_for_mlserver(size: int, s: GuardSettings) -> _Refusal:
     return refusal
 
 
-def _cut(chunks: list[bytes], local: LocalModel) -> tuple[bytes, CutBody | None]:
-    """(the body, its cut or None), in a thread: joining 180 MB holds the GIL ~0.1 s too. The
-    parts are dropped once joined, so that the body is held once while its list is parsed."""
+def _cut(
+    chunks: list[bytes], local: tuple[LocalModel, ...]
+) -> tuple[bytes, dict[str, np.ndarray], bool]:
+    """(the body or its rest, the parsed values by tensor, whether the model's maps tensors
+    were cut), in a thread: joining 180 MB holds the GIL ~0.1 s too. The parts are dropped
+    once joined, so that the body is held once while its lists are parsed. A tensor cut but
+    not parsed (too many values) is refused by the model from the rest alone."""
     body = b"".join(chunks)
     chunks.clear()
-    return body, cut_flat_integers(body, local.tensor, local.max_values)
+    if len(local) == 1:
+        cut = cut_flat_integers(body, local[0].tensor, local[0].max_values)
+        if cut is None:
+            return body, {}, False
+        return cut.rest, {} if cut.values is None else {local[0].tensor: cut.values}, True
+    cuts = cut_flat_integer_tensors(body, {m.tensor: m.max_values for m in local})
+    if cuts is None:
+        return body, {}, False
+    rest, values = cuts
+    return rest, {name: v for name, v in values.items() if v is not None}, True
 
 
 def _with_length(scope: Scope, size: int) -> Scope:

@@ -8,10 +8,11 @@ checks them against template.yaml's InputSignature, InputMetadata and OutputSign
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .dftools import DCS_FLAGS
-from .geometry import MAP_SHAPE
+from .geometry import MAP_SHAPE, RingGeometry
 from .omstools import OMS_SEPARATOR
 
 
@@ -38,5 +39,18 @@ INPUTS = (
         for name, datatype in OMS_ATTRIBUTES
     ),
 )
+
+
+def maps_input(geometry: RingGeometry) -> TensorSpec:
+    """The maps tensor of one ring: `Ring1` [-1, 92, 56], `Ring2` [-1, 140, 56]."""
+    return TensorSpec(geometry.input_name, "INT32", (-1, *geometry.map_shape))
+
+
+def inputs(geometries: Iterable[RingGeometry]) -> tuple[TensorSpec, ...]:
+    """A model's inputs: the maps of its ring(s) (as its template's InputSignature orders
+    them), then the OMS tensors. For Ring 2 alone, exactly INPUTS."""
+    return (*(maps_input(g) for g in geometries), *INPUTS[1:])
+
+
 # What DIALS reads (FlaggingKey, MetricKey); AnomalyType and Groups come only when asked for.
 OUTPUTS = (TensorSpec("Flag", "BOOL", (-1,)), TensorSpec("Metric", "FP32", (-1,)))

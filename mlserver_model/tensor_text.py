@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import secrets
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +68,71 @@ def cut_flat_integers(body: bytes, tensor_name: str, max_values: int) -> CutBody
         return CutBody(rest, shape, None)
     values = _parse_integers(body[start + 1 : end])
     return None if values is None else CutBody(rest, shape, values)
+
+
+def cut_flat_integer_tensors(
+    body: bytes, max_values: Mapping[str, int]
+) -> tuple[bytes, dict[str, np.ndarray | None]] | None:
+    """Several tensors' flat integer data (the joint model's Ring1 and Ring2) cut out of `body`
+    at once: (the rest, the values by tensor name, None for one not parsed), or None unless
+    the len(max_values) largest flat lists are exactly those tensors' data, each parsed as
+    `cut_flat_integers` parses one. One check of the rest with a marker per list, so no
+    list is ever parsed by json."""
+    spans = _largest_flat_lists(body, len(max_values))
+    if spans is None:
+        return None
+    markers = [f"{_MARKER}-{i}" for i in range(len(spans))]
+    marked, rest, last = [], [], -1  # body[last] is the "]" of the list before
+    for (start, end), marker in zip(spans, markers, strict=True):
+        marked += [body[last + 1 : start], json.dumps(marker).encode()]
+        rest.append(body[max(last, 0) : start + 1])
+        last = end
+    marked.append(body[last + 1 :])
+    rest.append(body[last:])
+    tensors = _tensors_holding_markers(b"".join(marked), markers)
+    if tensors is None or sorted(str(t.get("name")) for t in tensors) != sorted(max_values):
+        return None
+    values: dict[str, np.ndarray | None] = {}
+    for (start, end), tensor in zip(spans, tensors, strict=True):
+        name = tensor["name"]
+        if _declared_size(tensor.get("shape")) > max_values[name]:
+            values[name] = None
+            continue
+        parsed = _parse_integers(body[start + 1 : end])
+        if parsed is None:
+            return None
+        values[name] = parsed
+    return b"".join(rest), values
+
+
+def _largest_flat_lists(body: bytes, count: int) -> list[tuple[int, int]] | None:
+    """(start, end) of the `count` longest non-empty lists that follow a "data" key, in body
+    order, or None if there are fewer or one of them is nested."""
+    spans = []
+    at = body.find(_DATA_KEY)
+    while at >= 0:
+        i = _skip_whitespace(body, at + len(_DATA_KEY))
+        if body[i : i + 1] == b":":
+            i = _skip_whitespace(body, i + 1)
+            if body[i : i + 1] == b"[":
+                end = body.find(b"]", i)
+                if end > i + 1:
+                    spans.append((i, end))
+        at = body.find(_DATA_KEY, at + len(_DATA_KEY))
+    spans = sorted(sorted(spans, key=lambda span: span[0] - span[1])[:count])
+    if len(spans) < count or any(body.find(b"[", a + 1, b) >= 0 for a, b in spans):
+        return None
+    return spans
+
+
+def _tensors_holding_markers(text: bytes, markers: list[str]) -> list[dict] | None:
+    """The input tensors whose `data` are the markers, in the markers' order, one each."""
+    try:
+        inputs = json.loads(text)["inputs"]
+        hits = [[t for t in inputs if isinstance(t, dict) and t.get("data") == m] for m in markers]
+    except (ValueError, TypeError, KeyError):
+        return None
+    return [h[0] for h in hits] if all(len(h) == 1 for h in hits) else None
 
 
 def _largest_flat_list(body: bytes) -> tuple[int, int] | None:

@@ -73,9 +73,11 @@ def load_script_module() -> Any:
 class RunningServer(LocalServer):
     """A started MLServer serving our model, with a shortcut to its infer endpoint."""
 
+    model_name: str = MODEL_NAME  # the Ring 1 and joint servers set theirs
+
     @property
     def infer_url(self) -> str:
-        return f"{self.base_url}/v2/models/{MODEL_NAME}/infer"
+        return f"{self.base_url}/v2/models/{self.model_name}/infer"
 
     def infer(self, body: bytes | dict, timeout_s: float = 300.0) -> requests.Response:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
@@ -318,3 +320,93 @@ def era_out(
     args += ["--model", str(model_path), "--out", str(out), "--xlsx", "--no-progress"]
     assert cli_main(args) == 0
     return out
+
+
+# --- Ring 1 and the joint model (pixel-ring1-nmf, pixel-fpix-nmf): served like Ring 2 -----------
+
+RING1_BUILD_KEY = "PixelRing1NMF"
+FPIX_BUILD_KEY = "PixelFpixNMF"
+
+
+@pytest.fixture(scope="session")
+def fpix_model_path(joint_model_path: Path) -> Path:
+    """The session's joint model (pixel-fpix-nmf), as the serving tests call it."""
+    return joint_model_path
+
+
+def ring_template(
+    template_file: str, key: str, model_file: Path, folder: Path, code_uri: Path | None = None
+) -> Path:
+    """A repository template with another ModelUri (absolute paths, so any cwd works)."""
+    import yaml
+
+    content = yaml.safe_load((REPO / template_file).read_text())
+    properties = content["Resources"][key]["Properties"]
+    properties["CodeUri"] = str(code_uri or REPO / "mlserver_model")
+    properties["ModelUri"] = str(model_file)
+    path = folder / template_file
+    path.write_text(yaml.safe_dump(content, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ring1_template(ring1_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """template_ring1.yaml with the session's Ring 1 model."""
+    folder = tmp_path_factory.mktemp("template_ring1")
+    return ring_template("template_ring1.yaml", RING1_BUILD_KEY, ring1_model_path, folder)
+
+
+@pytest.fixture(scope="session")
+def fpix_template(fpix_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """template_fpix.yaml with the session's joint model."""
+    folder = tmp_path_factory.mktemp("template_fpix")
+    return ring_template("template_fpix.yaml", FPIX_BUILD_KEY, fpix_model_path, folder)
+
+
+@pytest.fixture(scope="session")
+def fpix_demo_maps(
+    demo_data: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> dict[int, np.ndarray]:
+    """Maps of both rings for the 750 demo LS: `simulate --scenario demo --seed 1 --ring both`,
+    whose Ring 2 maps and OMS data are the demo's, its group outages silent in both rings."""
+    from pixelring2nmf.io.parquet import read_dials_parquet
+
+    out = tmp_path_factory.mktemp("demo_fpix")
+    command = ["simulate", "--out", str(out), "--scenario", "demo", "--seed", "1"]
+    subprocess.run(cli_command(*command, "--ring", "both"), check=True, capture_output=True)
+    (ring1_file,) = out.glob("*PXRing_1.parquet")
+    ring1 = read_dials_parquet(ring1_file)
+    assert np.array_equal(ring1.ls, demo_data["ls_number"])
+    return {1: ring1.maps, 2: np.asarray(demo_data["Ring2"])}
+
+
+def served_ring_model(
+    template: Path, tmp_path_factory: pytest.TempPathFactory, name: str
+) -> Iterator[RunningServer]:
+    env = dict(os.environ)
+    env["BUILD_PATH"] = str(tmp_path_factory.mktemp(f"dism_{name}") / "build")
+    env["PYTHONUNBUFFERED"] = "1"
+    port = free_port()
+    log_path = tmp_path_factory.mktemp(f"server_{name}") / "mlserver.log"
+    command = cli_command("serve", "-f", str(template), "--port", str(port))
+    server = start_server(command, port, log_path, cwd=REPO, env=env)
+    server.model_name = name
+    server.build_path = Path(env["BUILD_PATH"])
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def served_ring1(
+    ring1_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """`pixelring2nmf serve -f template_ring1.yaml`: the session's one Ring 1 server."""
+    yield from served_ring_model(ring1_template, tmp_path_factory, "pixel-ring1-nmf")
+
+
+@pytest.fixture(scope="session")
+def served_fpix(
+    fpix_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """`pixelring2nmf serve -f template_fpix.yaml`: the session's one joint-model server."""
+    yield from served_ring_model(fpix_template, tmp_path_factory, "pixel-fpix-nmf")

@@ -402,3 +402,158 @@ def test_general_decoding_never_truncates_or_parses_text(values, v2_type, messag
 
 def test_integral_floats_decode_for_an_integer_tensor() -> None:
     assert datatype.decode_numeric([1.0, 2.0], "INT32", [2]).tolist() == [1, 2]
+
+
+# --------------------------------------------------------------- Ring 1 and the joint model
+
+
+@pytest.fixture(scope="module")
+def ring_handlers(ring1_model_path: Path, fpix_model_path: Path) -> dict[str, Handler]:
+    """The handler on the session's Ring 1 model and on its joint model."""
+    return {"ring1": make_handler(ring1_model_path), "fpix": make_handler(fpix_model_path)}
+
+
+@pytest.fixture(scope="module")
+def fpix_window(
+    fpix_demo_maps: dict[int, np.ndarray], window: dict[str, np.ndarray], model: PixelRing2NMF
+) -> dict[str, np.ndarray]:
+    """The Ring 2 window's LS in both rings (`fpix_demo_maps`), with their DCS flags."""
+    flagged = np.flatnonzero(model.predict(fpix_demo_maps[2]).flag)
+    start = max(0, int(flagged[0]) - N_WINDOW // 2)  # as `window`
+    assert np.array_equal(fpix_demo_maps[2][start], window["Ring2"][0])
+    return {"Ring1": fpix_demo_maps[1][start : start + N_WINDOW], **window}
+
+
+def maps_tensor(name: str, maps: np.ndarray, **changes: Any) -> dict:
+    return {
+        "name": name,
+        "shape": list(maps.shape),
+        "datatype": "INT32",
+        "data": maps.ravel().tolist(),
+        **changes,
+    }
+
+
+def ring_inputs(kind: str, window: dict[str, np.ndarray], rows: Any = slice(None)) -> list:
+    names = ["Ring1"] if kind == "ring1" else ["Ring1", "Ring2"]
+    return [maps_tensor(n, np.ascontiguousarray(window[n][rows])) for n in names]
+
+
+@pytest.mark.parametrize("kind", ["ring1", "fpix"])
+def test_ring1_and_joint_answers_match_their_pipeline_in_request_order(
+    kind: str,
+    ring_handlers: dict[str, Handler],
+    fpix_window: dict[str, np.ndarray],
+    ring1_model_path: Path,
+    fpix_model_path: Path,
+) -> None:
+    from mlserver_model.joint import load_model
+
+    handler = ring_handlers[kind]
+    order = np.arange(N_WINDOW)[::-1]
+    oms = {f: fpix_window[f][order] for f in DCS_FLAGS}
+    request = {
+        "id": f"{kind}-1",
+        "inputs": [
+            *ring_inputs(kind, fpix_window, order),
+            *[oms_tensor(f, oms[f].tolist(), prefix="oms_lumisection_info") for f in DCS_FLAGS],
+        ],
+        "outputs": [{"name": n} for n in ("Flag", "Metric", "AnomalyType", "Groups")],
+    }
+    got = outputs(predict(handler, request))
+    model = load_model(ring1_model_path if kind == "ring1" else fpix_model_path)
+    if kind == "ring1":
+        expected = model.predict(fpix_window["Ring1"][order], oms)
+    else:
+        maps = {1: fpix_window["Ring1"][order], 2: fpix_window["Ring2"][order]}
+        expected = model.predict(maps, oms)
+    assert list(got["Flag"].data) == expected.flag.tolist()
+    np.testing.assert_allclose(list(got["Metric"].data), expected.metric, rtol=1e-6)
+    assert list(got["AnomalyType"].data) == [str(t) for t in expected.anomaly_type]
+    assert list(got["Groups"].data) == expected.groups()
+    if kind == "fpix":  # the demo's Multi-Disk LS, silent in both rings, is flagged
+        assert expected.flag.any()
+
+
+def test_the_declared_inputs_follow_the_models_rings(
+    ring_handlers: dict[str, Handler], handler: Handler
+) -> None:
+    def maps_inputs(h: Handler) -> list:
+        return [(t.name, t.shape) for t in h.inputs if not t.name.startswith("oms")]
+
+    assert maps_inputs(handler) == [("Ring2", [-1, 140, 56])]
+    assert maps_inputs(ring_handlers["ring1"]) == [("Ring1", [-1, 92, 56])]
+    assert maps_inputs(ring_handlers["fpix"]) == [("Ring1", [-1, 92, 56]), ("Ring2", [-1, 140, 56])]
+    oms = [t.name for t in handler.inputs if t.name.startswith("oms")]
+    for other in ring_handlers.values():
+        assert [t.name for t in other.inputs if t.name.startswith("oms")] == oms
+
+
+def _ring_bad_requests(kind: str, window: dict[str, np.ndarray]) -> list[tuple[str, dict, str]]:
+    """(case, request, regex of the 400) for a maps tensor of the Ring 1 or joint model: the
+    bad one is Ring1 ('ring1', 'fpix') or Ring2 ('fpix-ring2'), the others are good."""
+    name = "Ring2" if kind == "fpix-ring2" else "Ring1"
+    rows, cols = window[name].shape[1:]
+    maps = np.ascontiguousarray(window[name][:2])
+    others = (
+        []
+        if kind == "ring1"
+        else [maps_tensor(n, window[n][:2]) for n in ("Ring1", "Ring2") if n != name]
+    )
+    good = maps_tensor(name, maps)
+    flat = good["data"]
+    negative, text, null = list(flat), list(flat), [float(v) for v in flat]
+    negative[100], text[5], null[100] = -3, "many", None
+
+    def bad(**changes: Any) -> dict:
+        return {"inputs": [*others, {**good, **changes}]}
+
+    return [
+        ("missing", {"inputs": others}, rf"Missing input tensor '{name}'.*\[N, {rows}, {cols}\]"),
+        (
+            "Ring 2 shape",
+            bad(shape=[2, 140 if rows != 140 else 92, 56]),
+            rf"'{name}' must have shape \[N, {rows}, {cols}\]",
+        ),
+        ("short data", bad(data=flat[:-1]), "product of the shape"),
+        ("text", bad(data=text), f"{name}.*many"),
+        ("null in FP32", bad(datatype="FP32", data=null), "null at"),
+        ("negative", bad(data=negative), "value -3 at flat position 100 is outside the range"),
+        ("BYTES maps", bad(datatype="BYTES"), "numeric"),
+        (
+            "too many LS",
+            bad(shape=[DEFAULT_MAX_LUMISECTIONS + 1, rows, cols]),
+            f"'{name}' has 5001 lumisections",
+        ),
+        *(
+            []
+            if kind == "ring1"
+            else [
+                (
+                    "other LS count",
+                    bad(shape=[1, rows, cols], data=flat[: rows * cols]),
+                    "both rings must hold the same lumisections",
+                )
+            ]
+        ),
+    ]
+
+
+RING_BAD_CASES = [
+    (kind, case)
+    for kind in ("ring1", "fpix", "fpix-ring2")
+    for case, _, _ in _ring_bad_requests(
+        kind,
+        {"Ring1": np.zeros((2, 92, 56), np.int32), "Ring2": np.zeros((2, 140, 56), np.int32)},
+    )
+]
+
+
+@pytest.mark.parametrize("kind, case", RING_BAD_CASES)
+def test_bad_ring1_or_joint_input_is_an_inference_error_naming_it(
+    ring_handlers: dict[str, Handler], fpix_window: dict[str, np.ndarray], kind: str, case: str
+) -> None:
+    handler = ring_handlers[kind.split("-")[0]]
+    ((_, request, pattern),) = [c for c in _ring_bad_requests(kind, fpix_window) if c[0] == case]
+    with pytest.raises(InferenceError, match=pattern):
+        predict(handler, request)

@@ -202,3 +202,109 @@ def test_commands_use_the_given_interpreter(tmp_path: Path) -> None:
     ):
         assert command[0] == "/some/python" and command[-2:] == ["start", str(tmp_path)]
     assert str(mlserver.LAUNCHER) in mlserver.serve_command(tmp_path)
+
+
+# --------------------------------------------------------------- Ring 1 and the joint model
+
+RING1_ME = "PixelPhase1/Phase1_MechanicalView/PXForward/clusters_per_SignedDiskCoord_per_SignedBladePanelCoord_PXRing_1"  # noqa: E501
+RING_TEMPLATES = {
+    "template_ring1.yaml": ("PixelRing1NMF", "pixel-ring1-nmf", "pixelring1nmf.joblib"),
+    "template_fpix.yaml": ("PixelFpixNMF", "pixel-fpix-nmf", "pixelfpixnmf.joblib"),
+}
+
+
+@pytest.mark.parametrize("template_file", sorted(RING_TEMPLATES))
+def test_ring_templates_are_valid_and_differ_from_template_yaml_only_in_their_rings(
+    in_repo: Path, template_file: str
+) -> None:
+    from mlserver_model.geometry import RING1, RING2
+
+    key, name, model_file = RING_TEMPLATES[template_file]
+    template = Template.from_yaml_file(REPO / template_file)
+    InferenceServiceValidator(template)()
+    properties = template.Resources[key].Properties
+    rings = (RING1,) if "ring1" in template_file else (RING1, RING2)
+    assert properties.Name == name
+    assert [
+        (s.Name, s.DataType.value, s.Dims, s.MonitoringElement) for s in properties.InputSignature
+    ] == [(g.input_name, "INT32", [-1, *g.map_shape], g.me) for g in rings]
+    assert str(properties.ModelUri) == f"mlserver_model/{model_file}"
+    ring2 = yaml.safe_load((REPO / "template.yaml").read_text())["Resources"][KEY]["Properties"]
+    ours = yaml.safe_load((REPO / template_file).read_text())["Resources"][key]["Properties"]
+    differing = {field for field in {*ring2, *ours} if ring2.get(field) != ours.get(field)}
+    assert differing == {"Name", "Description", "InputSignature", "ModelUri"}
+
+
+@pytest.mark.parametrize("template_file", sorted(RING_TEMPLATES))
+def test_build_f_writes_the_ring_models_folder(
+    in_repo: Path, template_file: str, capsys: pytest.CaptureFixture
+) -> None:
+    key, name, model_file = RING_TEMPLATES[template_file]
+    assert cli_main(["build", "-f", template_file]) == 0
+    out = capsys.readouterr().out
+    assert f"Built {key} in {in_repo / key}" in out
+    assert "the model states no period" in out  # the shipped models are valid for every run
+    folder = in_repo / key
+    assert json.loads((folder / "model-settings.json").read_text()) == {
+        "name": name,
+        "implementation": "app.Handler",
+        "parameters": {"uri": model_file, "version": "0.1.0"},
+    }
+    shipped = REPO / "mlserver_model" / model_file
+    assert (folder / model_file).read_bytes() == shipped.read_bytes()
+    assert mlserver.preflight(folder) == name
+
+
+@pytest.mark.parametrize(
+    ("template_file", "change", "message"),
+    [
+        (
+            "template.yaml",
+            {"ModelUri": "mlserver_model/pixelring1nmf.joblib"},
+            "PXRing_2] does not fit its model mlserver_model/pixelring1nmf.joblib, a pixel-ring1",
+        ),
+        (
+            "template_ring1.yaml",
+            {"Name": "pixel-ring2-nmf"},
+            "Name 'pixel-ring2-nmf' is that of a pixel-ring2-nmf model, but its model",
+        ),
+        (
+            "template_ring1.yaml",
+            {"ModelUri": "mlserver_model/pixelfpixnmf.joblib"},
+            "a pixel-fpix-nmf model of Ring 1 and Ring 2, which takes [Ring1 [-1, 92, 56]",
+        ),
+        (
+            "template_fpix.yaml",
+            {"InputSignature": "Ring2 only"},
+            "the InputSignature [Ring2 [-1, 140, 56] of PixelPhase1/",
+        ),
+        (
+            "template_fpix.yaml",
+            {"InputSignature": "Ring 1 ME twice"},
+            f"PXRing_1, Ring2 [-1, 140, 56] of {RING1_ME}] does not fit",
+        ),
+    ],
+)
+def test_build_refuses_a_template_that_does_not_fit_its_model(
+    in_repo: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    template_file: str,
+    change: dict,
+    message: str,
+) -> None:
+    key = RING_TEMPLATES.get(template_file, (KEY,))[0]
+    content = yaml.safe_load((REPO / template_file).read_text())
+    properties = content["Resources"][key]["Properties"]
+    for field, value in change.items():
+        if value == "Ring2 only":
+            properties[field] = properties[field][1:]
+        elif value == "Ring 1 ME twice":
+            properties[field][1]["MonitoringElement"] = properties[field][0]["MonitoringElement"]
+        else:
+            properties[field] = value
+    assert cli_main(["build", "-f", str(write_template(tmp_path, content))]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert "Traceback" not in err
+    assert not (in_repo / key).exists()

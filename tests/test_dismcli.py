@@ -44,7 +44,7 @@ from conftest import (
 )
 from fake_dials import FakeDials
 
-from mlserver_model.geometry import RING2_ME
+from mlserver_model.geometry import RING1, RING2_ME
 from pixelring2nmf.serving.mlserver import mlserver_start_command
 from pixelring2nmf.sim import simulate as simulator
 
@@ -346,3 +346,122 @@ def test_the_fakes_rejections_give_dismcli_errors(
     assert built.returncode != 0
     assert message in built.stderr, built.stderr[-3000:]
     assert not (project / ".dism-artifacts" / "build" / BUILD_KEY / "model-settings.json").exists()
+
+
+# --------------------------------------------------------------- Ring 1 and the joint model
+
+
+def ring_h2d_rows(tmp_path: Path) -> list[dict]:
+    """Three LS of each ring's ME, as DIALS's th2 endpoint returns them (Ring 1: 92 x 56)."""
+    for ring in ("ring1", "ring2"):
+        (tmp_path / ring).mkdir()
+    ring2 = h2d_rows(tmp_path / "ring2")
+    ring1 = h2d_rows(tmp_path / "ring1", (92, 56))  # Ring 2's rows cut: the fake's sample
+    for row in ring1:
+        row.update(me=RING1.me, me_id=ME_ID + 1)
+    return ring1 + ring2
+
+
+RING_MES = [
+    {"me_id": ME_ID, "me": RING2_ME, "count": 3, "dim": 2},
+    {"me_id": ME_ID + 1, "me": RING1.me, "count": 3, "dim": 2},
+]
+
+
+@pytest.mark.parametrize("kind", ["ring1", "fpix"])
+def test_dismcli_builds_the_ring_templates_as_pixelring2nmf_build_and_start_api_serves_them(
+    kind: str,
+    request: pytest.FixtureRequest,
+    s3: Any,
+    code_uri: Path,
+    fpix_demo_maps: dict[int, np.ndarray],
+    demo_data: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """The real `dismcli build -f template_ring1.yaml / template_fpix.yaml` (DIALS asked for
+    the Ring 1 ME and its 92 x 56 sample), the same tree as ours, served as start-api runs it
+    by the image's MLServer 1.5.0 with its defaults (one worker process)."""
+    from mlserver_model.joint import load_model
+
+    if not IMAGE_PYTHON.exists() and not os.environ.get("CI"):
+        pytest.skip(f"no image-emulation venv at {IMAGE_PYTHON} (CI always has one)")
+    template_file, key, name = {
+        "ring1": ("template_ring1.yaml", "PixelRing1NMF", "pixel-ring1-nmf"),
+        "fpix": ("template_fpix.yaml", "PixelFpixNMF", "pixel-fpix-nmf"),
+    }[kind]
+    model_path = request.getfixturevalue(f"{kind}_model_path")
+    projects = {}
+    for who in ("dismcli", "ours"):
+        folder = tmp_path / who
+        make_project(folder, REPO / "template.yaml", code_uri, model_path)
+        content = yaml.safe_load((REPO / template_file).read_text())
+        properties = content["Resources"][key]["Properties"]
+        properties["CodeUri"], properties["ModelUri"] = str(code_uri), str(model_path)
+        (folder / "template.yaml").write_text(yaml.safe_dump(content, sort_keys=False))
+        projects[who] = folder
+    fake = FakeDials(
+        h2d_rows=ring_h2d_rows(tmp_path),
+        mes=RING_MES,
+        datasets=[DATASET],
+        presign=lambda workspace, object_name: "unused",  # build uploads nothing
+    ).start()
+    fake.tokens.add(TOKEN)
+    try:
+        built = dismcli(projects["dismcli"], "build", "-f", "template.yaml", "-u", fake.url)
+    finally:
+        fake.stop()
+    assert built.returncode == 0, built.stderr[-3000:]
+    asked = {endpoint for endpoint, _, status in fake.log if status == 200}
+    assert {"mes", "th2", "dataset-index"} <= asked
+    mine = subprocess.run(
+        cli_command("build", "-f", "template.yaml"),
+        cwd=projects["ours"],
+        env=project_env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert mine.returncode == 0, mine.stderr
+    real = tree(projects["dismcli"] / ".dism-artifacts" / "build")
+    assert tree(projects["ours"] / ".dism-artifacts" / "build") == real
+    assert json.loads(real[f"{key}/model-settings.json"])["name"] == name
+
+    folder = tmp_path / "mnt" / name
+    shutil.copytree(projects["dismcli"] / ".dism-artifacts" / "build" / key, folder)
+    port = free_port()
+    env = mlserver_env(port, defaults=True, PYTHONDONTWRITEBYTECODE="1")
+    command = mlserver_start_command(folder, IMAGE_PYTHON)
+    server = start_server(command, port, tmp_path / "server.log", cwd=tmp_path / "mnt", env=env)
+    server.model_name = name
+    rows = slice(250, 290)
+    maps = {"Ring1": fpix_demo_maps[1][rows], "Ring2": fpix_demo_maps[2][rows]}
+    names = ["Ring1"] if kind == "ring1" else ["Ring1", "Ring2"]
+    body = {
+        "inputs": [
+            {
+                "name": n,
+                "shape": list(maps[n].shape),
+                "datatype": "INT32",
+                "data": maps[n].ravel().tolist(),
+            }
+            for n in names
+        ]
+    }
+    try:
+        response = server.infer(body)
+        log = server.log()
+    finally:
+        stop_server(server)
+    assert response.status_code == 200, response.text[:2000]
+    model = load_model(model_path)
+    expected = model.predict(
+        maps["Ring1"] if kind == "ring1" else {1: maps["Ring1"], 2: maps["Ring2"]}
+    )
+    got = outputs_by_name(response.json())
+    assert got["Flag"]["data"] == expected.flag.tolist() and expected.flag.any()
+    alarming = [
+        line
+        for line in log.splitlines()
+        if any(word in line for word in ("WARNING", "ERROR", "Traceback", "DEPRECATED"))
+    ]
+    assert alarming == []

@@ -304,3 +304,94 @@ def test_the_budget_admits_in_arrival_order():
         assert budget.grow(10) and not budget.grow(1)  # beside another: into free room only
 
     run(scenario())
+
+
+# --- the joint model (pixel-fpix-nmf): two maps tensors, Ring1 and Ring2 ------------------------
+
+
+class JointApp(App):
+    """App that also records what the guard parsed of Ring1, and the budget it ran under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parsed_ring1: list[np.ndarray | None] = []
+
+    async def __call__(self, scope: dict, receive, send) -> None:
+        self.parsed_ring1.append(serving_guard.parsed_values("Ring1"))
+        await super().__call__(scope, receive, send)
+
+
+def joint_body(ring1: str, ring2: str) -> bytes:
+    oms = '{"name": "oms__pileup", "shape": [2], "datatype": "FP32", "data": [1.5, 2.5]}'
+    one = f'{{"name": "Ring1", "shape": [2, 2], "datatype": "INT32", "data": {ring1}}}'
+    two = f'{{"name": "Ring2", "shape": [2, 3], "datatype": "INT32", "data": {ring2}}}'
+    return f'{{"inputs": [{one}, {oms}, {two}]}}'.encode()
+
+
+JOINT_MODEL = (LocalModel("Ring1", max_values=100), LocalModel("Ring2", max_values=100))
+
+
+def test_both_maps_of_the_joint_model_are_cut_out_parsed_and_counted_in_its_cost():
+    async def scenario():
+        serving_guard.serve_in_process(MODEL, *JOINT_MODEL)
+        app = JointApp()
+        guard = ServingGuard(app, SETTINGS)
+        body = joint_body("[1, 2, 3, 4]", "[5, 6, 7, 8, 9, 10]")
+        client = Client(body)
+        task = asyncio.create_task(guard(scope(len(body)), client.receive, client.send))
+        await until(lambda: app.bodies)
+        # the whole body, both rings' maps, is the request's estimated memory
+        assert guard.budget.reserved_bytes == len(body) * SETTINGS.fast_path_cost
+        app.release.set()
+        await task
+        assert client.status == 200
+        (rest,) = app.bodies
+        inputs = json.loads(rest)["inputs"]
+        assert [t["data"] for t in inputs] == [[], [1.5, 2.5], []]
+        assert [t["shape"] for t in inputs] == [[2, 2], [2], [2, 3]]
+        assert app.parsed_ring1[0].tolist() == [1, 2, 3, 4]
+        assert app.parsed[0].tolist() == [5, 6, 7, 8, 9, 10]
+        assert guard.budget.reserved_bytes == 0
+
+    run(scenario())
+
+
+@pytest.mark.parametrize(
+    "ring1, ring2",
+    [
+        ("[[1, 2], [3, 4]]", "[5, 6, 7, 8, 9, 10]"),  # one ring nested
+        ("[1, 2, 3, 4]", "[5, -6, 7, 8, 9, 10]"),  # one ring not counts
+        ("[]", "[5, 6, 7, 8, 9, 10]"),  # one ring empty: the OMS list is the next largest
+    ],
+)
+def test_a_joint_body_is_cut_only_when_both_maps_can_be(ring1, ring2):
+    async def scenario():
+        serving_guard.serve_in_process(MODEL, *JOINT_MODEL)
+        app = JointApp()
+        app.release.set()
+        guard = ServingGuard(app, SETTINGS)
+        body = joint_body(ring1, ring2)
+        client = Client(body)
+        await guard(scope(len(body)), client.receive, client.send)
+        assert client.status == 200 and app.bodies == [body]
+        assert app.parsed == [None] and app.parsed_ring1 == [None]
+
+    run(scenario())
+
+
+def test_joint_maps_above_the_limit_are_cut_but_not_parsed():
+    async def scenario():
+        serving_guard.serve_in_process(
+            MODEL, LocalModel("Ring1", max_values=3), LocalModel("Ring2", max_values=100)
+        )
+        app = JointApp()
+        app.release.set()
+        guard = ServingGuard(app, SETTINGS)
+        body = joint_body("[1, 2, 3, 4]", "[5, 6, 7, 8, 9, 10]")
+        client = Client(body)
+        await guard(scope(len(body)), client.receive, client.send)
+        assert client.status == 200
+        assert [t["data"] for t in json.loads(app.bodies[0])["inputs"]] == [[], [1.5, 2.5], []]
+        assert app.parsed_ring1 == [None] and app.parsed[0].tolist() == [5, 6, 7, 8, 9, 10]
+
+    run(scenario())

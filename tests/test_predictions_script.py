@@ -375,3 +375,79 @@ def test_the_server_log_and_predict_print_the_same_three_lines(
     ).stdout.splitlines()[:3]
     assert served == predicted
     assert predicted[1] == "[INFO]: Filtering: selected 740 out of 750 lumisections."
+
+
+# --------------------------------------------------------------------- Ring 1 and the joint model
+
+
+@pytest.fixture(scope="module")
+def fpix_pkl(
+    fpix_demo_maps: dict[int, np.ndarray], demo_data: dict[str, Any], tmp_path_factory
+) -> Path:
+    """The demo's 750 LS in both rings, with their OMS columns, as a test-data pickle."""
+    data = {key: value for key, value in demo_data.items() if key != "Ring2"}
+    data.update(Ring1=fpix_demo_maps[1], Ring2=fpix_demo_maps[2])
+    path = tmp_path_factory.mktemp("fpix_pkl") / "test_data.pkl"
+    path.write_bytes(pickle.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("ring", ["1", "both"])
+def test_test_predictions_sends_ring1_or_both_rings_to_their_models(
+    ring: str,
+    request: pytest.FixtureRequest,
+    fpix_pkl: Path,
+    fpix_demo_maps: dict[int, np.ndarray],
+    demo_data: dict[str, Any],
+    ring1_model_path: Path,
+    fpix_model_path: Path,
+) -> None:
+    from mlserver_model.joint import load_model
+
+    server = request.getfixturevalue("served_ring1" if ring == "1" else "served_fpix")
+    args = ["-n", server.model_name, "-p", str(server.port), "--data", str(fpix_pkl)]
+    if ring == "both":  # one pickle per ring, as make-test-data writes them, in any order
+        data = pickle.loads(fpix_pkl.read_bytes())
+        for name, other in (("Ring1", "Ring2"), ("Ring2", "Ring1")):
+            part = {key: value for key, value in data.items() if key != other}
+            (fpix_pkl.parent / f"{name}.pkl").write_bytes(pickle.dumps(part))
+        args[-1:] = [str(fpix_pkl.parent / "Ring2.pkl"), str(fpix_pkl.parent / "Ring1.pkl")]
+    result = run_script(*args, "--ring", ring)
+    assert result.returncode == 0, result.stderr
+    dcs = {flag: np.asarray(demo_data[flag], dtype=bool) for flag in DCS_FLAGS}
+    if ring == "1":
+        expected = load_model(ring1_model_path).predict(fpix_demo_maps[1], dcs)
+    else:
+        expected = load_model(fpix_model_path).predict(fpix_demo_maps, dcs)
+    lines = result.stdout.splitlines()
+    assert "Output: Flag, shape: [750], datatype: BOOL" in lines
+    assert lines[-2:] == ["Number of LS: 750", f"Number of flagged LS: {int(expected.flag.sum())}"]
+    if ring == "both":  # the demo's Multi-Disk LS
+        assert expected.flag.sum() >= 1
+    # the Ring 2 default sends Ring2 alone: the joint model names what is missing
+    if ring == "both":
+        missing = run_script(*args[:-1])
+        assert missing.returncode == 1
+        assert "HTTP 400" in missing.stderr and "Missing input tensor 'Ring1'" in missing.stderr
+
+
+def test_test_predictions_names_the_ring_missing_from_the_pickle(small_pkl: Path) -> None:
+    result = run_script("-n", "pixel-ring1-nmf", "-p", "1", "--data", str(small_pkl), "--ring", "1")
+    assert result.returncode == 2
+    assert "must hold a dict with a 'Ring1' array" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_two_pickles_of_both_rings_must_hold_the_same_ls(script_module, tmp_path: Path) -> None:
+    keys = {"run_number": np.array([1, 1]), "ls_number": np.array([5, 6])}
+    one = {"Ring1": np.zeros((2, 92, 56), np.int32), **keys}
+    two = {"Ring2": np.zeros((2, 140, 56), np.int32), **keys, "ls_number": np.array([6, 5])}
+    paths = [tmp_path / "one.pkl", tmp_path / "two.pkl"]
+    for path, data in zip(paths, (one, two), strict=True):
+        path.write_bytes(pickle.dumps(data))
+    with pytest.raises(script_module.UsageError, match="must hold the same LS in the same order"):
+        script_module.load_ring_test_data(paths, ("Ring1", "Ring2"))
+    two["ls_number"] = keys["ls_number"]
+    paths[1].write_bytes(pickle.dumps(two))
+    merged = script_module.load_ring_test_data(paths, ("Ring1", "Ring2"))
+    assert (merged["Ring1"].shape, merged["Ring2"].shape) == ((2, 92, 56), (2, 140, 56))

@@ -4,7 +4,8 @@ DISM zips the model folder and DIALS runs it in `seldonio/mlserver:1.5.0`, where
 the folder exists and only numpy, scipy, scikit-learn, pandas, joblib and mlserver are
 installed. Here a copy of the build folder is imported as MLServer does (the folder on
 sys.path, `app` imported as a top-level module) in a fresh interpreter in which the toolkit and
-the offline libraries are made unimportable, and it answers a request.
+the offline libraries are made unimportable, and it answers a request; the builds of the three
+templates (Ring 2, Ring 1, joint) do the same in the image's Python (.venv-image).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
+from conftest import IMAGE_PYTHON, needs_image_venv
 
 from mlserver_model.dftools import DCS_FLAGS
 
@@ -61,14 +64,15 @@ print(json.dumps({
     "outputs": {o.name: list(o.data) for o in response.outputs},
     "modules": sorted(sys.modules),
     "package_file": sys.modules["mlserver_model"].__file__,
+    "numpy": sys.modules["numpy"].__version__,
 }))
 """
 
 
-def _request(maps: np.ndarray, dcs: dict[str, np.ndarray]) -> dict[str, Any]:
+def _request(maps: np.ndarray, dcs: dict[str, np.ndarray], name: str = "Ring2") -> dict[str, Any]:
     inputs = [
         {
-            "name": "Ring2",
+            "name": name,
             "shape": list(maps.shape),
             "datatype": "INT32",
             "data": maps.ravel().tolist(),
@@ -118,3 +122,60 @@ def test_a_copy_of_the_build_folder_serves_alone_without_offline_modules(
     assert "app" in imported and "mlserver_model" in imported
     assert not imported & set(OFFLINE_MODULES)
     assert report["package_file"] == str(folder / "__init__.py")  # not the repository's copy
+
+
+@needs_image_venv
+@pytest.mark.parametrize("kind", ["ring2", "ring1", "fpix"])
+def test_the_build_of_each_template_serves_alone_in_the_image(
+    kind: str,
+    request: pytest.FixtureRequest,
+    demo_data: dict[str, Any],
+    fpix_demo_maps: dict[int, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """template.yaml, template_ring1.yaml and template_fpix.yaml, each built from the same
+    runtime folder, imported alone by the image's Python (MLServer 1.5.0, numpy 1.26)."""
+    from mlserver_model.joint import load_model
+    from pixelring2nmf.serving import dism
+
+    template, model_path, name = {
+        "ring2": ("test_template", "model_path", "pixel-ring2-nmf"),
+        "ring1": ("ring1_template", "ring1_model_path", "pixel-ring1-nmf"),
+        "fpix": ("fpix_template", "fpix_model_path", "pixel-fpix-nmf"),
+    }[kind]
+    monkeypatch.setenv(dism.BUILD_PATH_ENV, str(tmp_path / "build"))
+    (built,) = dism.build(request.getfixturevalue(template)).values()
+    folder = tmp_path / name  # as `dismcli start-api` mounts it
+    shutil.copytree(built, folder, ignore=shutil.ignore_patterns("__pycache__"))
+    rows = slice(250, 290)  # the demo's Multi-Disk LS among healthy ones
+    maps = {"Ring1": fpix_demo_maps[1][rows], "Ring2": fpix_demo_maps[2][rows]}
+    dcs = {flag: np.asarray(demo_data[flag][rows], dtype=bool) for flag in DCS_FLAGS}
+    names = {"ring2": ["Ring2"], "ring1": ["Ring1"], "fpix": ["Ring1", "Ring2"]}[kind]
+    body = _request(maps[names[0]], dcs, names[0])
+    for other in names[1:]:
+        body["inputs"].insert(1, _request(maps[other], dcs, other)["inputs"][0])
+    request_path = tmp_path / "request.json"
+    request_path.write_text(json.dumps(body))
+    code = f"import sys; sys.path.insert(0, {str(folder)!r})\n" + _SERVE_ONE_REQUEST
+    out = subprocess.run(
+        [str(IMAGE_PYTHON), "-I", "-c", code, json.dumps(OFFLINE_MODULES), str(request_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+
+    model = load_model(request.getfixturevalue(model_path))
+    if kind == "fpix":
+        expected = model.predict({1: maps["Ring1"], 2: maps["Ring2"]}, dcs)
+    else:
+        expected = model.predict(maps[names[0]], dcs)
+    assert report["outputs"]["Flag"] == expected.flag.tolist()
+    assert expected.flag.any()  # the demo's Multi-Disk LS
+    np.testing.assert_allclose(report["outputs"]["Metric"], expected.metric, rtol=1e-6)
+    assert report["numpy"] == "1.26.4"
+    assert not set(report["modules"]) & set(OFFLINE_MODULES)
+    assert report["package_file"] == str(folder / "__init__.py")

@@ -60,3 +60,18 @@ def test_shipped_model_flags_the_demo_multidisk_ls_under_the_image_versions(
     numpy_version, sklearn_version, joblib_version, *flagged = out.stdout.split()
     assert (numpy_version, sklearn_version, joblib_version) == ("1.26.4", "1.4.1.post1", "1.3.2")
     assert str(row) in flagged
+
+
+def test_the_shipped_ring1_and_joint_models_are_those_of_their_templates() -> None:
+    """template_ring1.yaml and template_fpix.yaml deploy them (their builds check the rest)."""
+    from mlserver_model.geometry import RING1, RING2
+    from mlserver_model.joint import JointNMF, load_model
+
+    ring1 = load_model(REPO / "mlserver_model" / "pixelring1nmf.joblib")
+    joint = load_model(REPO / "mlserver_model" / "pixelfpixnmf.joblib")
+    assert (ring1.name, ring1.geometry) == ("pixel-ring1-nmf", RING1)
+    assert isinstance(joint, JointNMF) and joint.name == "pixel-fpix-nmf"
+    assert joint.geometries == (RING1, RING2)
+    assert ring1.metadata["training"]["n_ls_used"] >= 500
+    for ring in ("Ring1", "Ring2"):  # each ring's provenance, under its input name
+        assert joint.metadata["training"][ring]["n_ls_used"] >= 500

@@ -110,11 +110,13 @@ def build(
     build leaves the previous one whole. The built template's MinRunNumber/MaxRunNumber are
     the model's period (serving/validity.py; `report` gets the line that says so).
     """
+    from .model_match import check_model_match
     from .validity import apply_model_period
 
     template = load_template(template_path)
     resources = mlserver_resources(template)
     for key, resource in resources.items():  # before anything is written: it may refuse
+        check_model_match(key, resource.Properties, template_path)
         line = apply_model_period(
             key, resource.Properties, template_path, runs_from_model=runs_from_model
         )

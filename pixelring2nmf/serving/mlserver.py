@@ -93,7 +93,7 @@ def preflight(folder: Path) -> str:
     A model file that cannot be loaded is an ArtifactError naming the file (the command line's
     one line, exit 2), before any server starts.
     """
-    from mlserver_model.pixelring2nmf import PixelRing2NMF
+    from mlserver_model.joint import load_model
 
     try:
         settings = json.loads((folder / MODEL_SETTINGS_FILE).read_text(encoding="utf-8"))
@@ -102,7 +102,7 @@ def preflight(folder: Path) -> str:
         raise DataError(
             f"{folder / MODEL_SETTINGS_FILE}: not a model-settings file ({error})"
         ) from None
-    PixelRing2NMF.load(folder / uri)
+    load_model(folder / uri)  # a one-ring or a joint model, as the handler loads it
     return str(name)
 
 
