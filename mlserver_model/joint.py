@@ -43,7 +43,7 @@ from .artifact import (
 from .bad_ROC import Thresholds, group_search, silence_floor
 from .dftools import dcs_filter
 from .errors import InputError
-from .geometry import ANOMALY_TYPES, N_GROUPS, RingGeometry
+from .geometry import RingGeometry
 from .pixelring2nmf import PixelRing2NMF, PredictionResult, check_maps
 
 JOINT_MODEL_NAME = "pixel-fpix-nmf"
@@ -167,15 +167,7 @@ class JointNMF:
         dcs = dcs_filter(oms, n_ls)  # before the heavy work: a bad OMS tensor fails fast
         fraction, blind = self.group_fractions(maps)
         search = group_search(fraction, self.thresholds.group_fraction, self.unjudged_groups, blind)
-        flag_before = search.metric >= self.thresholds.metric_threshold
-        return PredictionResult(
-            flag=flag_before & dcs.good,
-            metric=search.metric,
-            anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
-            anomalous_groups=search.anomalous_groups,
-            dcs=dcs,
-            n_flagged_before_dcs=int(flag_before.sum()),
-        )
+        return PredictionResult.of_search(search, dcs, self.thresholds)
 
     def group_fractions(self, maps: Mapping[int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """(N, 48) anomalous share of each group over the rings given, and (N, 48) the groups
@@ -200,7 +192,6 @@ class JointNMF:
         group_silent = (lost >= t.min_relative_deficit) & (missing > t.z_threshold * sigma)
         fraction = np.where(group_silent, np.maximum(fraction, lost), fraction)
         blind = tested & roc_blind & (expected < self._group_floor)
-        assert fraction.shape[1] == N_GROUPS
         return fraction, blind
 
 

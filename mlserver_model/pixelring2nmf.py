@@ -55,6 +55,7 @@ from .artifact import (
     save_artifact,
 )
 from .bad_ROC import (
+    GroupSearch,
     Thresholds,
     bad_count_limit,
     deficit_significance,
@@ -118,6 +119,26 @@ class PredictionResult:
     dcs: DcsResult
     n_flagged_before_dcs: int  # LS whose Metric reached the threshold, DCS filter aside
     roc_maps: dict[str, np.ndarray] | None = None  # (N, rows, 56) each, cross re-inserted
+
+    @classmethod
+    def of_search(
+        cls,
+        search: GroupSearch,
+        dcs: DcsResult,
+        thresholds: Thresholds,
+        roc_maps: dict[str, np.ndarray] | None = None,
+    ) -> PredictionResult:
+        """The result of a group search (one ring's or the joint one) after the DCS filter."""
+        flag_before = search.metric >= thresholds.metric_threshold
+        return cls(
+            flag=flag_before & dcs.good,
+            metric=search.metric,
+            anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
+            anomalous_groups=search.anomalous_groups,
+            dcs=dcs,
+            n_flagged_before_dcs=int(flag_before.sum()),
+            roc_maps=roc_maps,
+        )
 
     def groups(self) -> list[str]:
         """';'-joined names of each LS's anomalous power groups ('' when none)."""
@@ -393,15 +414,8 @@ class PixelRing2NMF:
         search = search_significance(
             n_bad, n_live, self.thresholds, self.unjudged_groups, tested=screened
         )
-        flag_before = search.metric >= self.thresholds.metric_threshold
-        return PredictionResult(
-            flag=flag_before & dcs.good,
-            metric=search.metric,
-            anomaly_type=np.asarray(ANOMALY_TYPES)[search.type_code],
-            anomalous_groups=search.anomalous_groups,
-            dcs=dcs,
-            n_flagged_before_dcs=int(flag_before.sum()),
-            roc_maps=self.roc_maps(maps) if roc_maps else None,
+        return PredictionResult.of_search(
+            search, dcs, self.thresholds, self.roc_maps(maps) if roc_maps else None
         )
 
     def _chunks(self, maps: np.ndarray):

@@ -54,14 +54,17 @@ def cut_flat_integers(body: bytes, tensor_name: str, max_values: int) -> CutBody
     A list of more than `max_values` values (per the declared shape) is cut but not parsed:
     the model refuses its size anyway, from the rest of the body alone.
     """
-    span = _largest_flat_list(body)
-    if span is None:
+    spans = _largest_flat_lists(body, 1)
+    if spans is None:
         return None
-    start, end = span  # body[start] == "[", body[end] == "]"
+    ((start, end),) = spans  # body[start] == "[", body[end] == "]"
     head, tail = body[: start + 1], body[end:]
-    tensor = _tensor_holding_marker(head[:-1] + json.dumps(_MARKER).encode() + tail[1:])
-    if tensor is None or tensor.get("name") != tensor_name:
+    tensors = _tensors_holding_markers(
+        head[:-1] + json.dumps(_MARKER).encode() + tail[1:], [_MARKER]
+    )
+    if tensors is None or tensors[0].get("name") != tensor_name:
         return None
+    tensor = tensors[0]
     shape = tensor.get("shape")
     rest = head + tail
     if _declared_size(shape) > max_values:
@@ -135,38 +138,10 @@ def _tensors_holding_markers(text: bytes, markers: list[str]) -> list[dict] | No
     return [h[0] for h in hits] if all(len(h) == 1 for h in hits) else None
 
 
-def _largest_flat_list(body: bytes) -> tuple[int, int] | None:
-    """(start, end) of the longest non-empty list without nesting that follows a "data" key."""
-    best = None
-    at = body.find(_DATA_KEY)
-    while at >= 0:
-        i = _skip_whitespace(body, at + len(_DATA_KEY))
-        if body[i : i + 1] == b":":
-            i = _skip_whitespace(body, i + 1)
-            if body[i : i + 1] == b"[":
-                end = body.find(b"]", i)
-                if end > i + 1 and (best is None or end - i > best[1] - best[0]):
-                    best = (i, end)
-        at = body.find(_DATA_KEY, at + len(_DATA_KEY))
-    if best is None or body.find(b"[", best[0] + 1, best[1]) >= 0:
-        return None  # nothing, or nested lists: MLServer's path takes those
-    return best
-
-
 def _skip_whitespace(body: bytes, i: int) -> int:
     while body[i : i + 1] and body[i] in _WHITESPACE:
         i += 1
     return i
-
-
-def _tensor_holding_marker(text: bytes) -> dict | None:
-    """The one input tensor whose `data` is the marker, if the text is a V2 request."""
-    try:
-        inputs = json.loads(text)["inputs"]
-        hits = [t for t in inputs if isinstance(t, dict) and t.get("data") == _MARKER]
-    except (ValueError, TypeError, KeyError):
-        return None
-    return hits[0] if len(hits) == 1 else None
 
 
 def _declared_size(shape: object) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import numpy as np
@@ -107,13 +108,16 @@ def scope(body_size: int | None, path: str = INFER, **headers: str) -> dict:
     return {"type": "http", "method": "POST", "path": path, "headers": pairs}
 
 
-async def until(condition, loop_turns: int = 1000) -> None:
-    """Let the event loop run until `condition()` holds (bounded in turns, not in time)."""
-    for _ in range(loop_turns):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition not reached")
+async def until(condition, timeout_s: float = 60.0) -> None:
+    """Let the event loop, and the guard's worker threads (it cuts bodies in a thread), run
+    until `condition()` holds. The condition is the synchronisation; the timeout only ends a
+    test that would otherwise hang. (A bound in loop turns failed on a loaded machine: a
+    turn of the loop does not wait for a thread.)"""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        await asyncio.sleep(0.001)
 
 
 def run(coroutine) -> Any:
