@@ -134,6 +134,19 @@ def parquet_geometry(source: str | Path, *, default: RingGeometry | None = RING2
         return _file_geometry(parquet_file, source, default)
 
 
+def check_first_rows_binning(source: str | Path, geometry: RingGeometry) -> None:
+    """The first rows' binning against `geometry` (the ring their ME names): the reader's own
+    check, said before any map is read, so that a file whose ME and binning disagree reads as
+    a broken file rather than as a file of the other ring."""
+    with open_dials_parquet(source) as parquet_file:
+        first = next(
+            parquet_file.iter_batches(batch_size=_GEOMETRY_PROBE_LS, columns=["x_bin", "y_bin"]),
+            None,
+        )
+    if first is not None and first.num_rows:
+        _check_binning(first, source, geometry)
+
+
 def _file_geometry(
     parquet_file: pq.ParquetFile, source: str | Path, default: RingGeometry | None = RING2
 ) -> RingGeometry:

@@ -68,7 +68,9 @@ def check_file_ring(
     """Refuse, in one line, a file whose ring the model does not judge."""
     if geometry.ring in rings:
         return
-    check_binning(source, geometry)  # a file whose ME and binning disagree is not of a ring
+    from ..io.parquet import check_first_rows_binning
+
+    check_first_rows_binning(source, geometry)  # ME and binning disagree: not of a ring
     rows, columns = geometry.map_shape
     raise DataError(
         f"{source} holds {geometry.name} maps ({rows} x {columns}, ME ..._PXRing_{geometry.ring})"
@@ -83,18 +85,6 @@ def file_geometry(source: str | Path) -> RingGeometry:
     from ..io.parquet import parquet_geometry
 
     return parquet_geometry(source)
-
-
-def check_binning(source: str | Path, geometry: RingGeometry) -> None:
-    """The first rows' binning against the ring their ME names (the reader's own check, which
-    would say it on reading the maps): a Ring 1 ME in Ring 2's binning is a broken file, not
-    a Ring 1 file to refuse for its ring."""
-    from ..io.parquet import _check_binning, open_dials_parquet
-
-    with open_dials_parquet(source) as parquet_file:
-        first = next(parquet_file.iter_batches(batch_size=64, columns=["x_bin", "y_bin"]), None)
-    if first is not None and first.num_rows:
-        _check_binning(first, source, geometry)
 
 
 def sources_by_ring(sources: Sequence[str | Path]) -> dict[int, list[str | Path]]:
