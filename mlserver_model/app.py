@@ -164,7 +164,7 @@ class Handler(MLModel):
         model_path = await get_model_uri(self.settings)
         # a Ring 2, a Ring 1 or a joint model: the file's geometry version says which
         self._model = _joint.load_model(model_path)
-        self._geometries = model_geometries(self._model)
+        self._geometries = self._model.geometries
         self._max_lumisections = _max_lumisections(self.settings.parameters)
         _nmf2d.single_blas_thread()
         show_logs(sys.stdout)
@@ -285,11 +285,6 @@ def shown_names(names: Sequence[str]) -> str:
     shown = [str(name) for name in names[:SHOWN_NAMES]]
     more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
     return f"{shown}{more}"
-
-
-def model_geometries(model: PixelRing2NMF | _joint.JointNMF) -> tuple[RingGeometry, ...]:
-    """The ring(s) whose maps the model takes, in the order of its template's inputs."""
-    return tuple(getattr(model, "geometries", None) or (model.geometry,))
 
 
 def decode_request(

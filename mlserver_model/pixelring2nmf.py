@@ -355,6 +355,11 @@ class PixelRing2NMF:
         """The name DIALS registers this model under (template Name, MLServer model name)."""
         return model_name(self.geometry)
 
+    @property
+    def geometries(self) -> tuple[RingGeometry, ...]:
+        """The ring(s) whose maps the model takes (one here; both for a `JointNMF`)."""
+        return (self.geometry,)
+
     @classmethod
     def load(cls, path: str | Path = DEFAULT_MODEL_PATH) -> PixelRing2NMF:
         """A one-ring model file (either ring); a joint file is `joint.load_model`'s."""

@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from .admission import MemoryBudget
-from .tensor_text import cut_flat_integer_tensors, cut_flat_integers
+from .tensor_text import cut_flat_integer_tensors
 
 LOGGER = logging.getLogger("mlserver_model.serving_guard")
 MB = 1_000_000
@@ -352,11 +352,6 @@ def _cut(
     not parsed (too many values) is refused by the model from the rest alone."""
     body = b"".join(chunks)
     chunks.clear()
-    if len(local) == 1:
-        cut = cut_flat_integers(body, local[0].tensor, local[0].max_values)
-        if cut is None:
-            return body, {}, False
-        return cut.rest, {} if cut.values is None else {local[0].tensor: cut.values}, True
     cuts = cut_flat_integer_tensors(body, {m.tensor: m.max_values for m in local})
     if cuts is None:
         return body, {}, False

@@ -1,4 +1,4 @@
-"""One tensor's flat integer `data`, cut out of a V2 JSON request body and parsed by numpy.
+"""The maps tensors' flat integer `data`, cut out of a V2 JSON request body, parsed by numpy.
 
 Why: MLServer turns the whole body into Python objects in its event loop before any model code
 runs, ~0.44 MB of memory per LS and ~2-3 s of a 5,000-LS body during which the server answers
@@ -27,7 +27,6 @@ import json
 import secrets
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,48 +38,15 @@ _MARKER = f"pixelring2nmf-cut-{secrets.token_hex(8)}"
 _INT64 = np.iinfo(np.int64)
 
 
-@dataclass(frozen=True)
-class CutBody:
-    """The body with the tensor's list replaced by `[]`, and what the list held."""
-
-    rest: bytes  # the request MLServer gets: small (the OMS tensors, names, shapes)
-    shape: list  # the tensor's declared shape, as in the JSON
-    values: np.ndarray | None  # int64 (flat); None when not parsed (too many values)
-
-
-def cut_flat_integers(body: bytes, tensor_name: str, max_values: int) -> CutBody | None:
-    """The tensor's flat integer data cut out of `body`, or None (module docstring).
-
-    A list of more than `max_values` values (per the declared shape) is cut but not parsed:
-    the model refuses its size anyway, from the rest of the body alone.
-    """
-    spans = _largest_flat_lists(body, 1)
-    if spans is None:
-        return None
-    ((start, end),) = spans  # body[start] == "[", body[end] == "]"
-    head, tail = body[: start + 1], body[end:]
-    tensors = _tensors_holding_markers(
-        head[:-1] + json.dumps(_MARKER).encode() + tail[1:], [_MARKER]
-    )
-    if tensors is None or tensors[0].get("name") != tensor_name:
-        return None
-    tensor = tensors[0]
-    shape = tensor.get("shape")
-    rest = head + tail
-    if _declared_size(shape) > max_values:
-        return CutBody(rest, shape, None)
-    values = _parse_integers(body[start + 1 : end])
-    return None if values is None else CutBody(rest, shape, values)
-
-
 def cut_flat_integer_tensors(
     body: bytes, max_values: Mapping[str, int]
 ) -> tuple[bytes, dict[str, np.ndarray | None]] | None:
-    """Several tensors' flat integer data (the joint model's Ring1 and Ring2) cut out of `body`
-    at once: (the rest, the values by tensor name, None for one not parsed), or None unless
-    the len(max_values) largest flat lists are exactly those tensors' data, each parsed as
-    `cut_flat_integers` parses one. One check of the rest with a marker per list, so no
-    list is ever parsed by json."""
+    """The maps tensors' flat integer data (Ring2 or Ring1; both for the joint model) cut out
+    of `body`: (the rest, the values by tensor name), or None unless the len(max_values)
+    largest flat lists are exactly those tensors' data (module docstring). A list of more than
+    its `max_values` values (per the declared shape) is cut but not parsed (None in the
+    values): the model refuses its size anyway, from the rest of the body alone. One check of
+    the rest with a marker per list, so no list is ever parsed by json."""
     spans = _largest_flat_lists(body, len(max_values))
     if spans is None:
         return None

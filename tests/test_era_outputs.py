@@ -188,15 +188,15 @@ def test_oms_coverage_is_said_and_recorded(
 
 PLANTED_BUG = """
 import sys
-import pixelring2nmf.era.judge as judge
-real = judge.results_table
+import pixelring2nmf.era.verdict as verdict
+real = verdict.results_table
 calls = []
 def results_table(*args):
     calls.append(1)
     if len(calls) == 3:
         raise ZeroDivisionError("planted inside judging")
     return real(*args)
-judge.results_table = results_table
+verdict.results_table = results_table
 from pixelring2nmf.cli import main
 sys.exit(main(sys.argv[1:]))
 """

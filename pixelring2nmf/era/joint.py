@@ -28,9 +28,10 @@ import pandas as pd
 
 from mlserver_model.joint import JointNMF
 
-from ..io.oms import OmsLookup, pileup_values, recorded_lumi_values
-from ..io.results import PILEUP_COLUMN, RECORDED_LUMI_COLUMN, empty_results, results_table
-from ..model.periods import NOT_JUDGED, ModelSet
+from ..io.oms import OmsLookup
+from ..io.results import empty_results
+from ..model.periods import ModelSet
+from .verdict import judge_by_period, judge_lumisections
 
 RINGS_COLUMN = "rings"  # per-LS: the rings that judged the LS ('1+2', '1', '2')
 PRIMARY_RING = 2  # its tasks pair; the other ring's tasks judge only what it lacks
@@ -76,18 +77,9 @@ def judge_rings(
     """The era's per-LS columns for LS of one or both rings (the same LS in every map), by the
     joint model (or, with several, each run by its period's), and the rings that judged them."""
     if isinstance(model, ModelSet):
-        index = model.index_of(run)
-        tables = []
-        for i in np.unique(index[index != NOT_JUDGED]):
-            rows = np.flatnonzero(index == i)
-            picked = {ring: m[rows] for ring, m in maps.items()}
-            tables.append(judge_rings(picked, run[rows], ls[rows], model.models[i].model, oms))
-        return pd.concat(tables, ignore_index=True) if tables else _empty()
-    columns = oms.columns_for(run, ls) if oms is not None else None
-    result = model.predict(maps, columns)
-    table = results_table(run, ls, result)
-    table[PILEUP_COLUMN] = pileup_values(columns, len(table))
-    table[RECORDED_LUMI_COLUMN] = recorded_lumi_values(columns, len(table))
+        table = judge_by_period(maps, run, ls, model, oms)
+    else:
+        table, _ = judge_lumisections(maps, run, ls, model, oms)
     table[RINGS_COLUMN] = JOINT_RINGS_TEXT[tuple(sorted(maps))]
     return table
 

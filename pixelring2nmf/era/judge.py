@@ -1,11 +1,11 @@
 """Judge: maps of lumisections -> the model's per-LS results, the one loop every command runs.
 
-`judge_lumisections` is the single step from maps to results (OMS columns of those LS, the
-model's `predict`, the result table with the OMS pileup): a task of an era, `dials-flags` and
-`plot` all go through it, wherever they run. `judge_row_groups` runs it over the chunks of one
-task. Data that cannot be read or judged (a damaged row group, maps the model refuses) is a
-failure naming file and row group, and the task goes on with the rest; anything else is a bug
-and is raised, so that it is seen with its traceback rather than reported as bad data.
+`judge_row_groups` runs the single step from maps to results (`verdict.judge_lumisections`, or
+`verdict.judge_by_period` with models by period, or a joint era's pairing of both rings) over
+the chunks of one task, wherever it runs. Data that cannot be read or judged (a damaged row
+group, maps the model refuses) is a failure naming file and row group, and the task goes on
+with the rest; anything else is a bug and is raised, so that it is seen with its traceback
+rather than reported as bad data.
 """
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ import numpy as np
 import pandas as pd
 
 from mlserver_model.errors import InputError
-from mlserver_model.pixelring2nmf import PixelRing2NMF, PredictionResult
+from mlserver_model.pixelring2nmf import PixelRing2NMF
 
 from ..errors import DataError
-from ..io.oms import OmsLookup, pileup_values, recorded_lumi_values
+from ..io.oms import OmsLookup
 from ..io.parquet import iter_row_group, open_dials_parquet
-from ..io.results import PILEUP_COLUMN, RECORDED_LUMI_COLUMN, empty_results, results_table
-from ..model.periods import NOT_JUDGED, ModelSet
+from ..io.results import empty_results
+from ..model.periods import ModelSet
 from .joint import JointEra
 from .plan import RowGroupTask, problem
+from .verdict import judge_by_period, judge_lumisections
 
 CHUNK_LS = 1000  # LS judged at once: ~31 MB of int32 maps, the simulator's row-group size
 FILE_COLUMN = "_file"  # which input file an LS came from, until the merge has used it
@@ -47,44 +48,6 @@ class TaskResult:
         """A task none of whose LS could be judged (e.g. its workers kept dying)."""
         results = empty_results().assign(**{FILE_COLUMN: np.int32(task.file_index)})
         return cls(task=task, results=results, failures=[f"{task.describe()}: {why}"])
-
-
-def judge_lumisections(
-    maps: np.ndarray,
-    run: np.ndarray,
-    ls: np.ndarray,
-    model: PixelRing2NMF,
-    oms: OmsLookup | None,
-    *,
-    roc_maps: bool = False,
-) -> tuple[pd.DataFrame, PredictionResult]:
-    """The model's results for these LS: the era's columns (with pileup and recorded
-    luminosity) and the full result."""
-    columns = oms.columns_for(run, ls) if oms is not None else None
-    result = model.predict(maps, columns, roc_maps=roc_maps)
-    table = results_table(run, ls, result)
-    table[PILEUP_COLUMN] = pileup_values(columns, len(table))
-    table[RECORDED_LUMI_COLUMN] = recorded_lumi_values(columns, len(table))
-    return table, result
-
-
-def judge_by_period(
-    maps: np.ndarray, run: np.ndarray, ls: np.ndarray, models: ModelSet, oms: OmsLookup | None
-) -> pd.DataFrame:
-    """The LS of each model's runs judged by that model alone (a chunk never mixes models in
-    one `predict`), LS of runs no model judges (left out, or skipped) dropped; in the input
-    order, the rows of one model together (the merge sorts by run and LS)."""
-    index = models.index_of(run)
-    kept = np.unique(index[index != NOT_JUDGED])
-    if len(kept) == 1 and (index == kept[0]).all():  # the usual chunk: one model, no copy
-        table, _ = judge_lumisections(maps, run, ls, models.models[kept[0]].model, oms)
-        return table
-    tables = []
-    for i in kept:
-        rows = np.flatnonzero(index == i)
-        table, _ = judge_lumisections(maps[rows], run[rows], ls[rows], models.models[i].model, oms)
-        tables.append(table)
-    return pd.concat(tables, ignore_index=True) if tables else empty_results()
 
 
 def judge_row_groups(

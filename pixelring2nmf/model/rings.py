@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlserver_model.geometry import RING2, RINGS, RingGeometry
-from mlserver_model.joint import JointNMF
 
 from ..errors import DataError, OptionError
 
@@ -45,9 +44,7 @@ RING2_TABLES = TableRing(RING2.ring, RING2.name)  # the tables as they always we
 
 def model_rings(model: object) -> tuple[int, ...]:
     """The rings a model judges: (1,), (2,) or (1, 2) for a joint model."""
-    if isinstance(model, JointNMF):
-        return tuple(sorted(model.rings))
-    return (model.geometry.ring,)
+    return tuple(sorted(geometry.ring for geometry in model.geometries))
 
 
 def rings_text(rings: Iterable[int]) -> str:

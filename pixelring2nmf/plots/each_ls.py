@@ -4,7 +4,7 @@ The LS are those of the era's per-LS table (`per_ls.csv`: DCS-good LS with an an
 persistent-only LS left out), so the figures are the rows an expert reads. Each figure is the
 one `plot --run R --ls L` draws (occupancy, reconstruction, significance, bad ROCs), from the
 era's own inputs as era.json lists them (its parquet files, OMS files and model; each can be
-given instead), judged again by the era's step `era.judge.judge_lumisections`.
+given instead), judged again by the era's step `era.verdict.judge_lumisections`.
 
 Work is split into tasks of up to TASK_LS LS of one run, so a worker reads a run's row groups
 once per task; the tasks run in worker processes forked once with the model and the OMS table.
@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from ..era.executors import prepare_worker, worker_pool
-from ..era.judge import judge_lumisections
 from ..era.output import RESULTS_STEM
 from ..era.stats import era_models, era_status, read_table
+from ..era.verdict import judge_lumisections
 from ..errors import DataError
 from ..io.atomic import write_atomically
 from ..io.parquet import iter_dials_parquet

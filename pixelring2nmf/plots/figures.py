@@ -2,7 +2,7 @@
 
 Two kinds of figure:
 - one LS as the model sees it (occupancy, reconstruction, deficit significance, bad ROCs and
-  power groups), judged by the era engine's own step (`era.judge.judge_lumisections`, the
+  power groups), judged by the era engine's own step (`era.verdict.judge_lumisections`, the
   model's `predict` with the LS's OMS columns), with its DCS state;
 - the per-LS results an `era` run wrote, one page per run.
 """
@@ -20,8 +20,8 @@ import pandas as pd
 from mlserver_model.joint import JointNMF
 from mlserver_model.pixelring2nmf import PixelRing2NMF
 
-from ..era.judge import judge_lumisections
 from ..era.output import RESULTS_STEM, table_csv
+from ..era.verdict import judge_lumisections
 from ..errors import DataError
 from ..io.oms import OmsLookup, pileup_values
 from ..io.parquet import iter_dials_parquet

@@ -33,7 +33,7 @@ def model_rings(model_uri: str | Path) -> tuple[str, tuple[RingGeometry, ...]]:
         model = load_model(model_uri)
     except ArtifactError as error:
         raise DataError(str(error)) from None
-    return model.name, tuple(getattr(model, "geometries", None) or (model.geometry,))
+    return model.name, model.geometries
 
 
 def check_model_match(key: str, properties: Any, template_path: str | Path) -> None:
