@@ -267,10 +267,7 @@ def _predict_joint(args: argparse.Namespace, models, by_ring, oms_table, out) ->
 
 def _read_ring(files):
     """One ring's maps of these files, sorted by (run, LS), each LS from its first copy."""
-    import numpy as np
-
-    from ..era.joint import lumisection_keys
-    from ..io.parquet import read_dials_parquet
+    from ..io.parquet import first_copies_of, read_dials_parquet
 
     parts = []
     repeated = 0
@@ -280,14 +277,10 @@ def _read_ring(files):
             logger.warning(data.repeated_message(path))
         repeated += data.n_repeated
         parts.append(data)
-    maps = np.concatenate([p.maps for p in parts])
-    run = np.concatenate([p.run for p in parts])
-    ls = np.concatenate([p.ls for p in parts])
-    _, first = np.unique(lumisection_keys(run, ls), return_index=True)
-    if len(first) < len(run):
+    ring = first_copies_of(parts)
+    if ring.n_repeated:
         logger.warning(
             "%d LS found in more than one file of a ring; each judged from its first copy",
-            len(run) - len(first),
+            ring.n_repeated,
         )
-        repeated += len(run) - len(first)
-    return (maps[first], run[first], ls[first]), repeated
+    return (ring.maps, ring.run, ring.ls), repeated + ring.n_repeated

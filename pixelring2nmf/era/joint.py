@@ -137,17 +137,14 @@ class JointEra:
 
     def _other_maps(self, sources: Sequence[str | Path], runs: np.ndarray):
         """The other ring's (maps, run, ls) of these runs, each LS from its first copy."""
-        from ..io.parquet import read_dials_parquet
+        from ..io.parquet import first_copies_of, read_dials_parquet
 
         parts = [read_dials_parquet(source, runs=runs.tolist()) for source in sources]
         parts = [p for p in parts if len(p)]
         if not parts:
             return None
-        maps = np.concatenate([p.maps for p in parts])
-        run = np.concatenate([p.run for p in parts])
-        ls = np.concatenate([p.ls for p in parts])
-        _, first = np.unique(lumisection_keys(run, ls), return_index=True)
-        return maps[first], run[first], ls[first]
+        other = first_copies_of(parts)
+        return other.maps, other.run, other.ls
 
     def _other_keys(self, sources: Sequence[str | Path], runs: np.ndarray) -> np.ndarray:
         """The (run, LS) keys the other ring's files hold in these runs."""

@@ -512,6 +512,17 @@ def _batch_arrays(
     return maps, run, ls
 
 
+def first_copies_of(parts: Sequence[RingData]) -> RingData:
+    """Several reads of one ring (its files, each read already) as one, sorted by (run, LS),
+    each LS from its first copy in the order given; `n_repeated` counts the LS found again
+    in a later part."""
+    geometry = parts[0].geometry
+    maps = np.concatenate([p.maps for p in parts])
+    run = np.concatenate([p.run for p in parts])
+    ls = np.concatenate([p.ls for p in parts])
+    return _first_copies(maps, run, ls, geometry)
+
+
 def _first_copies(
     maps: np.ndarray, run: np.ndarray, ls: np.ndarray, geometry: RingGeometry = RING2
 ) -> RingData:

@@ -202,14 +202,17 @@ def train_model(
                 "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "libraries": _library_versions(),
             },
-            **(
-                {}
-                if valid_runs is None
-                else {VALID_RUNS_KEY: {"first": valid_runs[0], "last": valid_runs[1]}}
-            ),
+            **period_metadata(valid_runs),
         },
         geometry=geometry,
     )
+
+
+def period_metadata(valid_runs: tuple[int, int | None] | None) -> dict:
+    """The model file's `valid_runs` entry for (first, last or None); none for every run."""
+    if valid_runs is None:
+        return {}
+    return {VALID_RUNS_KEY: {"first": valid_runs[0], "last": valid_runs[1]}}
 
 
 def maps_geometry(maps_nyx: np.ndarray) -> RingGeometry:
@@ -235,11 +238,7 @@ def joint_model(
                 model.geometry.input_name: model.metadata.get("training", {})
                 for _, model in sorted(models.items())
             },
-            **(
-                {}
-                if valid_runs is None
-                else {VALID_RUNS_KEY: {"first": valid_runs[0], "last": valid_runs[1]}}
-            ),
+            **period_metadata(valid_runs),
         },
     )
 
